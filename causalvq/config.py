@@ -1,0 +1,200 @@
+"""ModelConfig: every size, coefficient and fidelity switch of a CausalVQ model, in one frozen dataclass.
+
+A model is built from one config and a checkpoint stores it as ``config.json``; unknown keys and ill-typed
+values are refused (``ModelConfig.from_dict``), so a typo fails loudly instead of being ignored.
+
+Symbols follow the paper reference (shared/paper.md §3): K codebooks of N codes of dimension d = D / K over an
+h × w grid give L = K·h·w causal nodes; F factors give A = 2F actions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+SHAPES3D_FACTORS: tuple[str, ...] = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
+SHAPES3D_SIZES: tuple[int, ...] = (10, 10, 10, 8, 4, 15)
+
+
+def action_names(factor_names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Readable action names: index ``f`` is ``"<factor f> +"``, index ``F + f`` is ``"<factor f> -"``."""
+    return tuple(f"{n} +" for n in factor_names) + tuple(f"{n} -" for n in factor_names)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes, loss coefficients and fidelity switches of a CausalVQ model (defaults: the small CPU model)."""
+
+    # --- image model (MCQ-VAE) ---
+    in_channels: int = 3  # image channels C
+    image_size: int = 32  # image side S; images are (b, C, S, S) floats in [0, 1]
+    hidden_dims: tuple[int, ...] = (32, 64)  # widths of the stride-2 convolutions; grid side h = S / 2**len
+    num_residual: int = 2  # residual layers in the encoder and in the decoder (paper: 6)
+    embedding_dim: int = 32  # D, encoder output channels, split into K blocks of d = D / K
+    num_codebooks: int = 1  # K
+    codebook_size: int = 64  # N, codes per codebook; also the node-feature size of the transition layer
+    beta: float = 0.25  # β_vq, commitment weight of the VQ loss
+    # --- factors and actions ---
+    factor_names: tuple[str, ...] = SHAPES3D_FACTORS  # F names; actions are "<name> +" and "<name> -"
+    factor_sizes: tuple[int, ...] = SHAPES3D_SIZES  # values per factor (used by the app's sliders)
+    # --- causal-transition layer ---
+    discoverer_width: int = 64  # M, hidden width of each graph discoverer MLP
+    graph_width: int = 16  # G, GATv2 hidden width per head
+    positional_dropout: float = 0.1  # dropout on the positional encoding (paper: 0.1)
+    gamma: float = 1.5  # γ, weight of the transition loss
+    alpha: float = 0.01  # α, identity term of the base-mode transition loss
+    c_beta: float = 0.4  # β_ct, KL regulariser of the edge probabilities
+    delta: float = 0.01  # δ, graph-size (Frobenius norm) regulariser
+    epsilon: float = 0.1  # ε, non-empty-row regulariser
+    # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
+    overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
+    intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"
+    action_node: bool = True  # B2: an action node sends to the intervened nodes; official: a sink (False)
+    dropout_on_codes: bool = False  # B8: official drops out one-hot codes too, not only the encoding
+    retrieval_score: Literal["sum", "mean"] = "sum"  # B6b: node CE summed over nodes; official: mean
+
+    # --- derived sizes ---
+    @property
+    def grid_size(self) -> int:
+        """Side h = w of the latent grid."""
+        return self.image_size // 2 ** len(self.hidden_dims)
+
+    @property
+    def code_dim(self) -> int:
+        """d = D / K, channels per codebook."""
+        return self.embedding_dim // self.num_codebooks
+
+    @property
+    def num_nodes(self) -> int:
+        """L = K·h·w, nodes of the causal graph."""
+        return self.num_codebooks * self.grid_size**2
+
+    @property
+    def num_factors(self) -> int:
+        return len(self.factor_names)
+
+    @property
+    def num_actions(self) -> int:
+        """A = 2F: one step up or down on each factor."""
+        return 2 * self.num_factors
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return action_names(self.factor_names)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists where tuples are declared: normalise before checking.
+        for name in ("hidden_dims", "factor_names", "factor_sizes"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        _check_types(self)
+        positive = ("in_channels", "image_size", "num_residual", "embedding_dim", "num_codebooks",
+                    "codebook_size", "discoverer_width", "graph_width")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if not self.hidden_dims or any(h <= 0 for h in self.hidden_dims):
+            raise ValueError(f"ModelConfig.hidden_dims must be non-empty positive widths, got {self.hidden_dims}")
+        if self.image_size % 2 ** len(self.hidden_dims):
+            raise ValueError(f"ModelConfig.image_size={self.image_size} is not divisible by "
+                             f"2**len(hidden_dims)={2 ** len(self.hidden_dims)}")
+        if self.embedding_dim % self.num_codebooks:
+            raise ValueError(f"ModelConfig.embedding_dim={self.embedding_dim} is not divisible by "
+                             f"num_codebooks={self.num_codebooks}")
+        if self.codebook_size % 2:
+            raise ValueError(f"ModelConfig.codebook_size={self.codebook_size} must be even "
+                             "(it is the width of the sinusoidal positional encoding)")
+        if not self.factor_names:
+            raise ValueError("ModelConfig.factor_names must name at least one factor")
+        if len(self.factor_sizes) != len(self.factor_names):
+            raise ValueError(f"ModelConfig.factor_sizes has {len(self.factor_sizes)} entries for "
+                             f"{len(self.factor_names)} factor_names")
+        if any(s < 2 for s in self.factor_sizes):
+            raise ValueError(f"ModelConfig.factor_sizes must all be >= 2, got {self.factor_sizes}")
+        if len(set(self.factor_names)) != len(self.factor_names):
+            raise ValueError(f"ModelConfig.factor_names has duplicates: {self.factor_names}")
+        if not 0.0 <= self.positional_dropout < 1.0:
+            raise ValueError(f"ModelConfig.positional_dropout must be in [0, 1), got {self.positional_dropout}")
+        for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"ModelConfig.{name} must be a finite non-negative number, got {value}")
+        if self.intervention_edges not in ("incoming", "outgoing"):
+            raise ValueError("ModelConfig.intervention_edges must be 'incoming' or 'outgoing', "
+                             f"got {self.intervention_edges!r}")
+        if self.retrieval_score not in ("sum", "mean"):
+            raise ValueError(f"ModelConfig.retrieval_score must be 'sum' or 'mean', got {self.retrieval_score!r}")
+
+    # --- (de)serialisation ---
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build a config from a dict (e.g. ``config.json``); unknown keys raise ``ValueError``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a model config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # --- presets ---
+    @classmethod
+    def paper_shapes3d(cls) -> ModelConfig:
+        """The official final Shapes3D configuration (configs/ct_mcq_vae.yaml), faithful switches on."""
+        return cls(image_size=64, hidden_dims=(64, 128, 256), num_residual=6, embedding_dim=128,
+                   num_codebooks=1, codebook_size=64, beta=0.1, discoverer_width=800, graph_width=100,
+                   overlapping_slices=True, intervention_edges="outgoing", action_node=False,
+                   dropout_on_codes=True, retrieval_score="mean")
+
+    @classmethod
+    def small(cls, **changes: Any) -> ModelConfig:
+        """The small CPU configuration (32-px images, 8×8 grid, 64 codes)."""
+        return cls(**changes)
+
+    @classmethod
+    def tiny(cls, **changes: Any) -> ModelConfig:
+        """A seconds-fast configuration for tests: 16-px images, 4×4 grid, 2 codebooks of 8 codes."""
+        base = dict(image_size=16, hidden_dims=(8, 16), num_residual=1, embedding_dim=8, num_codebooks=2,
+                    codebook_size=8, factor_names=("a", "b", "c"), factor_sizes=(3, 4, 5),
+                    discoverer_width=8, graph_width=4)
+        base.update(changes)
+        return cls(**base)
+
+
+
+def _check_types(config: ModelConfig) -> None:
+    """Reject ill-typed fields (e.g. a string where an int belongs), naming the field."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = hints[f.name]
+        origin = typing.get_origin(hint)
+        if hint is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif hint is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                object.__setattr__(config, f.name, float(value))
+        elif hint is bool:
+            ok = isinstance(value, bool)
+        elif origin is tuple:
+            (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+            ok = isinstance(value, tuple) and all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value)
+        elif origin is Literal:
+            ok = value in typing.get_args(hint)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"ModelConfig.{f.name} has an ill-typed value {value!r} (expected {hint})")
