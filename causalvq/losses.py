@@ -1,0 +1,71 @@
+"""Losses of CT-VAE as pure functions (shared/paper.md §7).
+
+Axes: ``b`` batch, ``n`` nodes, ``v`` codebook size, ``a`` actions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_P_MIN = 1e-4  # the official clamp of predicted probabilities
+
+
+def node_nll(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """−log clamp(ŷ_i[c_i], 1e-4) per node: probs `(b, n, v)`, target long `(b, n)` → `(b, n)`."""
+    return -probs.gather(-1, target[..., None])[..., 0].clamp_min(_P_MIN).log()
+
+
+def code_cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CE(ŷ, c): mean over the b·n nodes of ``node_nll``."""
+    return node_nll(probs, target).mean()
+
+
+def kl_to_noise(edge_probs: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(ξ) ‖ softmax(vec C)), ξ ~ U(0, 1) drawn afresh, averaged over the batch (the official β_ct term)."""
+    logq = edge_probs.flatten(1).log_softmax(-1)  # (b, n·n)
+    target = torch.rand_like(logq).softmax(-1)
+    return F.kl_div(logq, target, reduction="batchmean")
+
+
+def graph_size(graph: torch.Tensor) -> torch.Tensor:
+    """‖Gr‖_F per sample, averaged over the batch."""
+    return graph.flatten(1).norm(dim=-1).mean()
+
+
+def empty_row_penalty(edge_probs: torch.Tensor) -> torch.Tensor:
+    """‖v‖₂ with v_i = Π_j (1 − C_ij), the probability that row i has no edge; averaged over the batch."""
+    v = torch.prod(1 - edge_probs, dim=-1)  # (b, n)
+    return v.norm(dim=-1).mean()
+
+
+def identity_graph_mse(graph: torch.Tensor) -> torch.Tensor:
+    """MSE(Gr, I): pushes the no-action graph towards the identity."""
+    eye = torch.eye(graph.shape[-1], device=graph.device)
+    return F.mse_loss(graph, eye.expand_as(graph))
+
+
+def retrieval_distance(probs: torch.Tensor, target: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Distance of each candidate action: probs `(b, a, n, v)`, target `(b, n)` → `(b, a)`.
+
+    ``reduce="sum"`` adds the node NLLs (a log-likelihood of the whole code grid); ``"mean"`` is the official
+    mean over nodes, which divides every gap between actions by L (B6b in docs/fidelity.md).
+    """
+    nll = node_nll(probs, target[:, None].expand(-1, probs.shape[1], -1))  # (b, a, n)
+    return nll.sum(-1) if reduce == "sum" else nll.mean(-1)
+
+
+def retrieval_nll(distance: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """−log p(a* | x, y) with p = softmax(−distance), averaged over the batch."""
+    return F.cross_entropy(-distance, action)
+
+
+def reconstruction_mse(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel MSE on the [0, 1] scale."""
+    return F.mse_loss(image, target)
+
+
+def psnr(mse: torch.Tensor | float) -> float:
+    """Peak signal-to-noise ratio in dB for [0, 1] images."""
+    mse = float(mse)
+    return float("inf") if mse <= 0 else -10.0 * torch.log10(torch.tensor(mse)).item()

@@ -1,0 +1,115 @@
+"""The causal-transition (CT) layer: from the codes of x and an action to a distribution over the codes of y.
+
+Axes: ``b`` batch, ``n`` nodes (L = K·h·w), ``v`` codebook size N, ``a`` actions (A = 2F), ``k`` heads used.
+
+The whole layer (shared/paper.md §5.7), with m the intervention mask and C the edge probabilities:
+
+    X  = onehot(codes)                                  (b, n, v)
+    P  = X + drop(PE)            [official: drop(X + PE), switch dropout_on_codes]
+    m  = BernoulliST(p(a, drop(PE), X))                 (b, n)      0 without an action
+    C  = (1 − m)·f_0(P_i, P_j) + m·f_{a+1}(P_i, P_j)    (b, n, n)   blended over the intervened node's
+                                                                    incoming edges [official: outgoing]
+    Gr = BernoulliST(C);  W = C ⊙ Gr
+    H  = GATv2_2(LeakyReLU(GATv2_1(P, W)), W)           (b, n, (A + 1)·v)
+    ŷ  = softmax((1 − m)·H[head 0] + m·H[head a + 1])   (b, n, v)
+
+With ``action_node`` an extra node carrying Linear(a) sends an edge to every intervened node [official: the
+action node receives every edge and sends none, so it never influences a latent node]. Only the output heads a
+sample uses are computed (exact: heads are independent), and without an action the action discoverers are
+skipped (exact: m ≡ 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from causalvq.config import ModelConfig
+from causalvq.graph import DenseGATv2, GraphDiscoverers, bernoulli_st, sinusoidal_encoding
+
+
+@dataclass(frozen=True)
+class TransitionOutput:
+    """Everything one pass of the CT layer computes; tensors keep their gradients."""
+
+    probs: torch.Tensor  # (b, n, v) ŷ, distribution over each node's codes
+    mask: torch.Tensor  # (b, n) intervention mask, exactly 0/1 (straight-through gradient)
+    mask_probs: torch.Tensor  # (b, n) probability p that each node is intervened on
+    edge_probs: torch.Tensor  # (b, n, n) C, row = source, column = target
+    graph: torch.Tensor  # (b, n, n) sampled graph Gr, exactly 0/1 (straight-through gradient)
+
+
+class CausalTransition(nn.Module):
+    """The CT layer over the L = K·h·w code nodes of an MCQ-VAE."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        n, v, a = config.num_nodes, config.codebook_size, config.num_actions
+        self.register_buffer("pe", sinusoidal_encoding(n, v), persistent=False)  # (n, v)
+        self.dropout = nn.Dropout(config.positional_dropout)
+        self.mask_net = nn.Linear(a + v, v)
+        self.discoverers = GraphDiscoverers(a + 1, v, config.discoverer_width)
+        self.gat1 = DenseGATv2(v, config.graph_width, a + 1)
+        self.gat2 = DenseGATv2(config.graph_width * (a + 1), v, a + 1)
+        self.action_embedding = nn.Linear(a, v) if config.action_node else None
+
+    def node_features(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-hot codes `(b, n)` → (X, P): one-hot `(b, n, v)` and with positional encoding."""
+        X = F.one_hot(codes, self.config.codebook_size).float()  # (b, n, v)
+        if self.config.dropout_on_codes:
+            return X, self.dropout(X + self.pe)
+        return X, X + self.dropout(self.pe)
+
+    def intervention_probs(self, X: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """p_i = σ(Linear([a ; drop(PE_i)]))[c_i]: probability that ``action`` intervenes on node i, `(b, n)`."""
+        b, n, _ = X.shape
+        onehot_a = F.one_hot(action, self.config.num_actions).float()  # (b, a)
+        inp = torch.cat([onehot_a[:, None].expand(b, n, -1), self.dropout(self.pe).expand(b, -1, -1)], -1)
+        return (torch.sigmoid(self.mask_net(inp)) * X).sum(-1)  # (b, n)
+
+    def forward(self, codes: torch.Tensor, action: torch.Tensor | None = None, *, sample: bool = True,
+                identity_graph: bool = False) -> TransitionOutput:
+        """One CT pass.
+
+        Args:
+            codes: long `(b, n)` flat node codes of x.
+            action: long `(b,)` action indices, or None for the no-action (reconstruction) pass.
+            sample: draw the mask and the graph with Gumbel noise (training); False thresholds at 0.5.
+            identity_graph: replace the sampled graph by the identity (each node sees only itself).
+        """
+        b, n = codes.shape
+        X, P = self.node_features(codes)
+        C = self.discoverers(P, 0)  # (b, n, n)
+        if action is None:
+            p = m = torch.zeros(b, n, device=codes.device)
+        else:
+            p = self.intervention_probs(X, action)
+            m = bernoulli_st(p, sample)  # (b, n)
+            C_action = self.discoverers(P, action + 1)
+            blend = m[:, None, :] if self.config.intervention_edges == "incoming" else m[:, :, None]
+            C = C + blend * (C_action - C)  # (b, n, n)
+        if identity_graph:
+            graph = torch.eye(n, device=codes.device).expand(b, n, n)
+        else:
+            graph = bernoulli_st(C, sample)
+        W = C * graph  # weighted graph; edges where graph = 1
+        feats, W_all, edges = P, W, graph.detach() > 0
+        if self.action_embedding is not None and action is not None:
+            # append the action node (index n): it sends an edge of weight m_i to every intervened node i
+            a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).float())  # (b, v)
+            feats = torch.cat([P, a_node[:, None]], 1)  # (b, n + 1, v)
+            W_all = F.pad(W, (0, 1, 0, 1))  # (b, n + 1, n + 1)
+            W_all = torch.cat([W_all[:, :n], F.pad(m, (0, 1))[:, None]], 1)
+            edges = W_all.detach() > 0
+        hidden = F.leaky_relu(self.gat1(feats, W_all, edges))  # (b, n(+1), (A + 1)·G)
+        heads = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
+        if action is not None:
+            heads = torch.cat([heads, action[:, None] + 1], 1)  # (b, 2): "unchanged" and "intervened by a"
+        out = self.gat2(hidden, W_all, edges, heads=heads)[:, :n]  # (b, n, k·v)
+        out = out.unflatten(-1, (heads.shape[1], self.config.codebook_size))  # (b, n, k, v)
+        logits = out[:, :, 0] if action is None else out[:, :, 0] + m[..., None] * (out[:, :, 1] - out[:, :, 0])
+        return TransitionOutput(probs=logits.softmax(-1), mask=m, mask_probs=p, edge_probs=C, graph=graph)
