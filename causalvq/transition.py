@@ -40,6 +40,7 @@ class TransitionOutput:
     mask_probs: torch.Tensor  # (b, n) probability p that each node is intervened on
     edge_probs: torch.Tensor  # (b, n, n) C, row = source, column = target
     graph: torch.Tensor  # (b, n, n) sampled graph Gr, exactly 0/1 (straight-through gradient)
+    head_logits: torch.Tensor  # (b, n, k, v) logits of the heads used: [unchanged] or [unchanged, action a]
 
 
 class CausalTransition(nn.Module):
@@ -112,4 +113,5 @@ class CausalTransition(nn.Module):
         out = self.gat2(hidden, W_all, edges, heads=heads)[:, :n]  # (b, n, k·v)
         out = out.unflatten(-1, (heads.shape[1], self.config.codebook_size))  # (b, n, k, v)
         logits = out[:, :, 0] if action is None else out[:, :, 0] + m[..., None] * (out[:, :, 1] - out[:, :, 0])
-        return TransitionOutput(probs=logits.softmax(-1), mask=m, mask_probs=p, edge_probs=C, graph=graph)
+        return TransitionOutput(probs=logits.softmax(-1), mask=m, mask_probs=p, edge_probs=C, graph=graph,
+                                head_logits=out)
