@@ -1,0 +1,50 @@
+"""Factor-labelled image datasets behind one interface, and a registry to load them by name.
+
+``load_dataset("shapes3d")`` and ``load_dataset("dsprites")`` render procedurally (no download); with ``path=``
+they read DeepMind's real files; ``load_dataset("npz", path=...)`` reads your own images and factors.
+Transition pairs, splits and torch streams live in ``causalvq.data.pairs`` and ``causalvq.data.streams``.
+
+Axis legend: ``n`` images, ``f`` factors (F), ``H W C`` image height, width, channels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from causalvq.data.base import FactorDataset
+from causalvq.data.dsprites import DSprites
+from causalvq.data.files import StoredFactorDataset, load_dsprites_npz, load_npz, load_shapes3d_h5
+from causalvq.data.shapes3d import Shapes3D
+
+DATASETS: tuple[str, ...] = ("shapes3d", "dsprites", "npz")
+
+__all__ = ["DATASETS", "DSprites", "FactorDataset", "Shapes3D", "StoredFactorDataset", "load_dataset"]
+
+
+def load_dataset(name: str, path: str | os.PathLike | None = None, **options: Any) -> FactorDataset:
+    """Load a factor dataset by name.
+
+    Args:
+        name: ``"shapes3d"``, ``"dsprites"`` or ``"npz"``.
+        path: a real data file (``3dshapes.h5``, the dSprites ``.npz``, or your own ``.npz``); ``None`` renders
+            ``shapes3d`` / ``dsprites`` procedurally. Required for ``"npz"``.
+        options: passed to the loader (e.g. ``supersample=`` for the procedural datasets, ``in_memory=`` for
+            3dshapes.h5); an unknown option raises ``TypeError``.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known ones) or a malformed file.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    if key == "npz":
+        if path is None:
+            raise ValueError("load_dataset('npz') needs path= to an .npz with 'images', 'factors', 'factor_names'")
+        return load_npz(path, **options)
+    if path is None:
+        return Shapes3D(**options) if key == "shapes3d" else DSprites(**options)
+    if key == "shapes3d":
+        return load_shapes3d_h5(path, **options)
+    return load_dsprites_npz(path, **options)

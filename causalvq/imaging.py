@@ -1,0 +1,97 @@
+"""Image conversions between the datasets' uint8 arrays and the model's float tensors, plus grids and PNGs.
+
+Axis legend: ``n``/``b`` images, ``C``/``c`` channels, ``H W`` height and width.
+Datasets give ``uint8 (n, H, W, C)`` numpy arrays; models take float tensors ``(b, c, H, W)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(n, H, W, C)`` or ``(H, W, C)`` -> float32 tensor ``(n, C, H, W)`` in [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        images = images.numpy()
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        kind = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
+        raise TypeError(f"to_tensor expects a uint8 array (n, H, W, C) or (H, W, C), got {kind}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ValueError(f"to_tensor expects (n, H, W, C) or (H, W, C), got shape {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (n, C, H, W)
+    return x.to(torch.float32).div_(255.0).contiguous()
+
+
+def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Float ``(n, C, H, W)`` or ``(C, H, W)`` in [0, 1] (clipped) -> uint8 ``(n, H, W, C)``, rounded."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        kind = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"to_uint8 expects a float tensor (n, C, H, W) or (C, H, W) in [0, 1], got {kind}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ValueError(f"to_uint8 expects (n, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
+    x = images.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # (n, H, W, C)
+
+
+def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize float ``(b, c, H, W)`` to ``(b, c, h, w)``: area averaging for integer down-factors, else
+    antialiased bilinear. ``size`` is ``h = w`` or ``(h, w)``; the same size returns the input."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
+        desc = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"resize_images expects a float tensor (b, c, H, W), got {desc}")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"resize_images: size must be positive, got {size}")
+    H, W = images.shape[-2:]
+    if (h, w) == (H, W):
+        return images
+    if H % h == 0 and W % w == 0:
+        return F.avg_pool2d(images, kernel_size=(H // h, W // w))
+    return F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+
+
+def image_grid(images: np.ndarray, nrow: int = 8, pad: int = 2, pad_value: int = 0) -> np.ndarray:
+    """Tile uint8 ``(n, H, W, C)`` into one ``uint8 (rows·(H+pad)+pad, nrow·(W+pad)+pad, C)`` image,
+    ``nrow`` images per row (a name kept from torchvision's ``make_grid``)."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise TypeError(f"image_grid expects a uint8 array (n, H, W, C), got {desc}")
+    if nrow < 1 or pad < 0:
+        raise ValueError(f"image_grid: nrow must be >= 1 and pad >= 0, got nrow={nrow}, pad={pad}")
+    n, H, W, C = images.shape
+    cols = min(nrow, max(n, 1))
+    rows = -(-n // cols)
+    grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, C), pad_value, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (H + pad), pad + c * (W + pad)
+        grid[y:y + H, x:x + W] = images[i]
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write uint8 ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` as a PNG; returns the path."""
+    from PIL import Image
+
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise TypeError(f"save_png expects a uint8 array (H, W[, C]), got {kind}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"save_png expects (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image)).save(p, format="PNG")
+    return p
