@@ -43,7 +43,20 @@ def bernoulli_st(p: torch.Tensor, sample: bool, tau: float = 1.0) -> torch.Tenso
         logit = logit + u.log() - torch.log1p(-u)  # logistic noise = difference of two Gumbels
     soft = torch.sigmoid(logit / tau)
     hard = (logit > 0).to(p.dtype)
-    return hard + soft - soft.detach()
+    return _StraightThrough.apply(hard, soft)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the hard value, exactly (``hard + soft - soft.detach()`` can round to 0.99999994).
+    Backward: the gradient goes to the soft value."""
+
+    @staticmethod
+    def forward(ctx, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # noqa: D102
+        return None, grad
 
 
 class GraphDiscoverers(nn.Module):

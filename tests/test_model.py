@@ -1,0 +1,279 @@
+"""CausalVQ at a tiny configuration: shapes, invariants, parity with naive references, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from causalvq.config import ModelConfig
+from causalvq.graph import DenseGATv2, GraphDiscoverers, bernoulli_st
+from causalvq.model import CausalVQ
+from causalvq.pairwise import pairwise_score, pairwise_score_reference
+
+B = 3
+
+
+@pytest.fixture(params=["principled", "faithful"])
+def model(request) -> CausalVQ:
+    torch.manual_seed(0)
+    if request.param == "faithful":
+        cfg = ModelConfig.tiny(overlapping_slices=True, intervention_edges="outgoing", action_node=False,
+                               dropout_on_codes=True, retrieval_score="mean")
+    else:
+        cfg = ModelConfig.tiny()
+    return CausalVQ(cfg).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(B, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_public_method_shapes(model: CausalVQ, images: torch.Tensor) -> None:
+    cfg = model.config
+    k, g, n, v, a = cfg.num_codebooks, cfg.grid_size, cfg.num_nodes, cfg.codebook_size, cfg.num_actions
+    actions = torch.tensor([0, 3, 5])
+    codes = model.encode_codes(images)
+    assert codes.shape == (B, k, g, g) and codes.dtype == torch.long
+    assert model.decode_codes(codes).shape == images.shape
+    rec = model.reconstruct(images)
+    assert rec.image.shape == images.shape and 0 <= rec.image.min() and rec.image.max() <= 1
+    t = model.transition_codes(codes, actions)
+    assert t.codes.shape == codes.shape and t.probs.shape == (B, n, v) and t.mask.shape == (B, n)
+    assert torch.allclose(t.probs.sum(-1), torch.ones(B, n))
+    inter = model.intervene(images, actions, steps=2)
+    assert inter.image.shape == images.shape and inter.mask.dtype == torch.bool and inter.steps == 2
+    ret = model.retrieve_action(images, images.flip(0))
+    assert ret.probs.shape == (B, a) and ret.action.shape == (B,)
+    assert torch.allclose(ret.probs.sum(-1), torch.ones(B))
+    assert model.causal_graph().shape == (n, n) and model.causal_graph(action=2).shape == (n, n)
+    assert model.intervention_probs(codes, actions).shape == (B, n)
+    d = model.do(codes, node=5, code=1)
+    assert d.codes.shape == codes.shape and d.changed.shape == (B, n)
+    assert (model.flatten_codes(d.codes)[:, 5] == 1).all()
+    assert len(model.action_names) == a and model.action_names[0] == "a +" and model.action_names[3] == "a -"
+
+
+def test_indices_codes_indices_round_trip(model: CausalVQ) -> None:
+    q = model.quantizer
+    # spread the codebook so that every code is its own nearest neighbour
+    with torch.no_grad():
+        q.codebooks.copy_(torch.randn_like(q.codebooks))
+    idx = torch.randint(0, model.config.codebook_size, (B, model.config.num_codebooks, 4, 4))
+    z = q.lookup(idx)
+    if not q.overlapping:
+        assert torch.equal(q.indices(z), idx)
+    assert z.shape == (B, model.config.embedding_dim, 4, 4)
+
+
+def test_straight_through_gradient_is_identity() -> None:
+    q = CausalVQ(ModelConfig.tiny()).quantizer
+    z = torch.randn(2, 8, 4, 4, requires_grad=True)
+    out = q(z)
+    grad = torch.randn_like(out.quantized)
+    (out.quantized * grad).sum().backward()
+    assert torch.equal(z.grad, grad)
+    assert torch.allclose(out.quantized, q.lookup(out.indices))
+
+
+def test_hard_samples_are_exactly_binary_with_gradient() -> None:
+    p = torch.rand(1000, requires_grad=True)
+    for sample in (True, False):
+        s = bernoulli_st(p, sample)
+        assert set(s.detach().unique().tolist()) <= {0.0, 1.0}
+    s = bernoulli_st(p, True)
+    s.sum().backward()
+    assert p.grad.abs().sum() > 0
+    assert torch.equal(bernoulli_st(p, False), (p > 0.5).float())
+    freq = bernoulli_st(torch.full((20000,), 0.3), True).mean().item()
+    assert abs(freq - 0.3) < 0.02
+
+
+def test_zero_mask_action_pass_equals_no_action_pass(model: CausalVQ, images: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.transition.mask_net.bias.fill_(-30.0)  # p ≈ 0: the action intervenes on no node
+    codes = model.encode_codes(images)
+    acted = model.transition_codes(codes, torch.tensor([1, 2, 4]))
+    plain = model.transition_codes(codes, None)
+    assert not acted.mask.any()
+    assert torch.equal(acted.codes, plain.codes)
+    assert torch.allclose(acted.probs, plain.probs, atol=1e-6)
+
+
+def test_nodes_outside_the_mask_use_the_no_action_head(model: CausalVQ) -> None:
+    nodes = torch.randint(0, model.config.codebook_size, (B, model.config.num_nodes))
+    out = model.transition(nodes, torch.tensor([0, 1, 2]), sample=True)
+    m = out.mask.bool()
+    assert m.any() and (~m).any()
+    expected = torch.where(m[..., None], out.head_logits[:, :, 1], out.head_logits[:, :, 0]).softmax(-1)
+    assert torch.allclose(out.probs, expected, atol=1e-6)
+
+
+def test_factorised_discoverer_equals_naive_concatenated_mlp() -> None:
+    torch.manual_seed(0)
+    b, n, v, hidden, t = 2, 6, 8, 5, 4
+    disc = GraphDiscoverers(t, v, hidden).double()
+    P = torch.randn(b, n, v, dtype=torch.double)
+    which = torch.tensor([1, 3])
+    fast = disc(P, which)
+    for s in range(b):
+        k = int(which[s])
+        mlp = nn.Sequential(nn.Linear(2 * v, hidden), nn.LeakyReLU(), nn.Linear(hidden, 1), nn.Sigmoid()).double()
+        with torch.no_grad():
+            mlp[0].weight.copy_(disc.w1[k])
+            mlp[0].bias.copy_(disc.b1[k])
+            mlp[2].weight.copy_(disc.w2[k][None])
+            mlp[2].bias.copy_(disc.b2[k][None])
+        pairs = torch.cat([P[s][:, None].expand(n, n, v), P[s][None].expand(n, n, v)], -1)  # (n, n, 2v)
+        assert torch.allclose(fast[s], mlp(pairs)[..., 0], atol=1e-12)
+
+
+def test_pairwise_score_gradients_match_reference() -> None:
+    torch.manual_seed(0)
+    args = [torch.randn(2, 5, 3, 4, dtype=torch.double, requires_grad=True),
+            torch.randn(2, 6, 3, 4, dtype=torch.double, requires_grad=True),
+            torch.randn(1, 3, 4, dtype=torch.double, requires_grad=True),
+            torch.randn(2, 5, 6, dtype=torch.double, requires_grad=True),
+            torch.randn(3, 4, dtype=torch.double, requires_grad=True)]
+    assert torch.autograd.gradcheck(lambda *a: pairwise_score(*a, slope=0.2), args)
+    out, ref = pairwise_score(*args, slope=0.2), pairwise_score_reference(*args, slope=0.2)
+    assert torch.allclose(out, ref)
+
+
+def _gatv2_per_edge(gat: DenseGATv2, x: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Naive GATv2 for one graph, edge by edge, as a sparse message-passing library computes it."""
+    n = x.shape[0]
+    H, C = gat.heads, gat.out_dim
+    xs, xt = gat.lin_src(x).view(n, H, C), gat.lin_tgt(x).view(n, H, C)
+    out = torch.zeros(n, H, C, dtype=x.dtype)
+    for i in range(n):
+        sources = [j for j in range(n) if j != i and edges[j, i]]
+        loop_w = torch.stack([weights[j, i] for j in sources]).mean() if sources else x.new_zeros(())
+        ws = [weights[j, i] for j in sources] + [loop_w]
+        sources = sources + [i]
+        logits = torch.stack([
+            (gat.att * F.leaky_relu(xt[i] + xs[j] + w * gat.lin_edge, 0.2)).sum(-1) for j, w in zip(sources, ws)])
+        alpha = logits.softmax(0)  # (deg, H)
+        out[i] = sum(alpha[e][:, None] * xs[j] for e, j in enumerate(sources))
+    return out.reshape(n, H * C) + gat.bias
+
+
+def test_dense_gatv2_matches_per_edge_reference() -> None:
+    torch.manual_seed(0)
+    gat = DenseGATv2(5, 3, 2).double()
+    with torch.no_grad():
+        gat.bias.normal_()
+        gat.lin_src.bias.normal_()
+    b, n = 2, 6
+    x = torch.randn(b, n, 5, dtype=torch.double)
+    weights = torch.rand(b, n, n, dtype=torch.double)
+    edges = torch.rand(b, n, n) > 0.5
+    edges[0, :, 2] = False  # a node without incoming edges: only its self-loop, weight 0
+    dense = gat(x, weights, edges)
+    for s in range(b):
+        assert torch.allclose(dense[s], _gatv2_per_edge(gat, x[s], weights[s], edges[s]), atol=1e-10)
+    heads = torch.tensor([[1], [0]])
+    subset = gat(x, weights, edges, heads=heads)
+    assert torch.allclose(subset[0], dense[0, :, 3:]) and torch.allclose(subset[1], dense[1, :, :3])
+
+
+def test_batched_retrieval_equals_per_action_loop(model: CausalVQ, images: torch.Tensor) -> None:
+    from causalvq.losses import retrieval_distance
+
+    cx, cy = model.encode_codes(images), model.encode_codes(images.flip(0))
+    batched = model.retrieve_action_codes(cx, cy)
+    nodes_y = model.flatten_codes(cy)
+    loop = torch.stack([
+        retrieval_distance(model.transition_codes(cx, torch.full((B,), a)).probs[:, None], nodes_y,
+                           model.config.retrieval_score)[:, 0]
+        for a in range(model.num_actions)], 1)
+    assert torch.allclose(batched.scores, loop, atol=1e-5)
+
+
+def test_training_losses_backpropagate_to_the_transition_only(model: CausalVQ, images: torch.Tensor) -> None:
+    model.train()
+    codes = model.encode_codes(images)
+    actions = torch.tensor([0, 1, 2])
+    for loss in (model.base_losses(codes), model.transition_losses(codes, codes, actions),
+                 model.retrieval_losses(codes, codes, actions)):
+        model.zero_grad()
+        loss.loss.backward()
+        assert torch.isfinite(loss.loss)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transition_parameters())
+        assert all(p.grad is None for p in model.image_parameters())
+    model.zero_grad()
+    model.image_losses(images).loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_save_load_identical_outputs(model: CausalVQ, images: torch.Tensor, tmp_path) -> None:
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    loaded = CausalVQ.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    actions = torch.tensor([0, 1, 2])
+    assert torch.equal(loaded.reconstruct(images).image, model.reconstruct(images).image)
+    assert torch.equal(loaded.intervene(images, actions).image, model.intervene(images, actions).image)
+    assert torch.equal(loaded.retrieve_action(images, images).probs, model.retrieve_action(images, images).probs)
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path) -> None:
+    model = CausalVQ(ModelConfig.tiny())
+    model.save_pretrained(tmp_path / "ok")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        (tmp_path / "nocfg").mkdir()
+        CausalVQ.from_pretrained(tmp_path / "nocfg")
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        CausalVQ.from_pretrained(tmp_path / "missing" / "dir")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = json.loads((tmp_path / "ok" / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**data, "codebok_size": 3}))
+    (bad / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="codebok_size"):
+        CausalVQ.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**data, "codebook_size": "eight"}))
+    with pytest.raises(ValueError, match="codebook_size"):
+        CausalVQ.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**data, "codebook_size": 16}))
+    with pytest.raises(ValueError, match=r"quantizer\.codebooks"):
+        CausalVQ.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps(data))
+    (bad / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read weights"):
+        CausalVQ.from_pretrained(bad)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="not divisible by num_codebooks"):
+        ModelConfig.tiny(embedding_dim=9)
+    with pytest.raises(ValueError, match="image_size"):
+        ModelConfig.tiny(image_size=18)
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"image_sise": 32})
+    with pytest.raises(ValueError, match="factor_sizes"):
+        ModelConfig.tiny(factor_sizes=(3, 4))
+    with pytest.raises(ValueError, match="intervention_edges"):
+        ModelConfig.tiny(intervention_edges="sideways")
+    cfg = ModelConfig.paper_shapes3d()
+    assert (cfg.num_nodes, cfg.num_actions, cfg.grid_size) == (64, 12, 8)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_golden_slice() -> None:
+    """A seeded forward pass, pinned: catches silent changes to the model's arithmetic."""
+    torch.manual_seed(1234)
+    model = CausalVQ(ModelConfig.tiny()).eval()
+    x = torch.linspace(0, 1, 3 * 16 * 16).reshape(1, 3, 16, 16)
+    rec = model.reconstruct(x)
+    nodes = torch.arange(model.config.num_nodes)[None] % model.config.codebook_size
+    out = model.transition(nodes, torch.tensor([2]), sample=False)
+    got = rec.image[0, 0, 0, :4].tolist() + out.probs[0, 0, :4].tolist()
+    assert got == pytest.approx(GOLDEN, abs=1e-4), got
+
+
+GOLDEN = [0.52459, 0.52842, 0.52753, 0.5284, 0.1371, 0.12389, 0.11572, 0.13231]
