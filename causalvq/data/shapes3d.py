@@ -47,8 +47,8 @@ _CORNER = 2.6  # distance from the object to the wall corner along +z
 _CAM_POS = np.array([0.0, 3.0, -4.3])  # camera at orientation 0
 _CAM_TARGET = np.array([0.0, 0.55, 1.0])
 _FOV_DEG = 36.0
-_LIGHT = np.array([-0.35, 1.0, -0.75])  # direction towards the light
-_AMBIENT, _DIFFUSE = 0.34, 0.72
+_LIGHT = np.array([-0.5, 1.0, -0.55])  # direction towards the key light (casts the shadow)
+_AMBIENT, _DIFFUSE, _FILL = 0.24, 0.62, 0.26  # ambient, key light, and a shadowless fill light at the camera
 
 
 def _normalize(v: np.ndarray) -> np.ndarray:
@@ -188,6 +188,7 @@ class _Background:
         self.points = self.origin + t_bg[:, None] * d  # (r, 3)
         self.normals = n_bg
         self.lambert = np.maximum(n_bg @ _normalize(_LIGHT), 0.0)  # (r,)
+        self.fill = np.maximum(-np.einsum("rc,rc->r", n_bg, d), 0.0)  # (r,) headlight
 
 
 def _object_shading(bg: _Background, shape: int, scale: float, size: int, supersample: int) -> np.ndarray:
@@ -195,7 +196,7 @@ def _object_shading(bg: _Background, shape: int, scale: float, size: int, supers
     light = _normalize(_LIGHT)
     n_rays = len(bg.dirs)
     surf = bg.surface.copy()
-    lambert = bg.lambert.copy()
+    lambert, fill = bg.lambert.copy(), bg.fill.copy()
     lit = np.ones(n_rays)
     centre, radius = _bound(shape, scale)
     # Primary rays that may hit the object.
@@ -207,13 +208,14 @@ def _object_shading(bg: _Background, shape: int, scale: float, size: int, supers
     idx = cand[hit]
     surf[idx] = 2
     lambert[idx] = np.maximum(n_obj[hit] @ light, 0.0)
+    fill[idx] = np.maximum(-np.einsum("rc,rc->r", n_obj[hit], bg.dirs[idx]), 0.0)
     # Shadow rays from visible floor/wall points towards the light (the object is convex: no self-shadowing).
     is_bg = surf != 2
     near = np.flatnonzero(is_bg & _near_sphere(bg.points, np.broadcast_to(light, bg.dirs.shape), centre, radius))
     p = bg.points[near] + 1e-4 * bg.normals[near]
     t_sh, _ = _hit_object(shape, scale, p, np.broadcast_to(light, p.shape))
     lit[near[np.isfinite(t_sh)]] = 0.0
-    shade = _AMBIENT + _DIFFUSE * lambert * lit  # (r,)
+    shade = _AMBIENT + _DIFFUSE * lambert * lit + _FILL * fill  # (r,)
     maps = np.zeros((3, n_rays))
     maps[surf, np.arange(n_rays)] = shade
     maps = maps.reshape(3, size, supersample, size, supersample).mean(axis=(2, 4))  # (s, H, W)
