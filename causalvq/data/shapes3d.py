@@ -156,20 +156,13 @@ def _bound(shape: int, scale: float) -> tuple[np.ndarray, float]:
     return np.array([0.0, height / 2, 0.0]), float(np.hypot(height / 2, half_width)) * 1.01 + 1e-3
 
 
-def _near_sphere(o: np.ndarray, d: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
-    """Whether each ray (unit direction) passes within ``radius`` of ``centre`` going forward: ``bool (r,)``."""
-    oc = centre - o
-    along = np.einsum("rc,rc->r", oc, d)  # (r,)
-    dist2 = np.einsum("rc,rc->r", oc, oc) - along * along
-    return (dist2 <= radius * radius) & (along > -radius)
-
-
 class _Background:
     """Camera rays and their hits on floor and walls for one orientation (independent of the object)."""
 
     def __init__(self, orientation_deg: float, size: int, supersample: int) -> None:
         o, d = _camera_rays(orientation_deg, size, supersample)
         self.origin, self.dirs = o[0], d  # (3,), (r, 3)
+        self.size, self.supersample = size, supersample
         # Floor y = 0 (hit from above); left wall z - x = C and right wall z + x = C (hit from the room side).
         planes = [(np.array([0.0, 1.0, 0.0]), 0.0, 1.0),
                   (np.array([-1.0, 0.0, 1.0]) / np.sqrt(2), _CORNER / np.sqrt(2), -1.0),
@@ -184,41 +177,53 @@ class _Background:
             t_bg = np.where(closer, t, t_bg)
             n_bg = np.where(closer[:, None], sign * normal, n_bg)  # normal facing into the room
             surf = np.where(closer, min(k, 1), surf)  # 0 floor, 1 wall
+        light = _normalize(_LIGHT)
         self.surface = surf
+        self.t = t_bg
         self.points = self.origin + t_bg[:, None] * d  # (r, 3)
         self.normals = n_bg
-        self.lambert = np.maximum(n_bg @ _normalize(_LIGHT), 0.0)  # (r,)
-        self.fill = np.maximum(-np.einsum("rc,rc->r", n_bg, d), 0.0)  # (r,) headlight
+        fill = _AMBIENT + _FILL * np.maximum(-np.einsum("rc,rc->r", n_bg, d), 0.0)  # (r,) ambient + headlight
+        self.shade_dark = fill  # in the object's shadow
+        self.shade = fill + _DIFFUSE * np.maximum(n_bg @ light, 0.0)  # (r,) lit by the key light
+        # For the cheap shadow-ray culling against a bounding sphere on the y axis.
+        self.p_dot_l = self.points @ light
+        self.p_y = self.points[:, 1]
+        self.p_sq = np.einsum("rc,rc->r", self.points, self.points)
+        m = size * supersample
+        row, col = np.divmod(np.arange(m * m), m)
+        self.pixel = (row // supersample) * size + col // supersample  # (r,) pixel of each ray
 
 
-def _object_shading(bg: _Background, shape: int, scale: float, size: int, supersample: int) -> np.ndarray:
-    """Coverage-weighted shading of floor, walls and object: ``float64 (3, size, size)`` in [0, 1]."""
+def _object_shading(bg: _Background, shape: int, scale: float) -> np.ndarray:
+    """Coverage-weighted shading of floor, walls and object: ``float64 (3, H, W)`` in [0, 1]."""
     light = _normalize(_LIGHT)
-    n_rays = len(bg.dirs)
-    surf = bg.surface.copy()
-    lambert, fill = bg.lambert.copy(), bg.fill.copy()
-    lit = np.ones(n_rays)
+    size = bg.size
     centre, radius = _bound(shape, scale)
-    # Primary rays that may hit the object.
-    cand = np.flatnonzero(_near_sphere(np.broadcast_to(bg.origin, bg.dirs.shape), bg.dirs, centre, radius))
-    o = np.broadcast_to(bg.origin, (len(cand), 3))
-    t_obj, n_obj = _hit_object(shape, scale, o, bg.dirs[cand])
-    t_bg = np.einsum("rc,rc->r", bg.points[cand] - bg.origin, bg.dirs[cand])
-    hit = t_obj < t_bg
+    # Primary rays passing near the object's bounding sphere (one origin: a matrix-vector product).
+    oc = centre - bg.origin
+    along = bg.dirs @ oc  # (r,)
+    cand = np.flatnonzero((oc @ oc - along * along <= radius * radius) & (along > -radius))
+    d = bg.dirs[cand]
+    t_obj, n_obj = _hit_object(shape, scale, np.broadcast_to(bg.origin, d.shape), d)
+    hit = t_obj < bg.t[cand]
     idx = cand[hit]
+    surf = bg.surface.copy()
     surf[idx] = 2
-    lambert[idx] = np.maximum(n_obj[hit] @ light, 0.0)
-    fill[idx] = np.maximum(-np.einsum("rc,rc->r", n_obj[hit], bg.dirs[idx]), 0.0)
-    # Shadow rays from visible floor/wall points towards the light (the object is convex: no self-shadowing).
-    is_bg = surf != 2
-    near = np.flatnonzero(is_bg & _near_sphere(bg.points, np.broadcast_to(light, bg.dirs.shape), centre, radius))
+    # Shadow rays from floor/wall points towards the light, culled by the bounding sphere (centre on the y axis).
+    along_s = centre[1] * light[1] - bg.p_dot_l  # (r,) = (centre - p)·L
+    dist2 = centre[1] ** 2 - 2 * centre[1] * bg.p_y + bg.p_sq - along_s * along_s
+    near = np.flatnonzero((dist2 <= radius * radius) & (along_s > -radius) & (surf != 2))
     p = bg.points[near] + 1e-4 * bg.normals[near]
     t_sh, _ = _hit_object(shape, scale, p, np.broadcast_to(light, p.shape))
-    lit[near[np.isfinite(t_sh)]] = 0.0
-    shade = _AMBIENT + _DIFFUSE * lambert * lit + _FILL * fill  # (r,)
-    maps = np.zeros((3, n_rays))
-    maps[surf, np.arange(n_rays)] = shade
-    maps = maps.reshape(3, size, supersample, size, supersample).mean(axis=(2, 4))  # (s, H, W)
+    shade = bg.shade.copy()
+    dark = near[np.isfinite(t_sh)]
+    shade[dark] = bg.shade_dark[dark]
+    # The object is convex: its faces turned from the light are its only unlit parts.
+    n_hit = n_obj[hit]
+    shade[idx] = (_AMBIENT + _DIFFUSE * np.maximum(n_hit @ light, 0.0)
+                  + _FILL * np.maximum(-np.einsum("rc,rc->r", n_hit, d[hit]), 0.0))
+    maps = np.bincount(surf * size * size + bg.pixel, weights=shade, minlength=3 * size * size)
+    maps = maps.reshape(3, size, size) / bg.supersample**2  # (s, H, W): mean over each pixel's rays
     return np.clip(maps, 0.0, 1.0)
 
 
@@ -229,7 +234,7 @@ def shading_maps(scale_idx: int, shape_idx: int, orientation_idx: int, size: int
     Pixel colour = Σ_s maps[s] · albedo_s. Antialiased by averaging ``supersample``² rays per pixel.
     """
     bg = _Background(float(FACTOR_VALUES[5][orientation_idx]), size, supersample)
-    return _object_shading(bg, shape_idx, float(FACTOR_VALUES[3][scale_idx]), size, supersample)
+    return _object_shading(bg, shape_idx, float(FACTOR_VALUES[3][scale_idx]))
 
 
 class Shapes3D(FactorDataset):
@@ -277,7 +282,7 @@ class Shapes3D(FactorDataset):
             bg = _Background(float(FACTOR_VALUES[5][ori]), size, ss)
             for g in missing[by_orientation == ori]:
                 sc, sh = divmod(int(g) // FACTOR_SIZES[5], FACTOR_SIZES[4])
-                maps = _object_shading(bg, sh, float(FACTOR_VALUES[3][sc]), size, ss)
+                maps = _object_shading(bg, sh, float(FACTOR_VALUES[3][sc]))
                 self._maps[g] = np.round(maps * (1 << _Q)).astype(np.uint16).reshape(3, -1)
                 self._ready[g] = True
 
