@@ -1,0 +1,661 @@
+"""Model evaluation (paper §10): reconstruction, action retrieval, k-step intervention and disentanglement.
+
+``evaluate_model(model, dataset)`` measures a ``CausalVQ`` on one split of a ``FactorDataset`` and returns an
+``EvalReport`` (a frozen dataclass of named results); ``write_report`` writes it as ``eval.json``, ``eval.md``
+and ``confusion.png``. Everything is deterministic: the model runs in eval mode under ``torch.no_grad`` with
+``sample=False`` (thresholds instead of Gumbel noise), and every draw comes from a numpy generator seeded by
+``seed`` (one independent stream per section, so switching a section off leaves the others unchanged).
+
+Images are rendered from known factors by ``dataset.render``, converted with ``causalvq.imaging.to_tensor`` and
+resized to ``model.config.image_size`` with ``causalvq.imaging.resize_images``, the same way for inputs, targets
+and intervention candidates. Points and pairs come from a ``TransitionSampler`` of the split: both images of a
+pair lie in the split.
+
+Protocol (what each number means):
+
+- **Reconstruction**: mean over pixels and images of (x̂ − x)² on [0, 1]; PSNR = 10·log10(1 / mean MSE).
+- **Action retrieval** (§10.1-2): on one-step transition pairs (x, y). Directed accuracy: argmax over the A
+  actions of p(a | x, y) equals the true action (chance 1/A). Factor (undirected) accuracy: fold the two
+  directions, p_f + p_{F+f}, and compare argmaxes over the F factors (chance 1/F). Both also per factor (pairs
+  grouped by the factor that moved), and the A×A confusion matrix (row = true action, column = predicted).
+- **Intervention accuracy** (a causalvq addition; the paper shows k repeated applications qualitatively, §10.5):
+  for x of the split and an action a that can be applied k times without leaving the factor range (y_k in the
+  split too), decode ``model.intervene(x, a, steps=k)`` and count it correct when its pixel MSE to the true y_k
+  is strictly smaller than to x itself and to every other k-step neighbour of x (every other action applied k
+  times where it stays in range). A candidate rendering to exactly the image of y_k is no rival. Chance is the
+  hit rate of a uniformly drawn candidate (1 / number of candidates when all renderings differ). Also the mean
+  pixel MSE between the decoded image and y_k (the action-mode MSE of §10.3).
+- **Disentanglement** (§10.4): ``causalvq.metrics.disentanglement.evaluate_representation`` (DCI, MIG, SAP,
+  FactorVAE) on points of the split, for the faithful representation ``"encoder"`` (continuous pre-quantization
+  encoder output, flattened: D·h·w dims) and ``"codes_onehot"`` (one-hot code indices, flattened: L·N dims; a
+  causalvq addition). Default sizes (``DisentanglementSizes``) are far below the official 20·B / 10·B points.
+  FactorVAE's groups hold one factor at a sampled value, which can move a point out of the split (the official
+  protocol samples the whole dataset).
+
+Axis legend: ``b`` images or pairs, ``c`` channels, ``S`` image side, ``a`` actions (A = 2F), ``f`` factors (F),
+``m`` intervention candidates (1 + A: x itself, then every action applied k times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from causalvq.config import ModelConfig
+from causalvq.data.base import FactorDataset
+from causalvq.data.pairs import SPLITS, TransitionSampler
+from causalvq.imaging import resize_images, to_tensor
+from causalvq.metrics.disentanglement import Importance, evaluate_representation
+from causalvq.model import CausalVQ
+
+# One independent random stream per section: np.random.default_rng([seed, stream]).
+_STREAMS = {"reconstruction": 0, "retrieval": 1, "intervention": 2, "disentanglement": 3}
+REPRESENTATIONS: dict[str, str] = {
+    "encoder": "continuous pre-quantization encoder output, flattened (paper §10.4, faithful)",
+    "codes_onehot": "one-hot code indices, flattened (causalvq addition)",
+}
+
+
+# --- results -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReconstructionResult:
+    mse: float  # mean squared error on [0, 1], over pixels and images
+    psnr: float  # dB, 10·log10(1 / mse); inf for a perfect reconstruction
+    num_images: int
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    action_accuracy: float  # directed: argmax over the A actions
+    factor_accuracy: float  # undirected: argmax over the F factors of p_f + p_{F+f}
+    action_chance: float  # 1 / A
+    factor_chance: float  # 1 / F
+    per_factor_action_accuracy: dict[str, float | None]  # factor name -> directed accuracy (None: no pairs)
+    per_factor_factor_accuracy: dict[str, float | None]  # factor name -> undirected accuracy
+    per_factor_pairs: dict[str, int]  # factor name -> pairs moving it
+    confusion: tuple[tuple[int, ...], ...]  # (a, a) counts, row = true action, column = predicted
+    num_pairs: int
+
+
+@dataclass(frozen=True)
+class InterventionResult:
+    steps: int  # k, applications of the action
+    accuracy: float | None  # share of pairs decoded nearest to the true y_k (None: no pairs)
+    chance: float | None  # hit rate of a uniformly drawn candidate
+    mse: float | None  # mean pixel MSE between the decoded image and y_k
+    per_factor_accuracy: dict[str, float | None]  # factor name -> accuracy over the pairs moving it
+    per_factor_pairs: dict[str, int]
+    num_pairs: int
+
+
+@dataclass(frozen=True)
+class DisentanglementResult:
+    representation: str  # a key of REPRESENTATIONS
+    description: str
+    dims: int  # size of the flattened representation
+    scores: dict[str, float]  # evaluate_representation's output (dci.*, mig, sap, factor_vae.*)
+
+
+@dataclass(frozen=True)
+class DisentanglementSizes:
+    """Sample sizes of the disentanglement metrics (official, B = 64: 1280 train and 640 test points)."""
+
+    num_train: int = 160  # DCI / SAP / MIG train points; also FactorVAE training votes
+    num_test: int = 80  # DCI / SAP test points; also FactorVAE evaluation votes
+    group_size: int = 16  # FactorVAE points per vote (official: B = 64)
+    num_variance: int = 256  # FactorVAE points for the global variances (official: 512)
+    importance: Importance = "gbt"  # DCI classifier: "gbt" as disentanglement_lib, "extra_trees" faster
+
+    def __post_init__(self) -> None:
+        if self.num_train < 2 or self.num_test < 1 or self.group_size < 2 or self.num_variance < 2:
+            raise ValueError(f"DisentanglementSizes needs num_train >= 2, num_test >= 1, group_size >= 2 and "
+                             f"num_variance >= 2, got {self}")
+        if self.importance not in ("gbt", "extra_trees"):
+            raise ValueError(f"DisentanglementSizes.importance must be 'gbt' or 'extra_trees', "
+                             f"got {self.importance!r}")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    name: str  # dotted metric name, e.g. "retrieval.factor_accuracy.scale"
+    value: float | None  # None: no samples
+    chance: float | None  # chance level where one applies
+    samples: int  # points or pairs behind the value
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything ``evaluate_model`` measured, with the protocol needed to read it."""
+
+    dataset: str
+    split: str
+    seed: int
+    image_size: int  # model resolution S the images were resized to
+    factor_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    reconstruction: ReconstructionResult
+    retrieval: RetrievalResult
+    intervention: tuple[InterventionResult, ...]  # k = 1 .. max_steps
+    disentanglement: tuple[DisentanglementResult, ...]  # empty when switched off
+    protocol: dict[str, Any]  # split seed, sample sizes and switches
+    seconds: dict[str, float]  # wall time per section
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists); ``EvalReport.from_dict`` inverts it."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
+        """Rebuild a report from ``to_dict``'s output (e.g. a loaded ``eval.json``)."""
+        retrieval = dict(data["retrieval"])
+        retrieval["confusion"] = tuple(tuple(int(v) for v in row) for row in retrieval["confusion"])
+        return cls(
+            dataset=data["dataset"], split=data["split"], seed=int(data["seed"]), image_size=int(data["image_size"]),
+            factor_names=tuple(data["factor_names"]), action_names=tuple(data["action_names"]),
+            reconstruction=ReconstructionResult(**data["reconstruction"]),
+            retrieval=RetrievalResult(**retrieval),
+            intervention=tuple(InterventionResult(**i) for i in data["intervention"]),
+            disentanglement=tuple(DisentanglementResult(**d) for d in data["disentanglement"]),
+            protocol=dict(data["protocol"]), seconds=dict(data["seconds"]),
+        )  # fmt: skip
+
+    def rows(self) -> list[MetricRow]:
+        """Every scalar metric, with its chance level and sample count (the rows of ``eval.md``)."""
+        rec, ret = self.reconstruction, self.retrieval
+        out = [MetricRow("reconstruction.mse", rec.mse, None, rec.num_images),
+               MetricRow("reconstruction.psnr_db", rec.psnr, None, rec.num_images),
+               MetricRow("retrieval.action_accuracy", ret.action_accuracy, ret.action_chance, ret.num_pairs),
+               MetricRow("retrieval.factor_accuracy", ret.factor_accuracy, ret.factor_chance, ret.num_pairs)]
+        for name in self.factor_names:
+            n = ret.per_factor_pairs[name]
+            out += [MetricRow(f"retrieval.action_accuracy.{name}", ret.per_factor_action_accuracy[name],
+                              ret.action_chance, n),
+                    MetricRow(f"retrieval.factor_accuracy.{name}", ret.per_factor_factor_accuracy[name],
+                              ret.factor_chance, n)]
+        for res in self.intervention:
+            key = f"intervention.k{res.steps}"
+            out += [MetricRow(f"{key}.accuracy", res.accuracy, res.chance, res.num_pairs),
+                    MetricRow(f"{key}.mse", res.mse, None, res.num_pairs)]
+            out += [MetricRow(f"{key}.accuracy.{name}", res.per_factor_accuracy[name], None,
+                              res.per_factor_pairs[name]) for name in self.factor_names]
+        sizes = self.protocol.get("disentanglement") or {}
+        points = sizes.get("num_train", 0) + sizes.get("num_test", 0)
+        for dis in self.disentanglement:
+            out += [MetricRow(f"disentanglement.{dis.representation}.{k}", v, None, points)
+                    for k, v in dis.scores.items()]
+        return out  # fmt: skip
+
+    def metrics(self) -> dict[str, float | None]:
+        """Every scalar metric by dotted name."""
+        return {row.name: row.value for row in self.rows()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- pure metric cores -----------------------------------------------------------------------------------------
+def psnr_from_mse(mse: float, max_value: float = 1.0) -> float:
+    """PSNR in dB of a mean squared error on a ``[0, max_value]`` scale: 10·log10(max² / mse); inf at 0."""
+    if not math.isfinite(mse) or mse < 0:
+        raise ValueError(f"mse must be finite and non-negative, got {mse}")
+    return math.inf if mse == 0 else 10.0 * math.log10(max_value**2 / mse)
+
+
+def fold_directions(probs: torch.Tensor) -> torch.Tensor:
+    """Factor probabilities of action probabilities: `(b, 2F)` → `(b, F)`, p_f + p_{F+f}."""
+    if probs.ndim != 2 or probs.shape[1] % 2:
+        raise ValueError(f"probs must be (b, 2F), got {tuple(probs.shape)}")
+    up, down = rearrange(probs, "b (d f) -> d b f", d=2)
+    return up + down
+
+
+def confusion_matrix(true: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts `(num_classes, num_classes)`, row = true class, column = predicted, of labels `(b,)`."""
+    flat = true.long() * num_classes + pred.long()  # (b,)
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _group_mean(values: torch.Tensor, groups: torch.Tensor, names: tuple[str, ...]) -> dict[str, float | None]:
+    """Mean of `values (b,)` per group id `(b,)` in 0..len(names)−1; None for an empty group."""
+    return {name: float(values[groups == g].float().mean()) if bool((groups == g).any()) else None
+            for g, name in enumerate(names)}  # fmt: skip
+
+
+def _group_count(groups: torch.Tensor, names: tuple[str, ...]) -> dict[str, int]:
+    return dict(zip(names, torch.bincount(groups, minlength=len(names)).tolist()))
+
+
+def retrieval_result(probs: torch.Tensor, action: torch.Tensor, factor_names: tuple[str, ...]) -> RetrievalResult:
+    """Directed and undirected retrieval accuracies of action probabilities.
+
+    Args:
+        probs: `(b, a)` p(a | x, y), a = 2F, index a = f + F·dir.
+        action: `(b,)` true actions, b >= 1.
+        factor_names: the F factor names, keys of the per-factor entries.
+    """
+    num_factors = len(factor_names)
+    if probs.ndim != 2 or probs.shape[1] != 2 * num_factors or action.shape != probs.shape[:1] or not len(action):
+        raise ValueError(f"probs must be (b, {2 * num_factors}) and action (b,) with b >= 1; got "
+                         f"{tuple(probs.shape)} and {tuple(action.shape)}")
+    probs, action = probs.detach().cpu().float(), action.detach().cpu().long()
+    pred = probs.argmax(-1)  # (b,)
+    true_factor = action % num_factors  # (b,)
+    hit, hit_factor = pred == action, fold_directions(probs).argmax(-1) == true_factor
+    return RetrievalResult(
+        action_accuracy=float(hit.float().mean()),
+        factor_accuracy=float(hit_factor.float().mean()),
+        action_chance=1.0 / (2 * num_factors),
+        factor_chance=1.0 / num_factors,
+        per_factor_action_accuracy=_group_mean(hit, true_factor, factor_names),
+        per_factor_factor_accuracy=_group_mean(hit_factor, true_factor, factor_names),
+        per_factor_pairs=_group_count(true_factor, factor_names),
+        confusion=tuple(map(tuple, confusion_matrix(action, pred, 2 * num_factors).tolist())),
+        num_pairs=len(action),
+    )
+
+
+def move_factors(factors: np.ndarray, action: np.ndarray, steps: int,
+                 factor_sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Apply each action ``steps`` times to factor vectors.
+
+    Args:
+        factors: int `(b, f)`; action: int `(b,)`, a = f + F·dir (dir 1 = down).
+    Returns:
+        moved factors int64 `(b, f)` (invalid rows clipped into range) and ``valid`` bool `(b,)`: the moved
+        value stays in 0..size−1.
+    """
+    sizes = np.asarray(factor_sizes)
+    factors, action = np.asarray(factors, dtype=np.int64), np.asarray(action, dtype=np.int64)
+    rows, f = np.arange(len(factors)), action % len(sizes)  # (b,), (b,)
+    target = factors[rows, f] + steps * np.where(action < len(sizes), 1, -1)  # (b,)
+    moved = factors.copy()
+    moved[rows, f] = np.clip(target, 0, sizes[f] - 1)
+    return moved, (target >= 0) & (target < sizes[f])
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    hit: torch.Tensor  # (b,) bool, the prediction is strictly nearest to the target candidate
+    chance: torch.Tensor  # (b,) float64, hit rate of a uniformly drawn valid candidate
+
+
+def nearest_candidate(pred: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor,
+                      target: torch.Tensor) -> CandidateScore:
+    """Whether each prediction is strictly nearer (pixel MSE) to its target candidate than to every rival.
+
+    Rivals are the valid candidates whose image differs from the target's (an identical rendering cannot be
+    told apart: it is no rival, and drawing it counts as a hit for the chance level).
+
+    Args:
+        pred: `(b, c, S, S)` predicted images.
+        candidates: `(b, m, c, S, S)` candidate images.
+        valid: `(b, m)` bool, which candidates exist; every target is valid.
+        target: `(b,)` index of the true candidate.
+    """
+    rows = torch.arange(pred.shape[0])
+    dist = ((candidates - pred[:, None]) ** 2).flatten(2).mean(-1)  # (b, m)
+    same = valid & (candidates == candidates[rows, target][:, None]).flatten(2).all(-1)  # (b, m)
+    rival = dist.masked_fill(~valid | same, math.inf).amin(-1)  # (b,)
+    return CandidateScore(hit=dist[rows, target] < rival, chance=same.sum(1).double() / valid.sum(1).double())
+
+
+# --- rendering, batching, sampling --------------------------------------------------------------------------------
+def render_images(dataset: FactorDataset, factors: np.ndarray, image_size: int) -> torch.Tensor:
+    """Images of factor vectors `(b, f)` at the model's resolution: float `(b, c, S, S)` in [0, 1] (CPU)."""
+    return resize_images(to_tensor(dataset.render(factors)), image_size)
+
+
+@contextmanager
+def inference_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no gradients inside the block; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _batched(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, batch_size: int,
+             device: torch.device) -> torch.Tensor:
+    """``fn`` on slices of ``batch_size`` rows of every input, moved to ``device``; outputs joined on the CPU."""
+    n = len(inputs[0])
+    return torch.cat([fn(*(x[i:i + batch_size].to(device) for x in inputs)).cpu()
+                      for i in range(0, n, batch_size)])  # fmt: skip
+
+
+def sample_step_pairs(sampler: TransitionSampler, n: int, steps: int, rng: np.random.Generator,
+                      max_rounds: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pairs (x, a) of the sampler's split where ``a`` applied ``steps`` times stays in range.
+
+    x comes from ``sampler.sample_images``; the action is uniform among those that keep the factor in range for
+    ``steps`` steps and land in the same split (``sampler.in_split``: a pair never crosses splits); an x with no
+    such action is redrawn. Returns factors int64 `(b, f)` and actions int64 `(b,)` with b = n, or fewer
+    (possibly 0) when no factor has more than ``steps`` values or ``max_rounds`` draws find too few pairs.
+    """
+    sizes = tuple(sampler.ds.factor_sizes)
+    num_actions = 2 * len(sizes)
+    xs, acts, have = [np.zeros((0, len(sizes)), np.int64)], [np.zeros(0, np.int64)], 0
+    for _ in range(max_rounds if max(sizes) > steps else 0):
+        if have >= n:
+            break
+        x = np.asarray(sampler.sample_images(2 * (n - have), rng), dtype=np.int64)  # (r, f)
+        ok = np.zeros((len(x), num_actions), dtype=bool)  # (r, a)
+        for a in range(num_actions):
+            moved, valid = move_factors(x, np.full(len(x), a), steps, sizes)
+            ok[:, a] = valid & sampler.in_split(moved)
+        x, ok = x[ok.any(1)], ok[ok.any(1)]
+        xs.append(x)
+        acts.append(np.where(ok, rng.random(ok.shape), -1.0).argmax(1))  # a uniform valid action per row
+        have += len(x)
+    return np.concatenate(xs)[:n], np.concatenate(acts)[:n].astype(np.int64)
+
+
+# --- the sections (each runs the model in eval mode, without gradients) ------------------------------------------
+def evaluate_reconstruction(model: CausalVQ, dataset: FactorDataset, factors: np.ndarray,
+                            batch_size: int = 64) -> ReconstructionResult:
+    """Reconstruction MSE and PSNR on the images of ``factors (b, f)``, b >= 1."""
+    x = render_images(dataset, factors, model.config.image_size)
+    with inference_mode(model):
+        per_image = _batched(lambda xb: ((model.reconstruct(xb).image - xb) ** 2).flatten(1).mean(1), x,
+                             batch_size=batch_size, device=model.device)  # (b,)
+    mse = float(per_image.double().mean())
+    return ReconstructionResult(mse=mse, psnr=psnr_from_mse(mse), num_images=len(per_image))
+
+
+def evaluate_retrieval(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarray, y_factors: np.ndarray,
+                       actions: np.ndarray, batch_size: int = 64) -> RetrievalResult:
+    """Action retrieval on transition pairs given by factors `(b, f)` of x and y and true actions `(b,)`."""
+    s = model.config.image_size
+    x, y = render_images(dataset, x_factors, s), render_images(dataset, y_factors, s)
+    with inference_mode(model):
+        probs = _batched(lambda xb, yb: model.retrieve_action(xb, yb, sample=False).probs, x, y,
+                         batch_size=batch_size, device=model.device)  # (b, a)
+    return retrieval_result(probs, torch.as_tensor(actions, dtype=torch.long), tuple(dataset.factor_names))
+
+
+def evaluate_intervention(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarray, actions: np.ndarray,
+                          steps: int, batch_size: int = 64) -> InterventionResult:
+    """k-step intervention accuracy on pairs (x, a): factors `(b, f)` and actions `(b,)` applicable k times."""
+    sizes, names = tuple(dataset.factor_sizes), tuple(dataset.factor_names)
+    b = len(x_factors)
+    if b == 0:
+        return InterventionResult(steps=steps, accuracy=None, chance=None, mse=None,
+                                  per_factor_accuracy=dict.fromkeys(names), per_factor_pairs=dict.fromkeys(names, 0),
+                                  num_pairs=0)  # fmt: skip
+    # candidates: x itself, then every action applied k times; each distinct factor vector rendered once
+    moved, valid = zip(*(move_factors(x_factors, np.full(b, a), steps, sizes) for a in range(2 * len(sizes))))
+    cand_factors = np.stack([x_factors, *moved], 1)  # (b, m, f)
+    cand_valid = torch.from_numpy(np.stack([np.ones(b, dtype=bool), *valid], 1))  # (b, m)
+    act = torch.as_tensor(actions, dtype=torch.long)  # (b,)
+    target = act + 1  # (b,) index of y_k among the candidates
+    if not bool(cand_valid[torch.arange(b), target].all()):
+        raise ValueError(f"some actions cannot be applied {steps} times without leaving the factor range")
+    unique, inverse = np.unique(cand_factors[cand_valid.numpy()], axis=0, return_inverse=True)
+    images = render_images(dataset, unique, model.config.image_size)  # (u, c, S, S)
+    index = torch.zeros(cand_valid.shape, dtype=torch.long)  # (b, m) row of each candidate in `images`
+    index[cand_valid] = torch.from_numpy(inverse.reshape(-1)).long()
+    with inference_mode(model):
+        pred = _batched(lambda xb, ab: model.intervene(xb, ab, steps=steps, sample=False).image,
+                        images[index[:, 0]], act, batch_size=batch_size, device=model.device)  # (b, c, S, S)
+    scores = [nearest_candidate(pred[i:i + batch_size], images[index[i:i + batch_size]],
+                                cand_valid[i:i + batch_size], target[i:i + batch_size])
+              for i in range(0, b, batch_size)]  # candidate images (batch, m, c, S, S) one batch at a time
+    hit = torch.cat([sc.hit for sc in scores])  # (b,)
+    y = images[index[torch.arange(b), target]]  # (b, c, S, S)
+    return InterventionResult(
+        steps=steps,
+        accuracy=float(hit.float().mean()),
+        chance=float(torch.cat([sc.chance for sc in scores]).mean()),
+        mse=float(((pred - y) ** 2).double().mean()),
+        per_factor_accuracy=_group_mean(hit, act % len(sizes), names),
+        per_factor_pairs=_group_count(act % len(sizes), names),
+        num_pairs=b,
+    )
+
+
+def representation_dims(config: ModelConfig, representation: str) -> int:
+    """Size of a flattened representation: ``"encoder"`` D·h·w, ``"codes_onehot"`` L·N."""
+    if representation == "encoder":
+        return config.embedding_dim * config.grid_size**2
+    if representation == "codes_onehot":
+        return config.num_nodes * config.codebook_size
+    raise ValueError(f"unknown representation {representation!r}; known: {', '.join(REPRESENTATIONS)}")
+
+
+def representation_fn(model: CausalVQ, dataset: FactorDataset, representation: str,
+                      batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+    """``factors int (n, f) -> float (n, d)``: a representation of the images of the factors.
+
+    ``"encoder"``: ``model.encoder(x).flatten(1)``, the continuous pre-quantization output, d = D·h·w (paper
+    §10.4). ``"codes_onehot"``: one-hot ``model.encode_codes(x)`` flattened, d = L·N.
+    """
+    representation_dims(model.config, representation)  # reject an unknown name now
+    v = model.config.codebook_size
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        if representation == "encoder":
+            return model.encoder(x).flatten(1)  # (b, D·h·w)
+        return torch.nn.functional.one_hot(model.encode_codes(x), v).flatten(1).float()  # (b, L·N)
+
+    def represent(factors: np.ndarray) -> np.ndarray:
+        x = render_images(dataset, factors, model.config.image_size)
+        with inference_mode(model):
+            return _batched(one, x, batch_size=batch_size, device=model.device).numpy()
+
+    return represent
+
+
+def evaluate_disentanglement(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSampler,
+                             rng: np.random.Generator, sizes: DisentanglementSizes = DisentanglementSizes(),
+                             batch_size: int = 64) -> tuple[DisentanglementResult, ...]:
+    """DCI, MIG, SAP and FactorVAE of each representation in ``REPRESENTATIONS`` on points of the split.
+
+    Each representation draws from its own generator spawned from ``rng``.
+    """
+    out = []
+    for (name, description), child in zip(REPRESENTATIONS.items(), rng.spawn(len(REPRESENTATIONS))):
+        scores = evaluate_representation(
+            representation_fn(model, dataset, name, batch_size), sampler.sample_images,
+            tuple(dataset.factor_sizes), child, num_train=sizes.num_train, num_test=sizes.num_test,
+            batch_size=sizes.group_size, num_variance=sizes.num_variance, importance=sizes.importance,
+        )  # fmt: skip
+        out.append(DisentanglementResult(representation=name, description=description,
+                                         dims=representation_dims(model.config, name),
+                                         scores={k: float(v) for k, v in scores.items()}))
+    return tuple(out)
+
+
+# --- the whole evaluation -------------------------------------------------------------------------------------------
+def evaluate_model(
+    model: CausalVQ,
+    dataset: FactorDataset,
+    *,
+    split: str = "test",
+    sampler: TransitionSampler | None = None,
+    seed: int = 0,
+    num_images: int = 512,
+    num_pairs: int = 512,
+    max_steps: int = 5,
+    disentanglement: bool = True,
+    disentanglement_sizes: DisentanglementSizes = DisentanglementSizes(),
+    batch_size: int = 64,
+) -> EvalReport:
+    """Evaluate a model on one split of a dataset, deterministically (eval mode, no grad, ``sample=False``).
+
+    Args:
+        model: a ``CausalVQ`` whose ``config.factor_names`` and ``factor_sizes`` are the dataset's.
+        dataset: a ``FactorDataset``; images are rendered from sampled factors and resized to the model's size.
+        split: ``"train"``, ``"val"`` or ``"test"`` part of the factor grid.
+        sampler: the ``TransitionSampler`` to draw from; default ``TransitionSampler(dataset, split=split)``
+            (split seed 0). Pass the training run's sampler settings (split seed, fractions) here.
+        seed: seed of every draw (images, pairs, disentanglement points).
+        num_images: images for reconstruction.
+        num_pairs: one-step pairs for action retrieval, and (x, a) pairs for each k of intervention accuracy.
+        max_steps: intervention accuracy is measured for k = 1 .. max_steps.
+        disentanglement: whether to run the disentanglement metrics (the slowest section).
+        disentanglement_sizes: their sample sizes.
+        batch_size: images per model call.
+    """
+    model_factors = dict(zip(model.config.factor_names, model.config.factor_sizes))
+    if model_factors != dict(zip(dataset.factor_names, dataset.factor_sizes)):
+        raise ValueError(f"the model's factors {model_factors} are not {dataset.name}'s "
+                         f"{dict(zip(dataset.factor_names, dataset.factor_sizes))}")
+    if model.config.in_channels != dataset.image_shape[2]:
+        raise ValueError(f"the model takes {model.config.in_channels}-channel images, {dataset.name} has "
+                         f"{dataset.image_shape[2]}")
+    if num_images < 1 or num_pairs < 1 or max_steps < 0 or batch_size < 1:
+        raise ValueError(f"need num_images, num_pairs, batch_size >= 1 and max_steps >= 0; got {num_images}, "
+                         f"{num_pairs}, {batch_size}, {max_steps}")
+    if sampler is None:
+        sampler = TransitionSampler(dataset, split=split)
+    elif SPLITS[sampler.split] != split:
+        raise ValueError(f"the sampler draws from split {SPLITS[sampler.split]!r}, not {split!r}")
+    rng = {name: np.random.default_rng([seed, stream]) for name, stream in _STREAMS.items()}
+    seconds: dict[str, float] = {}
+
+    def timed(section: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = fn()
+        seconds[section] = time.perf_counter() - start
+        return result
+
+    recon = timed("reconstruction", lambda: evaluate_reconstruction(
+        model, dataset, sampler.sample_images(num_images, rng["reconstruction"]), batch_size))
+    retrieval = timed("retrieval", lambda: evaluate_retrieval(
+        model, dataset, *sampler.sample_pairs(num_pairs, rng["retrieval"]), batch_size))
+    intervention = timed("intervention", lambda: tuple(evaluate_intervention(
+        model, dataset, *sample_step_pairs(sampler, num_pairs, k, rng["intervention"]), k, batch_size)
+        for k in range(1, max_steps + 1)))
+    dis = timed("disentanglement", lambda: evaluate_disentanglement(
+        model, dataset, sampler, rng["disentanglement"], disentanglement_sizes, batch_size)
+        if disentanglement else ())  # fmt: skip
+    protocol = {
+        "split": split,
+        "split_seed": sampler.seed,
+        "split_fractions": list(sampler.fractions),
+        "deterministic": True,
+        "num_images": recon.num_images,
+        "num_pairs": retrieval.num_pairs,
+        "max_steps": max_steps,
+        "intervention_pairs": {f"k{r.steps}": r.num_pairs for r in intervention},
+        "disentanglement": dataclasses.asdict(disentanglement_sizes) if disentanglement else None,
+        "batch_size": batch_size,
+    }
+    return EvalReport(
+        dataset=dataset.name, split=split, seed=seed, image_size=model.config.image_size,
+        factor_names=tuple(dataset.factor_names), action_names=tuple(model.action_names),
+        reconstruction=recon, retrieval=retrieval, intervention=intervention, disentanglement=dis,
+        protocol=protocol, seconds=seconds,
+    )  # fmt: skip
+
+
+# --- writing --------------------------------------------------------------------------------------------------------
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
+
+
+def format_markdown(report: EvalReport) -> str:
+    """The report as Markdown: a table with one row per metric (``EvalReport.rows``: value, chance level where
+    one applies, sample count), then the protocol notes."""
+    p = report.protocol
+    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "",
+             "| metric | value | chance | samples |", "|---|---|---|---|"]
+    lines += [f"| {r.name} | {_fmt(r.value)} | {'' if r.chance is None else _fmt(r.chance)} | {r.samples} |"
+              for r in report.rows()]
+    lines += ["", "## Protocol", "",
+              f"- split `{report.split}` of the factor grid (split seed {p['split_seed']}, fractions "
+              f"{p['split_fractions']}); draw seed {report.seed}; images rendered from their factors and resized to "
+              f"{report.image_size} px.",
+              "- deterministic evaluation: eval mode, no gradients, `sample=False` (thresholds, no Gumbel noise).",
+              f"- reconstruction: {p['num_images']} images; MSE on [0, 1]; PSNR = 10·log10(1 / mean MSE).",
+              f"- action retrieval: {p['num_pairs']} one-step transition pairs, both images in the split; action "
+              "accuracy = argmax over the A actions (chance 1/A); factor accuracy folds p_f + p_{F+f} and takes "
+              "the argmax over the F factors (chance 1/F).",
+              f"- intervention accuracy (causalvq addition): for k = 1..{p['max_steps']}, pairs (x, a) of the split "
+              "with a applicable k times; correct when the decoded `intervene(x, a, steps=k)` is strictly nearest "
+              "(pixel MSE) to the true y_k among x and every k-step neighbour of x; chance = hit rate of a "
+              f"uniformly drawn candidate; `mse` = MSE to y_k. Pairs per k: {p['intervention_pairs']}."]
+    if report.disentanglement:
+        d = p["disentanglement"]
+        lines.append(f"- disentanglement: DCI, MIG, SAP on {d['num_train']} + {d['num_test']} points of the split "
+                     f"(DCI classifier `{d['importance']}`); FactorVAE with {d['num_train']} + {d['num_test']} "
+                     f"votes of {d['group_size']} points, {d['num_variance']} points for the variances. "
+                     "Representations:")
+        lines += [f"  - `{r.representation}`: {r.description}; {r.dims} dims." for r in report.disentanglement]
+    else:
+        lines.append("- disentanglement: not run.")
+    lines.append("- wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()) + ".")
+    return "\n".join(lines) + "\n"  # fmt: skip
+
+
+def plot_confusion(confusion: Any, action_names: tuple[str, ...], path: str | os.PathLike,
+                   title: str = "action retrieval: confusion") -> Path:
+    """Write confusion counts `(a, a)` (row = true action, column = predicted) as a PNG heat map: colour = share
+    of the row, counts printed in the cells, axes labelled with the action names. Returns the path.
+
+    Uses matplotlib's object API on an Agg canvas (no pyplot, no global backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(confusion, dtype=np.int64)
+    a = len(action_names)
+    if counts.shape != (a, a):
+        raise ValueError(f"confusion must be ({a}, {a}) for {a} action names, got {counts.shape}")
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # (a, a)
+    side = 2.0 + 0.45 * a
+    fig = Figure(figsize=(side + 1.0, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(a), action_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(a), action_names, fontsize=8)
+    ax.set_xlabel("predicted action")
+    ax.set_ylabel("true action")
+    ax.set_title(title, fontsize=10)
+    for i, j in zip(*np.nonzero(counts)):
+        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``eval.json``, ``eval.md`` and ``confusion.png`` into ``out_dir``; returns their paths by kind
+    (``"json"``, ``"markdown"``, ``"confusion"``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "eval.json", "markdown": out / "eval.md", "confusion": out / "confusion.png"}
+    paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    paths["markdown"].write_text(format_markdown(report))
+    plot_confusion(report.retrieval.confusion, report.action_names, paths["confusion"])
+    return paths
