@@ -25,8 +25,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
         images = images[None]
     if images.ndim != 4:
         raise ValueError(f"to_tensor expects (n, H, W, C) or (H, W, C), got shape {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (n, C, H, W)
-    return x.to(torch.float32).div_(255.0).contiguous()
+    # Transposing the bytes first is ~2x faster than permuting the float tensor.
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (n, C, H, W) uint8
+    return x.to(torch.float32).div_(255.0)
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from causalvq.data.pairs import (
     split_of,
 )
 from causalvq.data.streams import ImageStream, PairStream, collate
+from causalvq.imaging import resize_images, to_tensor
 
 # sha256 of the split ids (int8) of the first 10,000 shapes3d grid points with seed 0: pins the split rule.
 GOLDEN_SPLIT = "aab5b75089af5dacfece525968f543b239f47159e7a4d247f337d3410ced39de"
@@ -174,6 +175,8 @@ def test_streams_give_float_batches_and_shard_by_rank(shapes3d):
     assert 0 <= float(batch["x"].min()) and float(batch["x"].max()) <= 1
     assert batch["action"].shape == (12,) and batch["x_factors"].shape == (12, 6)
     _check_pairs(sampler, batch["x_factors"].numpy(), batch["y_factors"].numpy(), batch["action"].numpy())
+    reference = resize_images(to_tensor(shapes3d.render(batch["y_factors"].numpy())), 32)
+    torch.testing.assert_close(batch["y"], reference, atol=1e-6, rtol=0)  # area downsampling of the render
     again = collate(list(PairStream(shapes3d, sampler, size=12, image_size=32, seed=5)))
     assert torch.equal(again["x"], batch["x"])
     r0 = collate(list(ImageStream(shapes3d, sampler, size=16, seed=5, rank=0, world_size=2)))

@@ -68,8 +68,23 @@ class _Stream(IterableDataset):
         return rng, self.size // shards + int(shard < self.size % shards)
 
     def _images(self, factors: np.ndarray) -> torch.Tensor:
-        x = to_tensor(self.ds.render(factors))  # (m, c, H, W)
-        return x if self.image_size is None else resize_images(x, self.image_size)
+        images = self.ds.render(factors)  # (m, H, W, c) uint8
+        m, H, W, c = images.shape
+        s = self.image_size
+        if s is None or (s, s) == (H, W):
+            return to_tensor(images)
+        if H % s or W % s:
+            return resize_images(to_tensor(images), s)
+        # Area downsampling on the bytes (exact sums in uint16) before the float conversion: 4x less to convert.
+        kh, kw = H // s, W // s
+        rows = images[:, 0::kh].astype(np.uint16)  # (m, s, W, c); strided adds beat .sum(axis=(2, 4)) 10x
+        for i in range(1, kh):
+            rows += images[:, i::kh]
+        sums = rows[:, :, 0::kw].copy()  # (m, s, s, c)
+        for j in range(1, kw):
+            sums += rows[:, :, j::kw]
+        x = torch.from_numpy(np.ascontiguousarray(sums.transpose(0, 3, 1, 2)))  # (m, c, s, s)
+        return x.to(torch.float32).div_(255.0 * kh * kw)
 
     def _chunk(self, m: int, rng: np.random.Generator) -> Item:
         raise NotImplementedError
