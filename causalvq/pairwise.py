@@ -15,6 +15,9 @@ Axes: ``b`` batch, ``n`` rows (targets), ``m`` columns (sources), ``h`` heads, `
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -35,9 +38,55 @@ def _pre_activation(X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, e:
     return pre
 
 
+_KERNEL = None  # the compiled fused kernel, once ``use_fused_kernel`` has built or loaded it
+
+
+def use_fused_kernel(verbose: bool = False) -> bool:
+    """Build (first call: ~1 min, cached under ~/.cache/torch_extensions) and use the fused C++ kernel.
+
+    Opt-in: training and the benchmarks call it; the library, the tests and the app run on the plain-torch
+    path unless ``CAUSALVQ_FUSED_KERNEL=1``. Returns False (and keeps the torch path) when no compiler is there.
+    """
+    global _KERNEL
+    if _KERNEL is None:
+        from torch.utils.cpp_extension import load
+
+        source = Path(__file__).parent / "kernels" / "pairwise.cpp"
+        try:
+            _KERNEL = load(name="causalvq_pairwise", sources=[str(source)], verbose=verbose,
+                           extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"])
+        except (OSError, RuntimeError, ImportError) as err:  # no compiler / ninja: stay on the torch path
+            if verbose:
+                print(f"causalvq: fused kernel unavailable ({err}); using the torch path")
+            return False
+    return True
+
+
+def disable_fused_kernel() -> None:
+    """Go back to the plain-torch path."""
+    global _KERNEL
+    _KERNEL = None
+
+
+if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "1":
+    use_fused_kernel()
+
+
+def _kernel_args(X, Y, a, w, e):
+    b, _, h, g = X.shape
+    empty = X.new_empty(0)
+    return (X.contiguous(), Y.contiguous(), a.expand(b, h, g).contiguous(),
+            empty if w is None else w.contiguous(), empty if e is None else e.expand(b, h, g).contiguous())
+
+
 class _PairwiseScore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, Y, a, w, e, slope: float):  # noqa: D102 (see pairwise_score)
+        ctx.save_for_backward(X, Y, a, w, e)
+        ctx.slope = slope
+        if _KERNEL is not None and X.device.type == "cpu":
+            return _KERNEL.forward(*_kernel_args(X, Y, a, w, e), slope)
         b, n, h, g = X.shape
         m = Y.shape[1]
         out = X.new_empty(b, n, m, h)
@@ -46,14 +95,20 @@ class _PairwiseScore(torch.autograd.Function):
             t = min(n, s + step)
             act = F.leaky_relu_(_pre_activation(X, Y, w, e, s, t), slope)
             out[:, s:t] = torch.einsum("brmhg,bhg->brmh", act, a.expand(b, h, g))
-        ctx.save_for_backward(X, Y, a, w, e)
-        ctx.slope = slope
         return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         X, Y, a, w, e = ctx.saved_tensors
         slope = ctx.slope
+        if _KERNEL is not None and X.device.type == "cpu":
+            dX, dY, da, dw, de = _KERNEL.backward(grad.contiguous(), *_kernel_args(X, Y, a, w, e), slope)
+            da = da.sum(0, keepdim=True) if a.shape[0] == 1 else da
+            if w is None:
+                dw = de = None
+            elif e.shape[0] == 1:
+                de = de.sum(0, keepdim=True)
+            return dX, dY, da, dw, de, None
         b, n, h, g = X.shape
         m = Y.shape[1]
         ab = a.expand(b, h, g)
