@@ -1,0 +1,115 @@
+"""``python -m train`` / ``causalvq-train``: train and evaluate CausalVQ models from a recipe.
+
+Examples::
+
+    python -m train all --recipe tiny --out runs/tiny
+    python -m train stage1 --recipe cpu --set stage1.steps=200 --out runs/cpu
+    python -m train stage2 --recipe cpu --out runs/cpu                 # reads runs/cpu/stage1/
+    python -m train all --recipe cpu --out runs/cpu --resume           # continue a killed run exactly
+    python -m train evaluate --checkpoint runs/cpu/model               # report in runs/cpu/model/eval/
+    torchrun --nproc_per_node 2 -m train stage1 --recipe cpu --out runs/ddp
+    python -m train all --recipe paper --dataset-path 3dshapes.h5 --push-to-hub me/ctvae-shapes3d
+
+Exit status: 0 on success, 2 for a problem stated in one line on stderr (bad recipe, missing file, earlier
+results without --resume, unwritable folder, diverged loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from train.distributed import DeviceError
+from train.loop import TrainingError
+from train.recipes import RecipeError, builtin_recipes, load_recipe
+from train.run import Options, RunError, command_all, command_evaluate, command_stage1, command_stage2, default_out
+
+COMMANDS = {"stage1": command_stage1, "stage2": command_stage2, "all": command_all, "evaluate": command_evaluate}
+HELP = {
+    "stage1": "train the image model (encoder, quantizer, decoder)",
+    "stage2": "train the causal-transition layer on a stage-1 checkpoint",
+    "all": "stage 1, stage 2 and the evaluation",
+    "evaluate": "evaluate a checkpoint on the test split",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--recipe", default=None,
+                        help=f"built-in recipe ({', '.join(builtin_recipes())}) or a .toml path; default cpu "
+                             "(evaluate: the checkpoint's recipe.toml)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, dotted key and TOML value (e.g. stage1.steps=100); repeatable")
+    common.add_argument("--out", type=Path, default=None,
+                        help="output folder (default runs/<recipe>; evaluate: the checkpoint folder)")
+    common.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto picks CUDA when available")
+    common.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    common.add_argument("--dataset-path", default=None,
+                        help="a real dataset file (3dshapes.h5, the dSprites .npz) instead of procedural renders")
+    common.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                        help="upload the resulting release folder to this Hugging Face Hub repo")
+    common.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 avoids oversubscribing busy machines)")
+    common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its last checkpoint (bit-identical)")
+
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{stage1,stage2,all,evaluate}")
+    for name in ("stage1", "all"):
+        sub.add_parser(name, parents=[common, training], help=HELP[name], description=HELP[name])
+    p = sub.add_parser("stage2", parents=[common, training], help=HELP["stage2"], description=HELP["stage2"])
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="stage-1 release folder to start from (default <out>/stage1)")
+    p = sub.add_parser("evaluate", parents=[common], help=HELP["evaluate"], description=HELP["evaluate"])
+    p.add_argument("--checkpoint", type=Path, required=True, help="release folder (config.json + model.safetensors)")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """Resolve the recipe (with --set, --seed, --dataset-path) and the folders."""
+    checkpoint = getattr(args, "checkpoint", None)
+    recipe_name = args.recipe
+    if recipe_name is None:
+        own = checkpoint / "recipe.toml" if args.command == "evaluate" else None
+        recipe_name = str(own) if own is not None and own.is_file() else "cpu"
+    overrides: list[str | tuple[str, object]] = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(("seed", args.seed))
+    if args.dataset_path is not None:
+        overrides.append(("data.path", str(args.dataset_path)))
+    recipe = load_recipe(recipe_name, overrides)
+    out = args.out
+    if out is None:
+        out = checkpoint if args.command == "evaluate" else default_out(recipe)
+    return Options(recipe=recipe, out=Path(out), resume=getattr(args, "resume", False), device=args.device,
+                   checkpoint=checkpoint, push_to_hub=args.push_to_hub, progress=args.progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    try:
+        opts = options_from_args(args)
+        result = COMMANDS[args.command](opts)
+    except (RecipeError, RunError, TrainingError, DeviceError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    print(f"{args.command}: done, results in {result}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The optimisation loop shared by both stages: Adam, step-wise LR decay, logging, checkpoints, resume.
+
+A stage is described by a ``StageSpec``: its number, its ``[stageN]`` settings, the parameters to train and a
+``step`` function that draws one batch and returns its losses. The loop owns everything else:
+
+- **Determinism.** Before step ``t`` the loop builds two generators, ``shared`` (same on every process: e.g. the
+  stage-2 batch's use) and ``local`` (different per rank: the batch), both seeded by ``(seed, stage, t)``, and
+  reseeds torch's global generator from ``local`` (Gumbel noise, dropout). Training is thus a pure function of
+  (recipe, seed, step): resuming from a checkpoint continues bit for bit.
+- **Checkpoints** every ``checkpoint_every`` steps and at the last step (``train.checkpoint``), by rank 0.
+- **Divergence.** A NaN or infinite loss (on any rank) stops the run before the optimiser step, naming the step;
+  the last checkpoint on disk is the last good state.
+- **torchrun.** With several processes the objective is wrapped in ``DistributedDataParallel`` (gradients are
+  averaged, so every rank keeps the same weights; this is checked at the end of the stage).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from causalvq.model import CausalVQ
+from train import distributed
+from train.checkpoint import TrainState, load_state, save_state
+from train.distributed import Context
+from train.monitor import MetricsLog, WindowMeans
+from train.recipes import RESUMABLE_KEYS, Recipe, StageRecipe
+
+STREAM_SHARED, STREAM_LOCAL = 1, 2  # generator streams of a step: same on all ranks / one per rank
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged loss, a resume state that does not fit, ranks out of sync)."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's outcome, as the step function reports it."""
+
+    loss: torch.Tensor  # scalar to minimise
+    parts: dict[str, torch.Tensor]  # named scalars for the log (detached by the loop)
+    items: int  # samples in the batch (for the throughput)
+    digest: str  # short hash of the batch's data (to check that ranks draw different data)
+
+
+class Objective(nn.Module):
+    """Adapter so DistributedDataParallel sees every loss: ``forward(fn)`` returns ``fn(model)``.
+
+    DDP only synchronises gradients of computations that go through its ``forward``; the model's objectives
+    are separate methods (``image_losses``, ``base_losses``, ...), so the step passes the one it needs.
+    """
+
+    def __init__(self, model: CausalVQ) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[CausalVQ], Any]) -> Any:
+        return fn(self.model)
+
+
+StepFn = Callable[[Objective, np.random.Generator, np.random.Generator], StepResult]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What differs between the stages."""
+
+    stage: int  # 1 or 2
+    settings: StageRecipe  # the [stageN] section
+    parameters: list[nn.Parameter]  # what the optimiser updates
+    step: StepFn  # (objective, shared generator, local generator) -> StepResult
+    find_unused_parameters: bool = False  # DDP: some steps leave some parameters unused (stage 2's uses)
+
+
+def step_generators(seed: int, stage: int, step: int, rank: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """``(shared, local)`` generators of one step; ``shared`` ignores the rank."""
+    return (np.random.default_rng([seed, stage, step, STREAM_SHARED]),
+            np.random.default_rng([seed, stage, step, STREAM_LOCAL, rank]))
+
+
+def check_resumable(saved: dict[str, Any], recipe: Recipe, path: Path) -> None:
+    """Refuse to resume a state written with a recipe that computes different steps."""
+    from train.recipes import recipe_from_dict
+
+    differences = [k for k in recipe.differences(recipe_from_dict(saved, source=str(path)))
+                   if k not in RESUMABLE_KEYS]
+    if differences:
+        raise TrainingError(f"cannot resume {path}: it was written with a different recipe "
+                            f"({', '.join(differences)} differ); use the same recipe or another --out")
+
+
+def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, state_path: Path, log: MetricsLog,
+              resume: bool, progress: bool = True) -> int:
+    """Train one stage to ``spec.settings.steps`` completed steps; returns that number.
+
+    With ``resume`` and a state at ``state_path``, continue from it (a finished stage returns at once).
+    """
+    settings, stage = spec.settings, spec.stage
+    optimizer = torch.optim.Adam(spec.parameters, lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_decay_every,
+                                                gamma=settings.lr_decay)
+    start = 0
+    if resume and state_path.is_file():
+        state = load_state(state_path)
+        if state.stage != stage:
+            raise TrainingError(f"{state_path} holds a stage-{state.stage} state, not stage {stage}")
+        check_resumable(state.recipe, recipe, state_path)
+        model.load_state_dict(state.model, strict=True)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        if state.torch_rng is not None:
+            torch.set_rng_state(state.torch_rng)
+        if state.numpy_rng is not None:
+            np.random.set_state(state.numpy_rng)
+        start = state.step
+    if ctx.is_main:
+        log.rewind(stage, start)
+    if start >= settings.steps:
+        return start
+
+    objective: nn.Module = Objective(model)
+    if ctx.distributed:
+        objective = DistributedDataParallel(
+            objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=spec.find_unused_parameters)
+    model.train()
+    window, shown = WindowMeans(), {}
+    bar = tqdm(total=settings.steps, initial=start, desc=f"stage {stage}", dynamic_ncols=True, mininterval=0.5,
+               disable=not (progress and ctx.is_main))
+    t_start = t_window = time.perf_counter()
+    items = 0
+    try:
+        for step in range(start, settings.steps):
+            shared, local = step_generators(recipe.seed, stage, step, ctx.rank)
+            torch.manual_seed(int(local.integers(0, 2**63 - 1)))
+            optimizer.zero_grad(set_to_none=True)
+            result = spec.step(objective, shared, local)
+            loss = distributed.all_mean(ctx, result.loss.detach()).item()
+            if not np.isfinite(loss):
+                raise TrainingError(
+                    f"stage {stage}: the loss became {loss} at step {step + 1}; training stopped. The last good "
+                    f"checkpoint is kept: {state_path if state_path.is_file() else 'none was written yet'}")
+            result.loss.backward()
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(spec.parameters, settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            done, items = step + 1, items + result.items
+            window.add({"loss": loss, **{k: float(v.detach()) for k, v in result.parts.items()}})
+            bar.update(1)
+            if done % settings.log_every == 0 or done == settings.steps:
+                now = time.perf_counter()
+                means = window.pop()
+                record = {"stage": stage, "step": done, "lr": optimizer.param_groups[0]["lr"],
+                          "images_per_s": items * ctx.world_size / max(now - t_window, 1e-9),
+                          "time_s": now - t_start, **means}
+                if ctx.distributed:
+                    record["data_digests"] = distributed.gather_objects(ctx, result.digest)
+                if ctx.is_main:
+                    log.write(record)
+                shown = {k: f"{means[k]:.4g}" for k in list(means)[:4]}
+                bar.set_postfix(shown, refresh=False)
+                t_window, items = now, 0
+            if done % settings.checkpoint_every == 0 or done == settings.steps:
+                if ctx.is_main:
+                    save_state(state_path, _state(stage, done, recipe, model, optimizer, scheduler))
+    finally:
+        bar.close()
+    if ctx.distributed:
+        _check_in_sync(ctx, model, stage, settings.steps, log)
+    return settings.steps
+
+
+def _state(stage: int, step: int, recipe: Recipe, model: CausalVQ, optimizer: torch.optim.Optimizer,
+           scheduler: Any) -> TrainState:
+    return TrainState(stage=stage, step=step, recipe=recipe.to_dict(), model=model.state_dict(),
+                      optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                      torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(legacy=False))
+
+
+def _check_in_sync(ctx: Context, model: CausalVQ, stage: int, step: int, log: MetricsLog) -> None:
+    """Every rank must end the stage with the same weights (DDP averages the gradients)."""
+    digests = distributed.gather_objects(ctx, distributed.tensor_digest(model.state_dict()))
+    if ctx.is_main:
+        log.write({"stage": stage, "step": step, "event": "weights", "weight_digests": digests})
+    if len(set(digests)) != 1:
+        raise TrainingError(f"stage {stage}: the processes ended with different weights ({digests})")

@@ -1,0 +1,381 @@
+"""Training recipes: a TOML file mapped onto frozen dataclasses, with dotted ``--set key=value`` overrides.
+
+A recipe has a top-level ``seed`` and five sections::
+
+    seed = 0
+    [model]   # causalvq.config.ModelConfig fields (unknown keys fail); in_channels / factor_* come from the data
+    [data]    # dataset, split and imbalance options of the TransitionSampler
+    [stage1]  # image model: steps, batch size, learning rate and its decay
+    [stage2]  # causal-transition layer on pre-computed codes: the same, plus pool size and mode ratio
+    [eval]    # evaluation sample sizes
+
+Built-in recipes live next to this file (``train/recipes/<name>.toml``): ``tiny`` (seconds, for tests), ``cpu``
+(the small CPU model of paper §13.4) and ``paper`` (the official Shapes3D settings). Unknown sections or keys and
+ill-typed values raise ``RecipeError`` naming the key and the file. Step counts are per process: under torchrun
+each of the ``world_size`` processes draws its own ``batch_size`` samples per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from causalvq.config import ModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+RECIPE_DIR = Path(__file__).with_name("recipes")
+SECTIONS: tuple[str, ...] = ("model", "data", "stage1", "stage2", "eval")
+# ModelConfig fields that the dataset decides; a recipe may state them only if they agree with the data.
+DATASET_FIELDS: tuple[str, ...] = ("in_channels", "factor_names", "factor_sizes")
+# Keys that may change between a run and its resumption (they do not change what a step computes).
+RESUMABLE_KEYS: frozenset[str] = frozenset({
+    "stage1.steps", "stage1.log_every", "stage1.checkpoint_every",
+    "stage2.steps", "stage2.log_every", "stage2.checkpoint_every", "stage2.encode_batch_size",
+    "eval.num_images", "eval.num_pairs", "eval.max_steps", "eval.disentanglement", "eval.importance",
+    "eval.batch_size", "eval.seed", "data.path",
+})
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used: unknown key, ill-typed or out-of-range value, unreadable file."""
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """Which dataset, and how the TransitionSampler draws from it (``causalvq.data.pairs``)."""
+
+    name: str = "shapes3d"  # causalvq.data.load_dataset name: shapes3d, dsprites or npz
+    path: str = ""  # a real data file (3dshapes.h5, the dSprites .npz); "" renders the procedural set
+    render_options: dict[str, Any] = field(default_factory=dict)  # procedural renderer options (when path = ""),
+    # e.g. {image_size = 32, supersample = 1}: render at the model's size instead of 64 px
+    split_seed: int = 0  # which grid points are train / val / test
+    fractions: tuple[float, ...] = (0.7, 0.15, 0.15)  # train / val / test shares of the factor grid
+    value_weights: Any = "uniform"  # skew of x's factor values: "uniform", "zipf", a Zipf exponent or a table
+    action_weights: Any = "uniform"  # skew of the actions: "uniform", "cardinality", a list or a table
+
+    def __post_init__(self) -> None:
+        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ValueError(f"data.fractions must be three non-negative shares summing to 1, got {self.fractions}")
+
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``TransitionSampler`` (``"uniform"`` becomes ``None``)."""
+        return dict(seed=self.split_seed, fractions=self.fractions,
+                    value_weights=None if self.value_weights == "uniform" else self.value_weights,
+                    action_weights=None if self.action_weights == "uniform" else self.action_weights)
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """Optimisation settings shared by both stages (Adam, learning rate decayed by ``lr_decay`` every
+    ``lr_decay_every`` steps, like ExponentialLR stepped once per epoch)."""
+
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 64  # samples per step and per process
+    lr: float = 5e-4  # Adam learning rate
+    lr_decay: float = 1.0  # multiply the learning rate by this ...
+    lr_decay_every: int = 1000  # ... every this many steps (one "epoch")
+    grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = off (the paper does not clip)
+    log_every: int = 50  # steps between metrics.jsonl records
+    checkpoint_every: int = 500  # steps between resume checkpoints (the last step is always saved)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "lr_decay_every", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self._section}.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"{self._section}.lr must be a positive number, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"{self._section}.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"{self._section}.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+
+    _section = "stage1"
+
+
+@dataclass(frozen=True)
+class Stage1Recipe(StageRecipe):
+    """Stage 1: the image model (encoder, quantizer, decoder) on single images of the train split."""
+
+
+@dataclass(frozen=True)
+class Stage2Recipe(StageRecipe):
+    """Stage 2: the causal-transition layer on code grids pre-computed with the frozen stage-1 model."""
+
+    batch_size: int = 16
+    num_pairs: int = 10000  # train pairs encoded once; base batches draw from their 2·num_pairs images
+    mode_ratio: tuple[float, ...] = (1.0, 1.0, 1.0)  # base : action : retrieval batches (official ≈ 7:1:1)
+    encode_batch_size: int = 256  # images per forward pass when pre-computing the codes
+
+    _section = "stage2"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_pairs < 1 or self.encode_batch_size < 1:
+            raise ValueError(f"stage2.num_pairs and stage2.encode_batch_size must be >= 1, got "
+                             f"{self.num_pairs}, {self.encode_batch_size}")
+        r = self.mode_ratio
+        if len(r) != 3 or any(not math.isfinite(x) or x < 0 for x in r) or sum(r) <= 0:
+            raise ValueError(f"stage2.mode_ratio must be three non-negative weights (base, action, retrieval), "
+                             f"got {list(r)}")
+
+
+@dataclass(frozen=True)
+class EvalRecipe:
+    """Evaluation on the test split (``causalvq.metrics.evaluation.evaluate_model``)."""
+
+    num_images: int = 512  # test images for the reconstruction error
+    num_pairs: int = 512  # test pairs for action retrieval, and per k for intervention accuracy
+    max_steps: int = 5  # intervention accuracy for k = 1 .. max_steps applications of an action
+    disentanglement: bool = True  # DCI / MIG / SAP / FactorVAE (the slowest part)
+    importance: str = "gbt"  # DCI classifier: "gbt" (disentanglement_lib) or "extra_trees" (faster)
+    batch_size: int = 64  # images per model call
+    seed: int = 0  # seed of the evaluation draws
+
+    def __post_init__(self) -> None:
+        for name in ("num_images", "num_pairs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 0:
+            raise ValueError(f"eval.max_steps must be >= 0, got {self.max_steps}")
+        if self.importance not in ("gbt", "extra_trees"):
+            raise ValueError(f"eval.importance must be 'gbt' or 'extra_trees', got {self.importance!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole training recipe. ``model`` holds the ``[model]`` table as written (validated on load)."""
+
+    name: str = "custom"  # the built-in name or the file stem
+    source: str = "<defaults>"  # the file it came from (for error messages)
+    seed: int = 0  # seeds model initialisation and every step's data
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    stage1: Stage1Recipe = field(default_factory=Stage1Recipe)
+    stage2: Stage2Recipe = field(default_factory=Stage2Recipe)
+    eval: EvalRecipe = field(default_factory=EvalRecipe)
+
+    def model_config(self, image_shape: tuple[int, int, int], factor_names: tuple[str, ...],
+                     factor_sizes: tuple[int, ...]) -> ModelConfig:
+        """The ModelConfig for a dataset: ``[model]`` plus the channels and factors the dataset gives.
+
+        Raises:
+            RecipeError: ``[model]`` states a dataset-given field that disagrees with the dataset.
+        """
+        given = {"in_channels": image_shape[2], "factor_names": tuple(factor_names),
+                 "factor_sizes": tuple(int(s) for s in factor_sizes)}
+        for key in DATASET_FIELDS:
+            if key in self.model and _as_tuple(self.model[key]) != given[key]:
+                raise RecipeError(f"{self.source}: model.{key} = {self.model[key]!r} disagrees with the dataset "
+                                  f"{self.data.name!r}, which has {given[key]!r}; remove the key to take it from "
+                                  "the data")
+        return _model_config({**self.model, **given}, self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as TOML-ready nested dicts (tuples as lists)."""
+        out: dict[str, Any] = {"seed": self.seed, "model": dict(self.model)}
+        for section in SECTIONS[1:]:
+            out[section] = {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, section)).items()}
+        return out
+
+    def to_toml(self) -> str:
+        """The recipe as TOML text (loads back to an equal recipe)."""
+        return dump_toml(self.to_dict())
+
+    def differences(self, other: Recipe) -> list[str]:
+        """Dotted keys whose values differ between two recipes (``name`` and ``source`` ignored)."""
+        return _diff(self.to_dict(), other.to_dict())
+
+
+# --- loading ---
+def builtin_recipes() -> tuple[str, ...]:
+    """Names of the recipes shipped in ``train/recipes/``."""
+    return tuple(sorted(p.stem for p in RECIPE_DIR.glob("*.toml")))
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A built-in name (``tiny``, ``cpu``, ``paper``) or a path to a ``.toml`` file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists() or "/" in name_or_path:
+        if not path.is_file():
+            raise RecipeError(f"recipe file {name_or_path!r} does not exist")
+        return path
+    builtin = RECIPE_DIR / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        raise RecipeError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(builtin_recipes())} "
+                          "(or give a path to a .toml file)")
+    return builtin
+
+
+def load_recipe(name_or_path: str, overrides: Sequence[str | tuple[str, Any]] = ()) -> Recipe:
+    """Read a recipe file (or built-in name) and apply overrides: ``"key=value"`` strings (dotted keys, TOML
+    values) or ``(key, value)`` pairs with the value already typed.
+
+    Raises:
+        RecipeError: unreadable TOML, unknown section or key, ill-typed or out-of-range value.
+    """
+    path = resolve_recipe_path(name_or_path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}") from err
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        _set_dotted(table, key, value, f"--set {item}" if isinstance(item, str) else key)
+    return recipe_from_dict(table, source=str(path), name=path.stem)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"stage1.steps=100"`` → ``("stage1.steps", 100)``; the value is read as TOML, else as a bare string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"--set expects key=value (e.g. stage1.steps=100), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key, value
+
+
+def recipe_from_dict(table: dict[str, Any], source: str = "<dict>", name: str = "custom") -> Recipe:
+    """Validate a parsed recipe table and build the ``Recipe`` (errors name the key and ``source``)."""
+    table = dict(table)
+    unknown = sorted(set(table) - set(SECTIONS) - {"seed"})
+    if unknown:
+        raise RecipeError(f"{source}: unknown recipe key(s) {', '.join(unknown)}; a recipe has 'seed' and the "
+                          f"sections {', '.join(f'[{s}]' for s in SECTIONS)}")
+    for section in SECTIONS:
+        if not isinstance(table.get(section, {}), dict):
+            raise RecipeError(f"{source}: '{section}' must be a [{section}] table")
+    seed = table.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise RecipeError(f"{source}: seed must be a non-negative integer, got {seed!r}")
+    model = dict(table.get("model", {}))
+    _model_config(model, source)  # validate now: unknown keys and bad values fail before any work
+    return Recipe(name=name, source=source, seed=seed, model=model,
+                  data=_build(DataRecipe, table.get("data", {}), "data", source),
+                  stage1=_build(Stage1Recipe, table.get("stage1", {}), "stage1", source),
+                  stage2=_build(Stage2Recipe, table.get("stage2", {}), "stage2", source),
+                  eval=_build(EvalRecipe, table.get("eval", {}), "eval", source))
+
+
+def _model_config(model: dict[str, Any], source: str) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(model)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{source}: [model]: {err}") from err
+
+
+def _build(cls: type, values: dict[str, Any], section: str, source: str) -> Any:
+    """Build a section dataclass, checking keys and types against its annotations."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise RecipeError(f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+                          f"[{section}] accepts {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    checked = {key: _check_type(value, hints[key], f"{section}.{key}", source) for key, value in values.items()}
+    try:
+        return cls(**checked)
+    except ValueError as err:
+        raise RecipeError(f"{source}: {err}") from err
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Return ``value`` converted to ``hint`` (int → float, list → tuple) or raise naming ``key``."""
+    origin = typing.get_origin(hint)
+    ok, out = True, value
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        out = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif hint is bool:
+        ok = isinstance(value, bool)
+    elif origin is tuple:
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        out = tuple(float(v) for v in value) if ok else value
+    elif origin is dict:
+        ok = isinstance(value, dict)
+    if not ok:
+        expected = getattr(hint, "__name__", str(hint)).replace("tuple", "list of numbers")
+        raise RecipeError(f"{source}: {key} must be {expected}, got {value!r} ({type(value).__name__})")
+    return out
+
+
+def _set_dotted(table: dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    node = table
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{where}: {part!r} is not a table")
+    node[parts[-1]] = value
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}" if not prefix else
+                         f"{prefix}.{key}")
+        return out
+    return [] if _plain(a) == _plain(b) else [prefix]
+
+
+_MISSING = object()
+
+
+# --- writing ---
+def dump_toml(table: dict[str, Any]) -> str:
+    """Minimal TOML writer for recipe tables: scalars, lists and (nested) tables of them."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for key, sub in table.items():
+        if isinstance(sub, dict):
+            lines += ["", f"[{key}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in sub.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: Any) -> str:
+    key = str(key)
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)

@@ -1,0 +1,93 @@
+"""Release checkpoints: ``save_pretrained`` + ``recipe.toml`` + a model card, and the upload to the Hub.
+
+A release folder holds ``config.json`` and ``model.safetensors`` (what ``CausalVQ.from_pretrained`` reads),
+``recipe.toml`` (the recipe that trained it; ``python -m train evaluate`` reads it), ``README.md`` (a Hub model
+card with front matter, the recipe and, once evaluated, the evaluation table) and, after an evaluation,
+``eval/``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCardData
+
+from causalvq.model import CausalVQ
+from train.checkpoint import atomic_write_text
+from train.recipes import Recipe
+
+TAGS = ["causalvq", "ct-vae", "vq-vae", "causal-representation-learning", "disentanglement"]
+EVAL_START, EVAL_END = "<!-- causalvq-eval:start -->", "<!-- causalvq-eval:end -->"
+
+
+def model_card(model: CausalVQ, recipe: Recipe, stage: int, evaluation: str | None = None) -> str:
+    """The README.md of a release: Hub front matter, what the model is, usage, evaluation and recipe."""
+    c = model.config
+    data = ModelCardData(library_name="causalvq", license="mit", tags=TAGS + [recipe.data.name],
+                         pipeline_tag="image-to-image")
+    what = ("the image model only (stage 1: encoder, quantizer, decoder); its causal-transition layer is untrained"
+            if stage == 1 else "both stages: the image model and the causal-transition layer")
+    actions = ", ".join(f"`{a}`" for a in c.action_names)
+    return "\n".join([
+        "---", data.to_yaml(), "---", "",
+        f"# CausalVQ (CT-VAE) on {recipe.data.name}", "",
+        "A CT-VAE (Gendron, Witbrock & Dobbie, *Disentanglement of Latent Representations via Sparse Causal "
+        "Interventions*, IJCAI 2023) trained with causalvq's `train` package, recipe "
+        f"`{recipe.name}`, seed {recipe.seed}. This checkpoint holds {what}.", "",
+        f"- images: {c.image_size}×{c.image_size}×{c.in_channels}, floats in [0, 1]",
+        f"- codes: {c.num_codebooks} codebook(s) × {c.codebook_size} codes over a {c.grid_size}×{c.grid_size} grid "
+        f"= {c.num_nodes} causal nodes",
+        f"- {c.num_actions} actions: {actions}", "",
+        "## Usage", "",
+        "```python",
+        "from causalvq.model import CausalVQ",
+        "",
+        'model = CausalVQ.from_pretrained("<this repo id or folder>")',
+        "codes = model.encode_codes(x)                 # x: (b, c, S, S) in [0, 1]",
+        "moved = model.intervene(x, action=0).image    # apply one action",
+        "guess = model.retrieve_action(x, y).action    # which action turns x into y",
+        "```", "",
+        "## Evaluation", "",
+        EVAL_START,
+        evaluation.strip() + "\n" if evaluation else
+        "Not evaluated yet: `python -m train evaluate --checkpoint <this folder>`.",
+        EVAL_END, "",
+        "## Training recipe", "",
+        "```toml",
+        recipe.to_toml().rstrip(),
+        "```", "",
+    ])
+
+
+def write_release(model: CausalVQ, folder: str | Path, recipe: Recipe, stage: int,
+                  evaluation: str | None = None) -> Path:
+    """``save_pretrained`` into ``folder``, then ``recipe.toml`` and the model card."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    atomic_write_text(folder / "recipe.toml", recipe.to_toml())
+    atomic_write_text(folder / "README.md", model_card(model, recipe, stage, evaluation))
+    return folder
+
+
+def set_card_evaluation(folder: str | Path, evaluation: str) -> bool:
+    """Put an evaluation table into a causalvq model card; ``False`` if ``folder`` has no such card."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return False
+    text = card.read_text()
+    pattern = re.compile(re.escape(EVAL_START) + r".*?" + re.escape(EVAL_END), re.S)
+    if not pattern.search(text):
+        return False
+    block = f"{EVAL_START}\n{evaluation.strip()}\n{EVAL_END}"
+    atomic_write_text(card, pattern.sub(lambda _: block, text, count=1))
+    return True
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Create ``repo_id`` if needed and upload the release folder; returns the commit URL."""
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             commit_message="Upload CausalVQ (CT-VAE) checkpoint trained with causalvq's train")
+    return str(getattr(info, "commit_url", info))
