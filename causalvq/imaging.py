@@ -62,6 +62,22 @@ def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Te
     return F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
 
 
+def center_crop_resize(images: torch.Tensor, crop: int = 148, size: int = 64) -> torch.Tensor:
+    """The official transform, CenterCrop(crop) then Resize(size), on float ``(b, c, H, W)``.
+
+    Faithful-behaviour switch for paper B9: cropping 148 px out of a smaller image zero-pads it (as torchvision's
+    CenterCrop does), so a 64-px scene ends up ~28 px wide in a black frame. causalvq does not apply it by default.
+    """
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
+        desc = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"center_crop_resize expects a float tensor (b, c, H, W), got {desc}")
+    H, W = images.shape[-2:]
+    top, left = int(round((H - crop) / 2.0)), int(round((W - crop) / 2.0))  # torchvision's rounding
+    # Negative padding crops: F.pad handles both the crop and the zero-padding case.
+    x = F.pad(images, (-left, -(W - crop - left), -top, -(H - crop - top)))  # (b, c, crop, crop)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def image_grid(images: np.ndarray, nrow: int = 8, pad: int = 2, pad_value: int = 0) -> np.ndarray:
     """Tile uint8 ``(n, H, W, C)`` into one ``uint8 (rows·(H+pad)+pad, nrow·(W+pad)+pad, C)`` image,
     ``nrow`` images per row (a name kept from torchvision's ``make_grid``)."""

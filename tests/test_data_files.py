@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from causalvq.data import load_dataset
+from causalvq.data import load_dataset, save_npz
 from causalvq.data import shapes3d as s3d
 from causalvq.data.pairs import TransitionSampler
 
@@ -168,3 +168,13 @@ def test_own_npz_duplicates_and_bad_paths(tmp_path):
     (tmp_path / "single.npy").rename(tmp_path / "single.npz")
     with pytest.raises(ValueError, match="single.npz"):
         load_dataset("npz", path=tmp_path / "single.npz")
+
+
+def test_rendered_split_cached_to_npz_loads_back(tmp_path):
+    ds = load_dataset("shapes3d")
+    factors = TransitionSampler(ds, split="val").sample_images(50, np.random.default_rng(0))
+    path = save_npz(ds, factors, tmp_path / "val")
+    cached = load_dataset("npz", path=path)
+    assert path.name == "val.npz" and cached.factor_names == ds.factor_names
+    assert cached.factor_sizes == ds.factor_sizes and cached.image_shape == ds.image_shape
+    np.testing.assert_array_equal(cached.render(factors[::-1]), ds.render(factors[::-1]))

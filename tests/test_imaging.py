@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from causalvq.imaging import image_grid, resize_images, save_png, to_tensor, to_uint8
+from causalvq.imaging import center_crop_resize, image_grid, resize_images, save_png, to_tensor, to_uint8
 
 
 def test_uint8_float_round_trip():
@@ -37,6 +37,15 @@ def test_resize_area_and_bilinear():
     assert odd.shape == (2, 3, 48, 40)
     flat = torch.full((1, 1, 64, 64), 0.3)
     torch.testing.assert_close(resize_images(flat, 48), torch.full((1, 1, 48, 48), 0.3))
+
+
+def test_official_crop_shrinks_a_64px_scene_into_a_black_frame():
+    scene = center_crop_resize(torch.ones(1, 3, 64, 64))  # CenterCrop(148) zero-pads, Resize(64)
+    assert scene.shape == (1, 3, 64, 64)
+    width = int((scene[0, 0] > 0.5).sum(dim=1).max())
+    assert 26 <= width <= 30 and float(scene[0, :, 0, 0].max()) == 0.0  # ~28 px wide (paper §9.1)
+    face = center_crop_resize(torch.rand(2, 3, 218, 178))  # larger images are really cropped
+    assert face.shape == (2, 3, 64, 64) and float(face.min()) >= 0
 
 
 def test_grid_and_png(tmp_path):

@@ -14,12 +14,12 @@ from typing import Any
 
 from causalvq.data.base import FactorDataset
 from causalvq.data.dsprites import DSprites
-from causalvq.data.files import StoredFactorDataset, load_dsprites_npz, load_npz, load_shapes3d_h5
+from causalvq.data.files import StoredFactorDataset, load_dsprites_npz, load_npz, load_shapes3d_h5, save_npz
 from causalvq.data.shapes3d import Shapes3D
 
 DATASETS: tuple[str, ...] = ("shapes3d", "dsprites", "npz")
 
-__all__ = ["DATASETS", "DSprites", "FactorDataset", "Shapes3D", "StoredFactorDataset", "load_dataset"]
+__all__ = ["DATASETS", "DSprites", "FactorDataset", "Shapes3D", "StoredFactorDataset", "load_dataset", "save_npz"]
 
 
 def load_dataset(name: str, path: str | os.PathLike | None = None, **options: Any) -> FactorDataset:

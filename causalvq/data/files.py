@@ -244,3 +244,15 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> StoredFactorDa
     ds = StoredFactorDataset(name or p.stem, tuple(str(n) for n in names), tuple(int(s) for s in sizes),
                              factors, lambda rows: images[rows], images.shape[1:], str(p))
     return ds
+
+
+def save_npz(ds: FactorDataset, factors: np.ndarray, path: str | os.PathLike, compressed: bool = True) -> Path:
+    """Render ``factors (n, F)`` of ``ds`` and write them in the ``load_dataset("npz")`` format (an on-disk cache
+    of, e.g., a rendered split; flat-coloured renders compress ~30x). Returns the path."""
+    factors = ds.check_factors(factors)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save = np.savez_compressed if compressed else np.savez
+    save(p, images=ds.render(factors), factors=factors, factor_names=np.array(ds.factor_names),
+         factor_sizes=np.asarray(ds.factor_sizes, dtype=np.int64))
+    return p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
