@@ -116,14 +116,14 @@ def _hit_box(o: np.ndarray, d: np.ndarray, half: float) -> tuple[np.ndarray, np.
 
 def _hit_object(shape: int, scale: float, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Intersect rays with object ``shape`` (0 cube, 1 cylinder, 2 sphere, 3 capsule) at ``scale``."""
+    r, h = _HALF_WIDTH[shape] * scale, _HEIGHT[shape] * scale
     if shape == 0:
-        return _hit_box(o, d, 0.5 * scale)
+        return _hit_box(o, d, r)
     if shape == 1:
-        return _hit_cylinder(o, d, 0.52 * scale, 0.0, 1.05 * scale, top_cap=True)
+        return _hit_cylinder(o, d, r, 0.0, h, top_cap=True)
     if shape == 2:
-        r = 0.58 * scale
         return _hit_sphere(o, d, np.array([0.0, r, 0.0]), r)
-    r, h = 0.4 * scale, 1.4 * scale  # capsule: radius r, total height h, standing upright
+    # capsule: radius r, total height h, standing upright
     t, n = _hit_cylinder(o, d, r, r, h - r, top_cap=False)
     for cy in (r, h - r):
         ts, ns = _hit_sphere(o, d, np.array([0.0, cy, 0.0]), r)
@@ -132,28 +132,57 @@ def _hit_object(shape: int, scale: float, o: np.ndarray, d: np.ndarray) -> tuple
     return t, n
 
 
+def _camera_basis(orientation_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Camera position ``(3,)`` and basis rows (forward, right, up) ``(3, 3)`` at one orientation."""
+    fwd = _normalize(_CAM_TARGET - _CAM_POS)
+    right = _normalize(np.cross(np.array([0.0, 1.0, 0.0]), fwd))
+    up = np.cross(fwd, right)
+    th = np.deg2rad(orientation_deg)
+    rot = np.array([[np.cos(th), 0.0, np.sin(th)], [0.0, 1.0, 0.0], [-np.sin(th), 0.0, np.cos(th)]])
+    return rot @ _CAM_POS, np.stack([fwd, right, up]) @ rot.T
+
+
 def _camera_rays(orientation_deg: float, size: int, supersample: int) -> tuple[np.ndarray, np.ndarray]:
     """Origin and unit directions ``(r, 3)`` of ``(size·ss)²`` stratified rays, row-major from the top left."""
     m = size * supersample
     grid = (np.arange(m) + 0.5) / m * 2.0 - 1.0
     u, v = np.meshgrid(grid, -grid)  # (m, m): u right, v up
-    fwd = _normalize(_CAM_TARGET - _CAM_POS)
-    right = _normalize(np.cross(np.array([0.0, 1.0, 0.0]), fwd))
-    up = np.cross(fwd, right)
+    origin, (fwd, right, up) = _camera_basis(orientation_deg)
     tan = np.tan(np.deg2rad(_FOV_DEG) / 2)
-    d = fwd + tan * (u.reshape(-1, 1) * right + v.reshape(-1, 1) * up)  # (r, 3)
-    th = np.deg2rad(orientation_deg)
-    rot = np.array([[np.cos(th), 0.0, np.sin(th)], [0.0, 1.0, 0.0], [-np.sin(th), 0.0, np.cos(th)]])
-    d = _normalize(d @ rot.T)
-    o = np.broadcast_to(rot @ _CAM_POS, d.shape)
-    return o, d
+    d = _normalize(fwd + tan * (u.reshape(-1, 1) * right + v.reshape(-1, 1) * up))  # (r, 3)
+    return np.broadcast_to(origin, d.shape), d
+
+
+def _rays_in_screen_box(orientation_deg: float, size: int, supersample: int, points: np.ndarray) -> np.ndarray:
+    """Indices of the rays whose sample lies in the screen rectangle around the projected ``points (k, 3)``
+    (all in front of the camera), with a one-sample margin: the object's rays for its bounding box's corners."""
+    m = size * supersample
+    origin, (fwd, right, up) = _camera_basis(orientation_deg)
+    tan = np.tan(np.deg2rad(_FOV_DEG) / 2)
+    v = points - origin
+    depth = v @ fwd
+    u, w = (v @ right) / (depth * tan), (v @ up) / (depth * tan)  # screen coordinates in [-1, 1]
+    cols = (u + 1) / 2 * m - 0.5
+    rows = (1 - w) / 2 * m - 0.5
+    c0, c1 = max(int(np.floor(cols.min())) - 1, 0), min(int(np.ceil(cols.max())) + 1, m - 1)
+    r0, r1 = max(int(np.floor(rows.min())) - 1, 0), min(int(np.ceil(rows.max())) + 1, m - 1)
+    return (np.arange(r0, r1 + 1)[:, None] * m + np.arange(c0, c1 + 1)[None, :]).reshape(-1)
+
+
+_HALF_WIDTH = (0.5, 0.52, 0.58, 0.4)  # per shape, at scale 1 (cube half side, radii)
+_HEIGHT = (1.0, 1.05, 1.16, 1.4)
 
 
 def _bound(shape: int, scale: float) -> tuple[np.ndarray, float]:
     """Bounding sphere (centre, radius) of object ``shape`` at ``scale``, slightly padded."""
-    height = (1.0, 1.05, 1.16, 1.4)[shape] * scale
-    half_width = (0.5 * np.sqrt(2.0), 0.52, 0.58, 0.4)[shape] * scale
+    height, half_width = _HEIGHT[shape] * scale, _HALF_WIDTH[shape] * scale * (np.sqrt(2.0) if shape == 0 else 1.0)
     return np.array([0.0, height / 2, 0.0]), float(np.hypot(height / 2, half_width)) * 1.01 + 1e-3
+
+
+def _box_corners(shape: int, scale: float) -> np.ndarray:
+    """Corners ``(8, 3)`` of the object's axis-aligned bounding box, slightly padded."""
+    hw, h = _HALF_WIDTH[shape] * scale * 1.02, _HEIGHT[shape] * scale * 1.02
+    return np.array([[x, y, z] for x in (-hw, hw) for y in (0.0, h) for z in (-hw, hw)])
 
 
 class _Background:
@@ -162,7 +191,7 @@ class _Background:
     def __init__(self, orientation_deg: float, size: int, supersample: int) -> None:
         o, d = _camera_rays(orientation_deg, size, supersample)
         self.origin, self.dirs = o[0], d  # (3,), (r, 3)
-        self.size, self.supersample = size, supersample
+        self.orientation, self.size, self.supersample = orientation_deg, size, supersample
         # Floor y = 0 (hit from above); left wall z - x = C and right wall z + x = C (hit from the room side).
         planes = [(np.array([0.0, 1.0, 0.0]), 0.0, 1.0),
                   (np.array([-1.0, 0.0, 1.0]) / np.sqrt(2), _CORNER / np.sqrt(2), -1.0),
@@ -185,44 +214,59 @@ class _Background:
         fill = _AMBIENT + _FILL * np.maximum(-np.einsum("rc,rc->r", n_bg, d), 0.0)  # (r,) ambient + headlight
         self.shade_dark = fill  # in the object's shadow
         self.shade = fill + _DIFFUSE * np.maximum(n_bg @ light, 0.0)  # (r,) lit by the key light
-        # For the cheap shadow-ray culling against a bounding sphere on the y axis.
-        self.p_dot_l = self.points @ light
-        self.p_y = self.points[:, 1]
-        self.p_sq = np.einsum("rc,rc->r", self.points, self.points)
         m = size * supersample
         row, col = np.divmod(np.arange(m * m), m)
         self.pixel = (row // supersample) * size + col // supersample  # (r,) pixel of each ray
+        n_pix = size * size
+        self.base_maps = np.bincount(surf * n_pix + self.pixel, weights=self.shade, minlength=3 * n_pix)  # no object
+        # Only rays near a sphere enclosing every object (largest scale) can change: keep their indices.
+        top = float(FACTOR_VALUES[3][-1])
+        bounds = [_bound(shape, top) for shape in range(len(SHAPE_NAMES))]
+        cy = max(c[1] + r for c, r in bounds) / 2
+        centre = np.array([0.0, cy, 0.0])
+        radius = max(abs(c[1] - cy) + r for c, r in bounds)
+        p = self.points
+        along_s = centre @ light - p @ light  # (r,) = (centre - p)·L
+        dist2 = np.einsum("rc,rc->r", centre - p, centre - p) - along_s * along_s
+        self.shadow = np.flatnonzero((dist2 <= radius * radius) & (along_s > -radius))
+        ps = p[self.shadow]
+        self.shadow_p_dot_l, self.shadow_p_y = ps @ light, ps[:, 1]  # for exact per-object culling
+        self.shadow_p_sq = np.einsum("rc,rc->r", ps, ps)
 
 
 def _object_shading(bg: _Background, shape: int, scale: float) -> np.ndarray:
-    """Coverage-weighted shading of floor, walls and object: ``float64 (3, H, W)`` in [0, 1]."""
+    """Coverage-weighted shading of floor, walls and object: ``float64 (3, H, W)`` in [0, 1].
+
+    Starts from the background maps and adds the changes of the few rays the object covers or shadows.
+    """
     light = _normalize(_LIGHT)
     size = bg.size
+    n_pix = size * size
     centre, radius = _bound(shape, scale)
-    # Primary rays passing near the object's bounding sphere (one origin: a matrix-vector product).
-    oc = centre - bg.origin
-    along = bg.dirs @ oc  # (r,)
-    cand = np.flatnonzero((oc @ oc - along * along <= radius * radius) & (along > -radius))
+    # Primary rays in the screen rectangle of the object's bounding box.
+    cand = _rays_in_screen_box(bg.orientation, size, bg.supersample, _box_corners(shape, scale))
     d = bg.dirs[cand]
     t_obj, n_obj = _hit_object(shape, scale, np.broadcast_to(bg.origin, d.shape), d)
     hit = t_obj < bg.t[cand]
     idx = cand[hit]
-    surf = bg.surface.copy()
-    surf[idx] = 2
+    on_object = np.zeros(len(bg.dirs), dtype=bool)
+    on_object[idx] = True
     # Shadow rays from floor/wall points towards the light, culled by the bounding sphere (centre on the y axis).
-    along_s = centre[1] * light[1] - bg.p_dot_l  # (r,) = (centre - p)·L
-    dist2 = centre[1] ** 2 - 2 * centre[1] * bg.p_y + bg.p_sq - along_s * along_s
-    near = np.flatnonzero((dist2 <= radius * radius) & (along_s > -radius) & (surf != 2))
+    along_s = centre[1] * light[1] - bg.shadow_p_dot_l  # = (centre - p)·L
+    dist2 = centre[1] ** 2 - 2 * centre[1] * bg.shadow_p_y + bg.shadow_p_sq - along_s * along_s
+    near = bg.shadow[(dist2 <= radius * radius) & (along_s > -radius)]
+    near = near[~on_object[near]]
     p = bg.points[near] + 1e-4 * bg.normals[near]
     t_sh, _ = _hit_object(shape, scale, p, np.broadcast_to(light, p.shape))
-    shade = bg.shade.copy()
     dark = near[np.isfinite(t_sh)]
-    shade[dark] = bg.shade_dark[dark]
     # The object is convex: its faces turned from the light are its only unlit parts.
     n_hit = n_obj[hit]
-    shade[idx] = (_AMBIENT + _DIFFUSE * np.maximum(n_hit @ light, 0.0)
-                  + _FILL * np.maximum(-np.einsum("rc,rc->r", n_hit, d[hit]), 0.0))
-    maps = np.bincount(surf * size * size + bg.pixel, weights=shade, minlength=3 * size * size)
+    obj_shade = (_AMBIENT + _DIFFUSE * np.maximum(n_hit @ light, 0.0)
+                 + _FILL * np.maximum(-np.einsum("rc,rc->r", n_hit, d[hit]), 0.0))
+    bins = np.concatenate([bg.surface[idx] * n_pix + bg.pixel[idx], 2 * n_pix + bg.pixel[idx],
+                           bg.surface[dark] * n_pix + bg.pixel[dark]])
+    delta = np.concatenate([-bg.shade[idx], obj_shade, bg.shade_dark[dark] - bg.shade[dark]])
+    maps = bg.base_maps + np.bincount(bins, weights=delta, minlength=3 * n_pix)
     maps = maps.reshape(3, size, size) / bg.supersample**2  # (s, H, W): mean over each pixel's rays
     return np.clip(maps, 0.0, 1.0)
 
