@@ -785,16 +785,15 @@ def _gif_frame(traversal: Traversal, t: int, scale: int | None = None) -> Image.
     return canvas.convert("P", palette=Image.Palette.ADAPTIVE)
 
 
-def render_examples(explorer: Explorer, folder: str | os.PathLike = EXAMPLES_DIR, count: int = 8,
+def render_examples(dataset: FactorDataset, folder: str | os.PathLike = EXAMPLES_DIR, count: int = 8,
                     seed: int = 0) -> list[Path]:
-    """Write ``count`` dataset images (native resolution) as ``example_<factors>.png`` into ``folder``."""
-    if explorer.dataset is None:
-        raise InputError("No procedural dataset matches this checkpoint: cannot render examples.")
+    """Write ``count`` random dataset images (native resolution) as ``example_<f0>-<f1>-....png`` into ``folder``;
+    the app reads the factors back from the name (ground truth for its sliders)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    factors = explorer.dataset.sample_factors(count, np.random.default_rng(seed))
+    factors = dataset.sample_factors(count, np.random.default_rng(seed))
     paths = []
-    for f, im in zip(factors, explorer.dataset.render(factors)):
+    for f, im in zip(factors, dataset.render(factors)):
         p = out / f"example_{'-'.join(str(int(v)) for v in f)}.png"
         Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(p)
         paths.append(p)

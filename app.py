@@ -1,0 +1,525 @@
+"""CT-VAE explorer: a Gradio app over a CausalVQ checkpoint (the repo root is a Hugging Face Space).
+
+This file only wires widgets to ``causalvq.explore.Explorer``; every computation lives there. The model loads
+once, at import: ``$CAUSALVQ_CHECKPOINT`` (a folder or a Hub repo id), else the shipped
+``assets/causalvq-shapes3d``; without either the page opens with a notice. See docs/app.md.
+
+Run: ``python app.py`` (offline: ``GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import re  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
+from functools import wraps  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from causalvq.explore import (  # noqa: E402
+    EXAMPLES_DIR,
+    Explorer,
+    InputError,
+    LoadedInput,
+    checkpoint_choices,
+    display_image,
+    draw_code_grid,
+    load_model,
+    node_label,
+)
+
+TITLE = "CT-VAE explorer: causal interventions on VQ codes"
+MIN_SLOTS = 8  # factor sliders / menus laid out (extra ones hidden), so a checkpoint switch can relabel them
+NO_ACTION = -1
+GRAPH_OVER = ("all codes (average)", "this input")
+LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True}
+LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code changed. **Black corner**: the node was "
+          "intervened on.")
+
+
+@dataclass(frozen=True)
+class Session:
+    """Per-browser-session state (``gr.State``): which checkpoint, and the encoded current input."""
+
+    checkpoint: str  # Explorer.source
+    input: LoadedInput | None = None
+
+
+def _friendly(fn: Callable) -> Callable:
+    """Show bad input as a ``gr.Error`` with the library's sentence instead of a stack trace."""
+
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as err:
+            raise gr.Error(str(err)) from err
+
+    return run
+
+
+def _example_factors(path: str | Path) -> list[int] | None:
+    """Factors encoded in an example's file name (``example_4-5-7-7-0-2.png``), else ``None``."""
+    m = re.fullmatch(r"example_(\d+(?:-\d+)*)", Path(path).stem)
+    return [int(v) for v in m.group(1).split("-")] if m else None
+
+
+class Handlers:
+    """The app's event handlers: plain methods (tests call them directly), one per event."""
+
+    def __init__(self, explorer: Explorer | None, slots: int = MIN_SLOTS) -> None:
+        self.explorers: dict[str, Explorer] = {explorer.source: explorer} if explorer is not None else {}
+        self.default = explorer.source if explorer is not None else ""
+        self.slots = slots
+        self._lock = threading.Lock()
+        self.examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+
+    # --- helpers ---
+    def new_session(self) -> Session:
+        return Session(checkpoint=self.default)
+
+    def explorer(self, session: Session) -> Explorer:
+        ex = self.explorers.get(session.checkpoint)
+        if ex is None:
+            raise gr.Error("No model is loaded: set CAUSALVQ_CHECKPOINT to a checkpoint folder or Hub repo id "
+                           "and restart the app.")
+        return ex
+
+    def _input(self, session: Session) -> LoadedInput:
+        if session.input is None:
+            raise gr.Error("Load an image first: upload one, sample one, or pick an example.")
+        return session.input
+
+    def _steps(self, ex: Explorer, sliders: Sequence[float]) -> list[int]:
+        steps = list(sliders[:ex.config.num_factors])
+        if any(s is None for s in steps):
+            raise gr.Error("Every factor slider needs a value.")
+        return [int(round(float(s))) for s in steps]
+
+    def _grid(self, ex: Explorer, codes: Any, changed: Any = None, marked: Any = None) -> np.ndarray:
+        return draw_code_grid(codes, ex.config.codebook_size, changed, marked)
+
+    def _loaded(self, session: Session, ex: Explorer, inp: LoadedInput) -> tuple:
+        """Outputs of every input-loading event (see ``build_demo``'s ``load_outputs``)."""
+        session = replace(session, input=inp)
+        notice = inp.notice or f"Reconstruction error {inp.error:.4f} (per-pixel MSE)."
+        if inp.factors is not None:
+            parts = [f"{n} = {lab}" for n, lab in zip(ex.factor_names, self._factor_labels(ex, inp.factors))]
+            notice = f"Dataset sample: {', '.join(parts)}. {notice}"
+        recon = display_image(inp.reconstruction)
+        truth = display_image(inp.image) if inp.factors is not None else None
+        return (session, display_image(inp.image), recon, self._grid(ex, inp.codes), notice,
+                *([0] * self.slots), recon, self._grid(ex, inp.codes), truth)
+
+    @staticmethod
+    def _factor_labels(ex: Explorer, factors: Sequence[int]) -> list[str]:
+        return [ex.factor_value_labels(f)[v] for f, v in enumerate(factors)]
+
+    # --- 1. input ---
+    @_friendly
+    def load_upload(self, file: str | None, session: Session) -> tuple:
+        """Upload: any image file → model input, reconstruction, codes; sliders back to 0."""
+        if not file:
+            raise gr.Error("Choose an image file to upload.")
+        ex = self.explorer(session)
+        return self._loaded(session, ex, ex.load_image(file))
+
+    @_friendly
+    def sample_random(self, session: Session) -> tuple:
+        """A random dataset image; the factor menus follow it."""
+        ex = self.explorer(session)
+        inp = ex.sample()
+        return (*self._loaded(session, ex, inp), *self._menu_values(inp.factors))
+
+    @_friendly
+    def sample_factors(self, session: Session, *values: Any) -> tuple:
+        """The dataset image at the factor values chosen in the menus."""
+        ex = self.explorer(session)
+        F = ex.config.num_factors
+        if any(v is None for v in values[:F]):
+            raise gr.Error("Choose a value for every factor.")
+        inp = ex.sample([int(v) for v in values[:F]])
+        return self._loaded(session, ex, inp)
+
+    @_friendly
+    def load_example(self, session: Session, index: int) -> tuple:
+        """Example ``index`` of the gallery (factors read from its file name)."""
+        if not 0 <= index < len(self.examples):
+            raise gr.Error(f"There is no example number {index}.")
+        ex = self.explorer(session)
+        path = self.examples[index]
+        factors = _example_factors(path)
+        if factors is not None and ex.dataset is not None and len(factors) == ex.config.num_factors:
+            inp = ex.load_image(path, factors=factors)
+        else:
+            inp = ex.load_image(path)
+        return self._loaded(session, ex, inp)
+
+    def select_example(self, session: Session, evt: gr.SelectData) -> tuple:
+        """Gallery click."""
+        return self.load_example(session, int(evt.index))
+
+    def first_example(self, session: Session) -> tuple:
+        """Page load: the first example, so no panel starts empty (nothing happens without examples)."""
+        if not self.examples or session.checkpoint not in self.explorers:
+            return (session, *([gr.skip()] * (4 + self.slots + 3)))
+        return self.load_example(session, 0)
+
+    def _menu_values(self, factors: Sequence[int] | None) -> list:
+        values = list(factors or [])
+        return values + [gr.skip()] * (self.slots - len(values))
+
+    # --- 3. atomic interventions ---
+    @_friendly
+    def slide(self, session: Session, *sliders: float) -> tuple:
+        """A slider moved: compose all sliders (factor order) on the cached codes, decode, show changed nodes.
+        Without an input yet, nothing happens."""
+        if session.input is None:
+            return gr.skip(), gr.skip()
+        ex, inp = self.explorer(session), session.input
+        r = ex.apply_sliders(inp.codes, self._steps(ex, sliders))
+        return display_image(r.image), self._grid(ex, r.codes, r.changed, r.intervened)
+
+    @_friendly
+    def ground_truth(self, session: Session, *sliders: float) -> tuple:
+        """The dataset image with the factors really moved (sampled inputs only)."""
+        if session.input is None:
+            return gr.skip(), gr.skip()
+        ex, inp = self.explorer(session), session.input
+        steps = self._steps(ex, sliders)
+        if inp.factors is None or ex.dataset is None:
+            return None, "Ground truth is shown for dataset samples only."
+        gt = ex.ground_truth(inp.factors, steps)
+        text = "Ground truth: " + ", ".join(f"{n} = {lab}" for n, lab in
+                                            zip(ex.factor_names, self._factor_labels(ex, gt.factors)))
+        if gt.clipped:
+            text += " (a slider goes past the end of its factor: clipped)"
+        return display_image(gt.image), text
+
+    @_friendly
+    def reset(self, session: Session) -> tuple:
+        """Sliders back to 0: the reconstruction."""
+        ex, inp = self.explorer(session), self._input(session)
+        truth = display_image(inp.image) if inp.factors is not None else None
+        return (*([0] * self.slots), display_image(inp.reconstruction), self._grid(ex, inp.codes), truth)
+
+    # --- 4. causal graph ---
+    @_friendly
+    def graph(self, session: Session, action: int | None, threshold: float, over: str) -> tuple:
+        """Heat map and node–link drawing of the learned graph for no action or one action."""
+        ex = self.explorer(session)
+        act = None if action is None or int(action) == NO_ACTION else int(action)
+        codes = session.input.codes if session.input is not None else None
+        if over == GRAPH_OVER[1] and codes is None:
+            raise gr.Error("Load an image first to see the graph of this input, or choose 'all codes'.")
+        adj = ex.graph(act, codes if over == GRAPH_OVER[1] else None)
+        marked = ex.intervened_nodes(act, codes) if act is not None else None
+        name = "no action" if act is None else f"action “{ex.action_names[act]}”"
+        heat = ex.graph_heatmap(adj, marked, title=f"adjacency, {name}")
+        net = ex.graph_network(adj, float(threshold), marked, codes)
+        text = f"{name}: {int((adj > threshold).sum() - (np.diag(adj) > threshold).sum())} edges above " \
+               f"{float(threshold):.2f} (mean edge probability {adj.mean():.3f})."
+        if marked is not None:
+            text += f" Intervened nodes (red): {', '.join(map(str, np.flatnonzero(marked))) or 'none'}."
+        return heat, net, text
+
+    @_friendly
+    def do(self, session: Session, node: int | None, code: float) -> tuple[np.ndarray, np.ndarray, str]:
+        """Hard intervention do(node = code), then propagation through the learned graph."""
+        ex, inp = self.explorer(session), self._input(session)
+        if node is None:
+            raise gr.Error("Choose a node.")
+        v = ex.do(inp.codes, int(node), int(round(float(code))))
+        marked = np.zeros(ex.config.num_nodes, bool)
+        marked[v.node] = True
+        others = np.flatnonzero(v.changed)
+        text = (f"do({node_label(v.node, ex.config)} = {v.code}): "
+                + (f"{len(others)} other node(s) changed: {', '.join(map(str, others))}." if len(others)
+                   else "no other node changed."))
+        return display_image(v.image), self._grid(ex, v.codes, v.changed, marked), text
+
+    # --- 5. action retrieval ---
+    @_friendly
+    def pair_from_sliders(self, session: Session, *sliders: float) -> tuple[np.ndarray, np.ndarray]:
+        """x = the current input, y = x transformed by the sliders."""
+        ex, inp = self.explorer(session), self._input(session)
+        r = ex.apply_sliders(inp.codes, self._steps(ex, sliders))
+        return display_image(inp.image), display_image(r.image)
+
+    @_friendly
+    def upload_pair_image(self, file: str | None, session: Session) -> np.ndarray:
+        """One image of the retrieval pair, uploaded: shown as the model sees it."""
+        if not file:
+            raise gr.Error("Choose an image file to upload.")
+        return display_image(self.explorer(session).load_image(file).image)
+
+    @_friendly
+    def retrieve(self, session: Session, x: np.ndarray | None, y: np.ndarray | None) -> tuple:
+        """Rank every action by p(a | x, y); show the intervened nodes of the best one."""
+        if x is None or y is None:
+            raise gr.Error("Both x and y are needed: upload two images, or use the input and its slider result.")
+        ex = self.explorer(session)
+        v = ex.retrieve(x, y)
+        name, p = v.ranking[0]
+        text = (f"Most probable action: **{name}** (p = {p:.2f}); it intervenes on "
+                f"{int(v.intervened.sum())} node(s). {int(v.changed.sum())} code(s) differ between x and y.")
+        return ex.retrieval_figure(v), self._grid(ex, v.codes_x, v.changed, v.intervened), text
+
+    # --- 6. traversals ---
+    @_friendly
+    def traverse(self, session: Session, steps: float) -> tuple[np.ndarray, str, str]:
+        """Per factor, −k..+k applications of its actions: a grid image, its PNG and an animated GIF."""
+        ex, inp = self.explorer(session), self._input(session)
+        t = ex.traverse(inp.codes, int(round(float(steps))))
+        png, gif = ex.save_traversal(t)
+        return ex.traversal_grid(t), str(png), str(gif)
+
+    # --- checkpoint ---
+    @_friendly
+    def change_checkpoint(self, choice: str | None, session: Session) -> tuple:
+        """Open another checkpoint (loaded once, then cached) and relabel the factor widgets."""
+        if not choice:
+            raise gr.Error("Choose a checkpoint.")
+        with self._lock:
+            if choice not in self.explorers:
+                loaded = load_model(choice, fallback=None)
+                if loaded.model is None:
+                    raise gr.Error(f"{loaded.notice} Keeping the current checkpoint.")
+                if loaded.model.config.num_factors > self.slots:
+                    raise gr.Error(f"This checkpoint has {loaded.model.config.num_factors} factors; the app was "
+                                   f"laid out for {self.slots}. Start it with {choice} in CAUSALVQ_CHECKPOINT.")
+                self.explorers[choice] = Explorer(loaded.model, source=choice, notice=loaded.notice)
+        ex = self.explorers[choice]
+        return (Session(checkpoint=choice), describe(ex), *self.model_updates(ex))
+
+    def model_updates(self, ex: Explorer) -> list:
+        """Updates of the widgets that depend on the checkpoint, and the cleared input panels (order:
+        ``build_demo``'s ``model_outputs``)."""
+        specs = widget_specs(ex, self.slots)
+        cleared = [None, None, None, "Load an image.", None, None, None]
+        return [*(gr.update(**kw) for kw in specs.flat()), *cleared]
+
+
+@dataclass(frozen=True)
+class WidgetSpecs:
+    """Keyword arguments of the checkpoint-dependent widgets: used to build them and to update them."""
+
+    sliders: list[dict]  # one per slot: label, range ±k_f, value 0, visible
+    menus: list[dict]  # one per slot: factor-value choices
+    node: dict  # the do() node picker
+    code: dict  # the do() codebook-entry slider
+    action: dict  # the graph's action picker
+    steps: dict  # the traversal steps slider
+    random: dict  # the random-sample button (off without a dataset)
+
+    def flat(self) -> list[dict]:
+        return [*self.sliders, *self.menus, self.node, self.code, self.action, self.steps, self.random]
+
+
+def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
+    """The checkpoint-dependent widget settings for ``ex`` (all hidden or empty without a model)."""
+    if ex is None:
+        hidden = [dict(label=f"factor {f}", visible=False) for f in range(slots)]
+        return WidgetSpecs(sliders=[dict(d, minimum=-1, maximum=1, value=0) for d in hidden],
+                           menus=[dict(d, choices=[], value=None) for d in hidden], node=dict(choices=[], value=None),
+                           code=dict(maximum=1, value=0), action=dict(choices=[("no action", NO_ACTION)],
+                                                                       value=NO_ACTION),
+                           steps=dict(maximum=8, value=3), random=dict(interactive=False))
+    cfg, F = ex.config, ex.config.num_factors
+    sliders = [dict(label=ex.factor_names[f], minimum=-ex.max_steps[f], maximum=ex.max_steps[f], value=0,
+                    visible=True) if f < F else dict(label=f"factor {f}", minimum=-1, maximum=1, value=0,
+                                                     visible=False) for f in range(slots)]
+    menus = [dict(label=ex.factor_names[f], choices=list(zip(ex.factor_value_labels(f), range(cfg.factor_sizes[f]))),
+                  value=0, visible=ex.dataset is not None) if f < F else dict(label=f"factor {f}", choices=[],
+                                                                              value=None, visible=False)
+             for f in range(slots)]
+    return WidgetSpecs(
+        sliders=sliders, menus=menus,
+        node=dict(choices=[(node_label(i, cfg), i) for i in range(cfg.num_nodes)], value=0),
+        code=dict(maximum=cfg.codebook_size - 1, value=0),
+        action=dict(choices=[("no action", NO_ACTION), *[(n, i) for i, n in enumerate(ex.action_names)]],
+                    value=NO_ACTION),
+        steps=dict(maximum=max(1, min(8, max(ex.max_steps))), value=min(3, max(ex.max_steps))),
+        random=dict(interactive=ex.dataset is not None))
+
+
+def describe(ex: Explorer | None, notice: str = "") -> str:
+    """The model line under the title (plus any loading notice)."""
+    if ex is None:
+        return f"⚠️ {notice}" if notice else "⚠️ No model loaded."
+    cfg = ex.config
+    line = (f"Checkpoint `{ex.source}`: {cfg.num_codebooks} codebook(s) of {cfg.codebook_size} codes on a "
+            f"{cfg.grid_size}×{cfg.grid_size} grid ({cfg.num_nodes} causal nodes), {cfg.image_size}-px "
+            f"{'RGB' if cfg.in_channels == 3 else 'greyscale'} images, factors: {', '.join(cfg.factor_names)}.")
+    note = " ".join(s for s in (notice, ex.notice) if s)
+    return f"⚠️ {note}\n\n{line}" if note else line
+
+
+def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[str] | None = None) -> gr.Blocks:
+    """The Blocks UI over ``explorer`` (``None``: a page that only says why no model is loaded)."""
+    slots = max(MIN_SLOTS, explorer.config.num_factors if explorer is not None else 0)
+    h = Handlers(explorer, slots)
+    specs = widget_specs(explorer, slots)
+    choices = list(choices if choices is not None else checkpoint_choices())
+    if explorer is not None and explorer.source not in choices:
+        choices.insert(0, explorer.source)
+    img = dict(format="png", interactive=False, height=256, buttons=["download"])
+
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nA multi-codebook VQ-VAE whose code indices are the nodes of a learned causal "
+                    "graph (CT-VAE, IJCAI 2023). Actions move one factor one step; they intervene on a few nodes "
+                    "and the graph propagates the change. See docs/app.md.")
+        info = gr.Markdown(describe(explorer, notice))
+        session = gr.State(h.new_session())
+        with gr.Row():
+            checkpoint = gr.Dropdown(choices=choices, value=explorer.source if explorer else None,
+                                     label="Checkpoint", interactive=len(choices) > 1, scale=3)
+
+        # --- 1 + 2: input, reconstruction, codes ---
+        with gr.Row():
+            with gr.Column(scale=1):
+                gr.Markdown("### 1. Input")
+                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", height=90,
+                                 elem_id="input-upload")
+                random_btn = gr.Button("Random dataset sample", **specs.random)
+                with gr.Accordion("Sample by factor values", open=False):
+                    menus = [gr.Dropdown(interactive=True, **kw) for kw in specs.menus]
+                    render_btn = gr.Button("Render these factors")
+                gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4, height=170,
+                                     allow_preview=False)
+            with gr.Column(scale=2):
+                gr.Markdown("### 2. Reconstruction and codes")
+                domain = gr.Markdown("Load an image.", elem_id="domain-notice")
+                with gr.Row():
+                    input_img = gr.Image(label="Input (as the model sees it)", **img)
+                    recon_img = gr.Image(label="Reconstruction", **img)
+                codes_img = gr.Image(label="Code indices (one panel per codebook)", **img)
+
+        with gr.Tabs():
+            # --- 3: atomic interventions ---
+            with gr.Tab("3. Atomic interventions"):
+                gr.Markdown("Slider *f* at *s* applies “*f* +” (s > 0) or “*f* −” (s < 0) |s| times; factors are "
+                            "composed in factor order, top to bottom. " + LEGEND)
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        sliders = [gr.Slider(step=1, elem_id=f"slider-{f}", **kw) for f, kw in enumerate(specs.sliders)]
+                        reset_btn = gr.Button("Reset")
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            result_img = gr.Image(label="After the interventions", elem_id="result-image", **img)
+                            truth_img = gr.Image(label="Ground truth (dataset samples)", **img)
+                        truth_md = gr.Markdown("")
+                        result_grid = gr.Image(label="Codes after the interventions", **img)
+
+            # --- 4: causal graph and hard interventions ---
+            with gr.Tab("4. Causal graph") as graph_tab:
+                with gr.Row():
+                    action_dd = gr.Dropdown(label="Action", **specs.action)
+                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Edge threshold")
+                    over = gr.Radio(list(GRAPH_OVER), value=GRAPH_OVER[0], label="Edge probabilities over")
+                graph_md = gr.Markdown("")
+                with gr.Row():
+                    heat_plot = gr.Plot(label="Adjacency (row = source, column = target)")
+                    net_plot = gr.Plot(label="Edges on the code grid (red: intervened nodes)")
+                gr.Markdown("#### Hard intervention: do(node = code), then one pass of the learned graph")
+                with gr.Row():
+                    node_dd = gr.Dropdown(label="Node", scale=2, **specs.node)
+                    code_sl = gr.Slider(minimum=0, step=1, label="Codebook entry", scale=2, **specs.code)
+                    do_btn = gr.Button("Apply do()", scale=1)
+                do_md = gr.Markdown("")
+                with gr.Row():
+                    do_img = gr.Image(label="After do() and propagation", **img)
+                    do_grid = gr.Image(label="Codes (black corner: the node set; outline: nodes that followed)",
+                                       **img)
+
+            # --- 5: action retrieval ---
+            with gr.Tab("5. Action retrieval"):
+                gr.Markdown("Which action turns x into y? Upload two images, or take the input and its slider "
+                            "result.")
+                with gr.Row():
+                    pair_btn = gr.Button("x = input, y = slider result")
+                    retrieve_btn = gr.Button("Retrieve the action", variant="primary")
+                with gr.Row():
+                    with gr.Column():
+                        x_img = gr.Image(label="x", type="numpy", **img)
+                        x_up = gr.File(label="Upload x", file_types=["image"], type="filepath", height=70)
+                    with gr.Column():
+                        y_img = gr.Image(label="y", type="numpy", **img)
+                        y_up = gr.File(label="Upload y", file_types=["image"], type="filepath", height=70)
+                retrieve_md = gr.Markdown("")
+                with gr.Row():
+                    retrieve_plot = gr.Plot(label="p(action | x, y)")
+                    retrieve_grid = gr.Image(label="Codes of x (black corner: intervened by the best action; "
+                                             "outline: differ in y)", **img)
+
+            # --- 6: traversals ---
+            with gr.Tab("6. Traversals"):
+                with gr.Row():
+                    trav_steps = gr.Slider(minimum=1, step=1, label="Steps k (−k..+k)", **specs.steps)
+                    trav_btn = gr.Button("Traverse every factor", variant="primary")
+                trav_img = gr.Image(label="Traversals (rows: factors; columns: −k..+k)", format="png",
+                                    interactive=False, buttons=["download"])
+                with gr.Row():
+                    trav_png = gr.File(label="PNG")
+                    trav_gif = gr.File(label="Animated GIF")
+
+        # --- wiring ---
+        load_outputs = [session, input_img, recon_img, codes_img, domain, *sliders, result_img, result_grid,
+                        truth_img]
+        model_outputs = [*sliders, *menus, node_dd, code_sl, action_dd, trav_steps, random_btn, input_img,
+                         recon_img, codes_img, domain, result_img, result_grid, truth_img]
+        upload.upload(h.load_upload, [upload, session], load_outputs, api_name="load_image")
+        random_btn.click(h.sample_random, [session], [*load_outputs, *menus], api_name="sample_random")
+        render_btn.click(h.sample_factors, [session, *menus], load_outputs, api_name="sample_factors")
+        gallery.select(h.select_example, [session], load_outputs, api_visibility="private")
+        demo.load(h.first_example, [session], load_outputs, api_visibility="private")
+
+        slider_events = [s.input for s in sliders]
+        gr.on(slider_events, h.slide, [session, *sliders], [result_img, result_grid], api_name="slide",
+              trigger_mode="always_last", show_progress="hidden")
+        gr.on(slider_events, h.ground_truth, [session, *sliders], [truth_img, truth_md], api_name="ground_truth",
+              trigger_mode="always_last", show_progress="hidden")
+        reset_btn.click(h.reset, [session], [*sliders, result_img, result_grid, truth_img], api_name="reset")
+
+        graph_inputs = [session, action_dd, threshold, over]
+        gr.on([graph_tab.select, action_dd.input, threshold.release, over.input], h.graph, graph_inputs,
+              [heat_plot, net_plot, graph_md], api_name="graph", trigger_mode="always_last")
+        do_btn.click(h.do, [session, node_dd, code_sl], [do_img, do_grid, do_md], api_name="do")
+
+        pair_btn.click(h.pair_from_sliders, [session, *sliders], [x_img, y_img], api_name="pair_from_sliders")
+        x_up.upload(h.upload_pair_image, [x_up, session], [x_img], api_name="upload_x")
+        y_up.upload(h.upload_pair_image, [y_up, session], [y_img], api_name="upload_y")
+        retrieve_btn.click(h.retrieve, [session, x_img, y_img], [retrieve_plot, retrieve_grid, retrieve_md],
+                           api_name="retrieve")
+
+        trav_btn.click(h.traverse, [session, trav_steps], [trav_img, trav_png, trav_gif], api_name="traverse")
+        checkpoint.input(h.change_checkpoint, [checkpoint, session], [session, info, *model_outputs],
+                         api_name="checkpoint")
+
+    demo.queue(default_concurrency_limit=1)
+    demo.handlers = h  # the handlers behind the events, for tests and benchmarks
+    return demo
+
+
+def load_demo() -> gr.Blocks:
+    """Load the checkpoint (``$CAUSALVQ_CHECKPOINT``, else the shipped one) once and build the UI."""
+    loaded = load_model(os.environ.get("CAUSALVQ_CHECKPOINT"))
+    explorer = Explorer(loaded.model, source=loaded.source) if loaded.model is not None else None
+    return build_demo(explorer, notice=loaded.notice)
+
+
+demo = load_demo()
+
+if __name__ == "__main__":
+    for ex in demo.handlers.explorers.values():  # measure the in-domain error in the background
+        threading.Thread(target=ex.domain_check, daemon=True).start()
+    demo.launch(**LAUNCH_OPTIONS)

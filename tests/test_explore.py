@@ -1,0 +1,434 @@
+"""The exploration API behind the app (causalvq.explore) and the app's event handlers, called directly.
+
+Everything runs on a tiny untrained checkpoint whose factors are shapes3d's, so the procedural dataset matches;
+properties are checked against the model's own methods (composition = the sequential transitions, do = model.do,
+retrieval = model.retrieve_action, traversal columns = slider results).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+import app
+from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
+from causalvq.explore import (
+    DomainCheck,
+    Explorer,
+    InputError,
+    code_colors,
+    display_image,
+    draw_code_grid,
+    find_dataset,
+    load_model,
+    read_image_file,
+    render_examples,
+    to_model_input,
+    to_uint8_image,
+)
+from causalvq.imaging import to_tensor, to_uint8
+from causalvq.model import CausalVQ
+
+F = len(SHAPES3D_FACTORS)
+
+
+def tiny_config(**changes) -> ModelConfig:
+    return ModelConfig.tiny(factor_names=SHAPES3D_FACTORS, factor_sizes=SHAPES3D_SIZES, **changes)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    CausalVQ(tiny_config()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def explorer(checkpoint: Path) -> Explorer:
+    return Explorer(CausalVQ.from_pretrained(checkpoint), source=str(checkpoint), calibration_samples=4)
+
+
+@pytest.fixture(scope="module")
+def loaded(explorer: Explorer):
+    return explorer.sample([3, 4, 5, 2, 1, 7])
+
+
+@pytest.fixture(scope="module")
+def handlers(explorer: Explorer) -> app.Handlers:
+    return app.Handlers(explorer)
+
+
+# --- checkpoints ---
+def test_load_model_folder_fallback_and_missing(checkpoint: Path, tmp_path: Path) -> None:
+    ok = load_model(str(checkpoint), fallback=None)
+    assert ok.model is not None and ok.source == str(checkpoint) and ok.notice == ""
+    fell = load_model(str(tmp_path / "nowhere"), fallback=checkpoint)
+    assert fell.model is not None and fell.source == str(checkpoint)
+    assert "Could not load" in fell.notice and "shipped checkpoint instead" in fell.notice
+    none = load_model(None, fallback=tmp_path / "missing")
+    assert none.model is None and "CAUSALVQ_CHECKPOINT" in none.notice
+
+
+def test_uncached_repo_id_falls_back_fast_offline(checkpoint: Path) -> None:
+    start = time.perf_counter()
+    res = load_model("nobody-here/no-such-model", fallback=checkpoint)
+    assert time.perf_counter() - start < 5.0
+    assert res.source == str(checkpoint) and "no-such-model" in res.notice
+
+
+def test_explorer_from_checkpoint_env(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CAUSALVQ_CHECKPOINT", str(checkpoint))
+    ex = Explorer.from_checkpoint(fallback=None)
+    assert ex is not None and ex.source == str(checkpoint) and ex.dataset is not None
+    monkeypatch.setenv("CAUSALVQ_CHECKPOINT", str(tmp_path / "missing"))
+    assert Explorer.from_checkpoint(fallback=None) is None
+
+
+def test_dataset_matching_and_disabled_sampling() -> None:
+    assert find_dataset(tiny_config()).name == "shapes3d"
+    assert find_dataset(ModelConfig.tiny()) is None  # factors a, b, c
+    ex = Explorer(CausalVQ(ModelConfig.tiny()))
+    assert ex.dataset is None and "sampling is disabled" in ex.notice
+    with pytest.raises(InputError, match="Sampling is disabled"):
+        ex.sample()
+    assert ex.ground_truth([0, 0, 0], [0, 0, 0]) is None
+    assert ex.domain_check() is None
+
+
+# --- images ---
+@pytest.mark.parametrize("image", [
+    np.full((40, 40), 128, np.uint8),  # greyscale (H, W)
+    np.full((40, 40, 1), 128, np.uint8),
+    np.full((20, 30, 4), 128, np.uint8),  # RGBA, not square
+    np.full((3, 33, 33), 0.5, np.float32),  # (C, H, W) floats in [0, 1]
+    np.full((50, 50, 3), 128.0, np.float64),  # floats in [0, 255]
+    np.full((17, 17, 3), 32896, np.uint16),  # 16 bit
+    np.ones((9, 9), bool),
+    np.full((1, 1, 3), 7, np.uint8),  # one pixel
+    np.full((16, 16, 2), 200, np.int32),  # grey + alpha
+])
+def test_to_model_input_odd_inputs(image: np.ndarray) -> None:
+    for channels in (1, 3):
+        x = to_model_input(image, 16, channels)
+        assert x.shape == (1, channels, 16, 16) and x.dtype == torch.float32
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_image_conversion_values() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert torch.equal(to_model_input(rgb, 16, 3), to_tensor(rgb))  # same size: untouched
+    up = rgb.repeat(4, 0).repeat(4, 1)  # 4x nearest upscale, then area downscale: exact
+    assert np.array_equal(to_uint8(to_model_input(up, 16, 3))[0], rgb)
+    assert np.array_equal(to_uint8(to_model_input(display_image(rgb), 16, 3))[0], rgb)
+    wide = np.concatenate([np.zeros((16, 8, 3), np.uint8), rgb, np.zeros((16, 8, 3), np.uint8)], 1)
+    assert np.array_equal(to_uint8(to_model_input(wide, 16, 3))[0], rgb)  # centre crop
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    assert to_model_input(red, 4, 1)[0, 0, 0, 0].item() == pytest.approx(0.299, abs=1e-6)  # luma
+    rgba = np.zeros((4, 4, 4), np.uint8)  # fully transparent: white
+    assert (to_uint8_image(rgba) == 255).all()
+    assert (to_uint8_image(np.full((4, 4), 0.5)) == 128).all()
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 5, 2), np.uint8), np.zeros((5, 5, 7), np.uint8),
+                                 np.full((4, 4), np.nan), np.zeros((0, 4, 3), np.uint8), "not an image",
+                                 np.array([["a"]])])
+def test_bad_arrays_raise_input_error(bad) -> None:
+    with pytest.raises(InputError):
+        to_uint8_image(bad)
+
+
+def test_read_image_files(tmp_path: Path) -> None:
+    palette = Image.new("P", (10, 12))
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "p.png")
+    assert read_image_file(tmp_path / "p.png").shape == (12, 10, 4)
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "g16.png")
+    assert (to_uint8_image(read_image_file(tmp_path / "g16.png")) == 156).all()
+    Image.new("CMYK", (8, 8)).save(tmp_path / "c.jpg")
+    assert read_image_file(tmp_path / "c.jpg").shape == (8, 8, 3)
+    frames = [Image.new("RGB", (6, 6), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    assert read_image_file(tmp_path / "a.gif").shape[:2] == (6, 6)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (tmp_path / "notes.txt").write_text("hello")
+    for name in ("corrupt.png", "notes.txt"):
+        with pytest.raises(InputError, match="not an image this explorer can read"):
+            read_image_file(tmp_path / name)
+    with pytest.raises(InputError, match="could not be found"):
+        read_image_file(tmp_path / "gone.png")
+
+
+# --- input panel ---
+def test_load_image_and_sample(explorer: Explorer, loaded) -> None:
+    S = explorer.config.image_size
+    assert loaded.image.shape == (S, S, 3) and loaded.reconstruction.shape == (S, S, 3)
+    assert loaded.codes.shape == (1, 2, 4, 4) and loaded.factors == (3, 4, 5, 2, 1, 7)
+    with torch.inference_mode():
+        assert torch.equal(loaded.codes, explorer.model.encode_codes(to_tensor(loaded.image)))
+    assert explorer.sample(seed=3).factors == explorer.sample(seed=3).factors
+    with pytest.raises(InputError, match="Invalid factor values"):
+        explorer.sample([99, 0, 0, 0, 0, 0])
+
+
+def test_domain_notice(explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    check = explorer.domain_check()
+    assert check is not None and check.threshold > 0 and check.typical >= 0
+    monkeypatch.setattr(explorer, "_domain", DomainCheck(typical=0.001, threshold=0.002))
+    far = explorer.load_image(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert "far from the training domain" in far.notice
+    monkeypatch.setattr(explorer, "_domain", DomainCheck(typical=0.001, threshold=10.0))
+    assert explorer.load_image(np.zeros((64, 64, 3), np.uint8)).notice == ""
+
+
+# --- code grid ---
+def test_code_grid_picture() -> None:
+    codes = torch.arange(32).reshape(1, 2, 4, 4) % 8
+    img = draw_code_grid(codes, 8, cell=20)
+    assert img.shape == (14 + 4 * 20, 2 * 4 * 20 + 10, 3) and img.dtype == np.uint8
+    colors = code_colors(8)
+    assert len({tuple(c) for c in colors}) == 8
+    assert tuple(img[14 + 20 + 3, 20 + 16]) == tuple(colors[5])  # codebook 0, row 1, col 1 (code 5), near a corner
+    changed = np.zeros(32, bool)
+    changed[5] = True
+    assert not np.array_equal(draw_code_grid(codes, 8, changed, cell=20), img)
+
+
+# --- atomic interventions ---
+def test_slider_actions_order_and_validation(explorer: Explorer) -> None:
+    assert explorer.slider_actions([0] * F) == ()
+    assert explorer.slider_actions([2, 0, -1, 0, 0, 1]) == (0, 0, 2 + F, 5)  # factor order; "f -" = f + F
+    for bad in ([0] * (F - 1), [100, 0, 0, 0, 0, 0], [0.5, 0, 0, 0, 0, 0]):
+        with pytest.raises(InputError):
+            explorer.slider_actions(bad)
+
+
+def test_apply_sliders_is_the_sequential_composition(explorer: Explorer, loaded) -> None:
+    steps = [1, -2, 0, 0, 1, 0]
+    r = explorer.apply_sliders(loaded.codes, steps)
+    codes, mask = loaded.codes, torch.zeros(1, explorer.config.num_nodes, dtype=torch.bool)
+    with torch.inference_mode():
+        for a in (0, 1 + F, 1 + F, 4):
+            t = explorer.model.transition_codes(codes, torch.tensor([a]))
+            codes, mask = t.codes, mask | t.mask
+        image = to_uint8(explorer.model.decode_codes(codes))[0]
+    assert r.actions == (0, 1 + F, 1 + F, 4)
+    assert torch.equal(r.codes, codes) and np.array_equal(r.intervened, mask[0].numpy())
+    assert np.array_equal(r.image, image)
+    assert np.array_equal(r.changed, (codes != loaded.codes).reshape(-1).numpy())
+    again = explorer.apply_sliders(loaded.codes, steps)  # served from the prefix cache
+    assert torch.equal(again.codes, r.codes) and np.array_equal(again.image, r.image)
+    zero = explorer.apply_sliders(loaded.codes, [0] * F)
+    assert np.array_equal(zero.image, loaded.reconstruction) and not zero.changed.any()
+
+
+def test_prefix_cache_makes_a_one_step_move_one_transition(explorer: Explorer, loaded,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    explorer.apply_sliders(loaded.codes, [0, 0, 0, 3, 0, 0])
+    calls = []
+    original = explorer.model.transition_codes
+    monkeypatch.setattr(explorer.model, "transition_codes", lambda *a, **k: calls.append(1) or original(*a, **k))
+    explorer.apply_sliders(loaded.codes, [0, 0, 0, 4, 0, 0])
+    assert len(calls) == 1
+
+
+def test_ground_truth_moves_and_clips(explorer: Explorer, loaded) -> None:
+    gt = explorer.ground_truth(loaded.factors, [1, 0, 0, 0, 0, -1])
+    assert gt.factors == (4, 4, 5, 2, 1, 6) and not gt.clipped
+    assert gt.image.shape == loaded.image.shape
+    assert explorer.ground_truth(loaded.factors, [0, 0, 0, 0, 3, 0]).clipped  # shape 1 + 3 > 3
+
+
+# --- causal graph and do ---
+def test_graph_and_intervened_nodes(explorer: Explorer, loaded) -> None:
+    n = explorer.config.num_nodes
+    adj = explorer.graph(None)
+    assert adj.shape == (n, n) and 0 <= adj.min() and adj.max() <= 1
+    with torch.inference_mode():
+        assert np.allclose(adj, explorer.model.causal_graph(None).numpy())
+        p = explorer.model.intervention_probs(loaded.codes, torch.tensor([3]))[0]
+    assert explorer.graph(3, loaded.codes).shape == (n, n)
+    assert np.array_equal(explorer.intervened_nodes(3, loaded.codes), (p > 0.5).numpy())
+    assert explorer.intervened_nodes(3).shape == (n,)
+    with pytest.raises(InputError, match="Unknown action"):
+        explorer.graph(2 * F)
+    marked = np.zeros(n, bool)
+    marked[:3] = True
+    assert isinstance(explorer.graph_heatmap(adj, marked), Figure)
+    net = explorer.graph_network(adj, threshold=0.5, marked=marked, codes=loaded.codes)
+    edges = int((adj > 0.5).sum() - (np.diag(adj) > 0.5).sum())
+    assert net.axes[0].get_title().startswith(f"{min(edges, 600)} edges")
+    assert explorer.graph_network(adj, threshold=1.0).axes[0].get_title().startswith("0 edges")
+
+
+def test_do_matches_model_do(explorer: Explorer, loaded) -> None:
+    view = explorer.do(loaded.codes, node=5, code=3)
+    with torch.inference_mode():
+        ref = explorer.model.do(loaded.codes, 5, 3)
+        image = to_uint8(explorer.model.decode_codes(ref.codes))[0]
+    assert torch.equal(view.codes, ref.codes) and view.codes.reshape(-1)[5] == 3
+    assert np.array_equal(view.image, image)
+    expected = ref.changed[0].numpy().copy()
+    expected[5] = False
+    assert np.array_equal(view.changed, expected)
+    for node, code in ((-1, 0), (explorer.config.num_nodes, 0), (0, explorer.config.codebook_size)):
+        with pytest.raises(InputError):
+            explorer.do(loaded.codes, node, code)
+
+
+# --- retrieval ---
+def test_retrieval_ranking(explorer: Explorer, loaded) -> None:
+    y = explorer.apply_sliders(loaded.codes, [0, 0, 1, 0, 0, 0]).image
+    view = explorer.retrieve(loaded.image, y)
+    probs = [p for _, p in view.ranking]
+    assert len(view.ranking) == 2 * F and probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    assert {n for n, _ in view.ranking} == set(explorer.action_names)
+    with torch.inference_mode():
+        ref = explorer.model.retrieve_action(to_tensor(loaded.image), to_tensor(y))
+    assert view.action == int(ref.action) and view.ranking[0][0] == explorer.action_names[view.action]
+    assert view.ranking[0][1] == pytest.approx(float(ref.probs.max()), abs=1e-6)
+    assert view.intervened.shape == view.changed.shape == (explorer.config.num_nodes,)
+    same = explorer.retrieve(loaded.codes, loaded.codes)  # code grids work too
+    assert not same.changed.any()
+    assert isinstance(Explorer.retrieval_figure(view), Figure)
+
+
+# --- traversals ---
+def test_traversal_columns_are_slider_results(explorer: Explorer, loaded, tmp_path: Path) -> None:
+    k = 2
+    t = explorer.traverse(loaded.codes, k)
+    S = explorer.config.image_size
+    assert t.images.shape == (F, 2 * k + 1, S, S, 3)
+    for f in range(F):
+        assert np.array_equal(t.images[f, k], loaded.reconstruction)
+    for f, s in ((0, 2), (3, -1), (5, 1)):
+        steps = [0] * F
+        steps[f] = s
+        assert np.array_equal(t.images[f, k + s], explorer.apply_sliders(loaded.codes, steps).image)
+    grid = Explorer.traversal_grid(t)
+    assert grid.ndim == 3 and grid.shape[0] > F * S and grid.shape[1] > (2 * k + 1) * S
+    png, gif = Explorer.save_traversal(t, tmp_path)
+    assert Image.open(png).size == (grid.shape[1], grid.shape[0])
+    with Image.open(gif) as g:
+        assert g.n_frames == 2 * (2 * k + 1) - 2 and g.info.get("loop") == 0
+    with pytest.raises(InputError):
+        explorer.traverse(loaded.codes, 0)
+
+
+def test_render_examples_names_carry_factors(explorer: Explorer, tmp_path: Path) -> None:
+    paths = render_examples(explorer.dataset, tmp_path, count=2, seed=1)
+    for p in paths:
+        factors = app._example_factors(p)
+        assert factors is not None and len(factors) == F
+        assert np.array_equal(np.asarray(Image.open(p)), explorer.dataset.render(np.asarray([factors]))[0])
+
+
+# --- the app's handlers, called directly ---
+def _session(handlers: app.Handlers, explorer: Explorer, loaded=None) -> app.Session:
+    return app.Session(checkpoint=explorer.source, input=loaded)
+
+
+def test_handlers_input_events(handlers: app.Handlers, explorer: Explorer, tmp_path: Path) -> None:
+    slots = handlers.slots
+    path = tmp_path / "in.png"
+    Image.new("RGB", (48, 40), "orange").save(path)
+    out = handlers.load_upload(str(path), _session(handlers, explorer))
+    assert len(out) == 5 + slots + 3
+    session, shown, recon, grid, notice = out[:5]
+    assert session.input is not None and session.input.factors is None
+    assert shown.shape == recon.shape and grid.ndim == 3 and isinstance(notice, str)
+    assert list(out[5:5 + slots]) == [0] * slots
+    out = handlers.sample_random(_session(handlers, explorer))
+    assert len(out) == 5 + slots + 3 + slots and out[0].input.factors is not None
+    assert list(out[-slots:-slots + F]) == list(out[0].input.factors)
+    out = handlers.sample_factors(_session(handlers, explorer), 1, 2, 3, 4, 0, 5, None, None)
+    assert out[0].input.factors == (1, 2, 3, 4, 0, 5) and "Dataset sample" in out[4]
+    if handlers.examples:
+        out = handlers.load_example(_session(handlers, explorer), 0)
+        assert out[0].input.factors == tuple(app._example_factors(handlers.examples[0]))
+
+
+def test_handlers_refuse_bad_input(handlers: app.Handlers, explorer: Explorer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(gr.Error, match="not an image this explorer can read"):
+        handlers.load_upload(str(bad), _session(handlers, explorer))
+    with pytest.raises(gr.Error, match="Choose an image file"):
+        handlers.load_upload(None, _session(handlers, explorer))
+    with pytest.raises(gr.Error, match="Load an image first"):
+        handlers.do(_session(handlers, explorer), 0, 0)
+    with pytest.raises(gr.Error, match="Choose a value for every factor"):
+        handlers.sample_factors(_session(handlers, explorer), None, 0, 0, 0, 0, 0)
+    with pytest.raises(gr.Error, match="No model is loaded"):
+        app.Handlers(None).sample_random(app.Session(checkpoint=""))
+    # sliders before any input do nothing (no error toast while the first image loads)
+    assert handlers.slide(_session(handlers, explorer), *([1] * handlers.slots)) == (gr.skip(), gr.skip())
+
+
+def test_handlers_intervention_events(handlers: app.Handlers, explorer: Explorer, loaded) -> None:
+    session = _session(handlers, explorer, loaded)
+    pad = [0] * (handlers.slots - F)
+    image, grid = handlers.slide(session, 2, 0, 0, 0, 0, 0, *pad)
+    assert np.array_equal(image, display_image(explorer.apply_sliders(loaded.codes, [2, 0, 0, 0, 0, 0]).image))
+    assert grid.ndim == 3
+    truth, text = handlers.ground_truth(session, 2, 0, 0, 0, 0, 0, *pad)
+    assert truth is not None and "Ground truth" in text
+    out = handlers.reset(session)
+    assert list(out[:handlers.slots]) == [0] * handlers.slots
+    assert np.array_equal(out[handlers.slots], display_image(loaded.reconstruction))
+
+
+def test_handlers_graph_do_retrieval_traversal(handlers: app.Handlers, explorer: Explorer, loaded) -> None:
+    session = _session(handlers, explorer, loaded)
+    heat, net, text = handlers.graph(session, app.NO_ACTION, 0.5, app.GRAPH_OVER[0])
+    assert isinstance(heat, Figure) and isinstance(net, Figure) and "no action" in text
+    heat, net, text = handlers.graph(session, 2, 0.3, app.GRAPH_OVER[1])
+    assert "Intervened nodes" in text
+    with pytest.raises(gr.Error, match="Load an image first"):
+        handlers.graph(app.Session(checkpoint=explorer.source), 2, 0.3, app.GRAPH_OVER[1])
+    image, grid, text = handlers.do(session, 3, 1)
+    assert image.ndim == 3 and grid.ndim == 3 and text.startswith("do(node 3")
+    x, y = handlers.pair_from_sliders(session, 0, 0, 1, 0, 0, 0, *([0] * (handlers.slots - F)))
+    fig, grid, text = handlers.retrieve(session, x, y)
+    assert isinstance(fig, Figure) and "Most probable action" in text
+    with pytest.raises(gr.Error, match="Both x and y"):
+        handlers.retrieve(session, x, None)
+    grid, png, gif = handlers.traverse(session, 2)
+    assert grid.ndim == 3 and Path(png).suffix == ".png" and Path(gif).suffix == ".gif"
+
+
+def test_handlers_checkpoint_switch(handlers: app.Handlers, explorer: Explorer, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    CausalVQ(ModelConfig.tiny()).save_pretrained(other)  # factors a, b, c: no dataset
+    out = handlers.change_checkpoint(str(other), _session(handlers, explorer))
+    session, info = out[:2]
+    assert session.checkpoint == str(other) and session.input is None and "a, b, c" in info
+    sliders = out[2:2 + handlers.slots]
+    assert [s.get("label") for s in sliders[:3]] == ["a", "b", "c"] and sliders[3]["visible"] is False
+    with pytest.raises(gr.Error, match="Keeping the current checkpoint"):
+        handlers.change_checkpoint(str(tmp_path / "missing"), session)
+
+
+def test_gallery_selection(handlers: app.Handlers, explorer: Explorer) -> None:
+    if not handlers.examples:
+        pytest.skip("no assets/examples")
+    evt = gr.SelectData(None, {"index": 1, "value": None})
+    out = handlers.select_example(_session(handlers, explorer), evt)
+    assert out[0].input is not None
+
+
+def test_png_bytes_roundtrip_of_display(loaded) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(display_image(loaded.image)).save(buf, format="PNG")
+    back = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    assert np.array_equal(to_uint8(to_model_input(back, loaded.image.shape[0], 3))[0], loaded.image)
