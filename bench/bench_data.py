@@ -10,6 +10,7 @@ process's peak RSS. Random factor vectors, batches of ``--batch``.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 import tracemalloc
@@ -22,11 +23,12 @@ from causalvq.data.pairs import TransitionSampler
 from causalvq.data.streams import PairStream
 
 
-def _render_rate(ds, factors: np.ndarray, batch: int) -> float:
-    start = time.perf_counter()
+def _render_rate(ds, factors: np.ndarray, batch: int) -> tuple[float, float]:
+    """Images per wall-clock second and per CPU second (the latter is robust to other jobs on the machine)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(factors), batch):
         ds.render(factors[i:i + batch])
-    return len(factors) / (time.perf_counter() - start)
+    return len(factors) / (time.perf_counter() - wall), len(factors) / (time.process_time() - cpu)
 
 
 def bench_dataset(name: str, n: int, batch: int) -> None:
@@ -39,8 +41,9 @@ def bench_dataset(name: str, n: int, batch: int) -> None:
     warm = _render_rate(ds, factors, batch)
     _, peak_warm = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"{name:9s} 64x64  cold {cold:9,.0f} img/s   warm {warm:9,.0f} img/s   "
-          f"heap peak cold {peak_cold / 2**20:6.1f} MiB, warm {peak_warm / 2**20:6.1f} MiB  (n={n}, batch={batch})")
+    print(f"{name:9s} 64x64  cold {cold[0]:8,.0f} img/s ({cold[1]:8,.0f} per CPU-s)   "
+          f"warm {warm[0]:8,.0f} img/s ({warm[1]:8,.0f} per CPU-s)   "
+          f"heap peak cold {peak_cold / 2**20:5.1f} MiB, warm {peak_warm / 2**20:5.1f} MiB")
 
 
 def bench_stream(n: int, batch: int) -> None:
@@ -50,7 +53,7 @@ def bench_stream(n: int, batch: int) -> None:
     start = time.perf_counter()
     pairs = sum(b["x"].shape[0] for b in stream)
     rate = pairs / (time.perf_counter() - start)
-    print(f"PairStream shapes3d -> 32 px float: {rate:,.0f} pairs/s (x and y rendered; n={n}, batch={batch})")
+    print(f"PairStream shapes3d -> 32 px float: {rate:,.0f} pairs/s (x and y rendered and converted; n={n})")
 
 
 def main() -> None:
@@ -59,7 +62,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="images per render call")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"numpy {np.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    print(f"numpy {np.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; n={args.images}, batch={args.batch}")
     for name in ("shapes3d", "dsprites"):
         bench_dataset(name, args.images, args.batch)
     bench_stream(args.images // 2, args.batch)
