@@ -46,6 +46,29 @@ def test_shapes3d_h5_round_trip(tmp_path, in_memory):
             ds.render(other[None])
 
 
+def test_file_datasets_work_in_dataloader_workers(tmp_path):
+    import pickle
+
+    import torch
+
+    from causalvq.data.streams import ImageStream, collate
+
+    factors, labels, images = _shapes3d_rows(40)
+    _write_h5(tmp_path / "w.h5", images, labels)
+    ds = load_dataset("shapes3d", path=tmp_path / "w.h5")
+    ds.render(factors[:2])  # opens the file in this process first
+    clone = pickle.loads(pickle.dumps(ds))  # spawn-style workers get a pickled copy that reopens the file
+    np.testing.assert_array_equal(clone.render(factors[:5]), images[:5])
+    sampler = TransitionSampler(ds, fractions=(1.0, 0.0, 0.0))
+    loader = torch.utils.data.DataLoader(ImageStream(ds, sampler, size=16, chunk=4), batch_size=8, num_workers=2,
+                                         collate_fn=collate)
+    batches = list(loader)
+    assert sum(len(b["x"]) for b in batches) == 16
+    for b in batches:
+        rows = ds.rows_of(b["factors"].numpy())
+        np.testing.assert_array_equal((b["x"] * 255).round().byte().permute(0, 2, 3, 1).numpy(), images[rows])
+
+
 def test_shapes3d_h5_complete_grid_in_c_order(tmp_path):
     # A full grid stored in C order, as in the real file, on a reduced scale (only to exercise `complete`).
     factors, labels, images = _shapes3d_rows(200, seed=3)

@@ -38,6 +38,46 @@ def _check_path(path: str | os.PathLike) -> Path:
     return p
 
 
+class ArrayRows:
+    """Rows of an in-memory image array ``uint8 (n, H, W, C)`` (picklable, for DataLoader workers)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.images[rows]
+
+
+class PackedBitRows:
+    """Rows of bit-packed 0/1 images ``uint8 (n, H, W/8)``, returned as 0/255 ``uint8 (k, H, W, 1)``."""
+
+    def __init__(self, packed: np.ndarray) -> None:
+        self.packed = packed
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return (np.unpackbits(self.packed[rows], axis=-1) * np.uint8(255))[..., None]
+
+
+class H5Rows:
+    """Rows of the ``images`` dataset of an HDF5 file, opened lazily once per process (h5py handles must not
+    cross a fork, and a pickled reader reopens the file in the DataLoader worker)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+        self._pid = -1
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self._handle is None or self._pid != os.getpid():
+            import h5py
+
+            self._handle, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._handle["images"][rows]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_handle": None, "_pid": -1}
+
+
 class StoredFactorDataset(FactorDataset):
     """Images stored in a file (or array), located by their factor labels.
 
@@ -127,25 +167,20 @@ def load_shapes3d_h5(path: str | os.PathLike, in_memory: bool = False) -> Stored
         handle = h5py.File(p, "r")
     except OSError as err:
         raise ValueError(f"{p}: not a readable HDF5 file ({err})") from err
-    for key in ("images", "labels"):
-        if key not in handle:
-            raise ValueError(f"{p}: missing dataset {key!r} (expected 'images' and 'labels')")
-    images, labels = handle["images"], handle["labels"]
-    if images.ndim != 4 or images.shape[1:] != (64, 64, 3) or images.dtype != np.uint8:
-        raise ValueError(f"{p}: 'images' must be uint8 (n, 64, 64, 3), got {images.dtype} {images.shape}")
-    if labels.ndim != 2 or labels.shape != (images.shape[0], 6):
-        raise ValueError(f"{p}: 'labels' must be ({images.shape[0]}, 6), got {labels.shape}")
-    factors = _values_to_indices(np.asarray(labels[:], dtype=np.float64), _shapes3d.FACTOR_VALUES,
-                                 _shapes3d.FACTOR_NAMES, str(p))
-    if in_memory:
-        stored = images[:]
-        read = lambda rows: stored[rows]
-    else:
-        read = lambda rows: images[rows]
-    ds = StoredFactorDataset("shapes3d", _shapes3d.FACTOR_NAMES, _shapes3d.FACTOR_SIZES, factors, read,
-                             (64, 64, 3), str(p))
-    ds._h5 = handle  # keep the file open as long as the dataset lives
-    return ds
+    with handle:
+        for key in ("images", "labels"):
+            if key not in handle:
+                raise ValueError(f"{p}: missing dataset {key!r} (expected 'images' and 'labels')")
+        images, labels = handle["images"], handle["labels"]
+        if images.ndim != 4 or images.shape[1:] != (64, 64, 3) or images.dtype != np.uint8:
+            raise ValueError(f"{p}: 'images' must be uint8 (n, 64, 64, 3), got {images.dtype} {images.shape}")
+        if labels.ndim != 2 or labels.shape != (images.shape[0], 6):
+            raise ValueError(f"{p}: 'labels' must be ({images.shape[0]}, 6), got {labels.shape}")
+        factors = _values_to_indices(np.asarray(labels[:], dtype=np.float64), _shapes3d.FACTOR_VALUES,
+                                     _shapes3d.FACTOR_NAMES, str(p))
+        read = ArrayRows(images[:]) if in_memory else H5Rows(p)
+    return StoredFactorDataset("shapes3d", _shapes3d.FACTOR_NAMES, _shapes3d.FACTOR_SIZES, factors, read,
+                               (64, 64, 3), str(p))
 
 
 def _read_header(fh, source: str) -> tuple[tuple[int, ...], np.dtype, bool]:
@@ -205,7 +240,7 @@ def load_dsprites_npz(path: str | os.PathLike) -> StoredFactorDataset:
     shape, packed = _packed_npz_images(p, "imgs")  # (n, 64, 8): 8x smaller than uint8
     if shape[1:] != (64, 64) or shape[0] != len(classes):
         raise ValueError(f"{p}: 'imgs' must be ({len(classes)}, 64, 64), got {shape}")
-    read = lambda rows: (np.unpackbits(packed[rows], axis=-1) * np.uint8(255))[..., None]
+    read = PackedBitRows(packed)
     factors = classes[:, 1:].astype(np.int64)
     sizes = np.asarray(_dsprites.FACTOR_SIZES)
     if np.any(factors < 0) or np.any(factors >= sizes):
@@ -242,7 +277,7 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> StoredFactorDa
     else:
         sizes = factors.max(axis=0) + 1 if len(factors) else np.ones(factors.shape[1], dtype=np.int64)
     ds = StoredFactorDataset(name or p.stem, tuple(str(n) for n in names), tuple(int(s) for s in sizes),
-                             factors, lambda rows: images[rows], images.shape[1:], str(p))
+                             factors, ArrayRows(images), images.shape[1:], str(p))
     return ds
 
 
