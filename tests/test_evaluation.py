@@ -227,13 +227,16 @@ def test_wrong_factors_or_split_refused(model, dataset):
 
 
 # --- disentanglement, report and files -----------------------------------------------------------------------
-@pytest.fixture()
-def full_report(model, dataset) -> EvalReport:
+@pytest.fixture(scope="module")
+def full_report(dataset) -> EvalReport:
+    torch.manual_seed(0)
+    model = CausalVQ(ModelConfig.tiny(factor_names=NAMES, factor_sizes=SIZES))
     sizes = DisentanglementSizes(num_train=24, num_test=12, group_size=4, num_variance=16, importance="extra_trees")
     return evaluate_model(model, dataset, num_images=8, num_pairs=16, max_steps=2, disentanglement_sizes=sizes)
 
 
 def test_disentanglement_names_both_representations(full_report, model):
+    # `model` is a fresh tiny model of the same config: the sizes are the config's
     dis = {d.representation: d for d in full_report.disentanglement}
     assert set(dis) == {"encoder", "codes_onehot"}
     assert "faithful" in dis["encoder"].description

@@ -533,23 +533,28 @@ def evaluate_model(
         raise ValueError(f"the sampler draws from split {SPLITS[sampler.split]!r}, not {split!r}")
     rng = {name: np.random.default_rng([seed, stream]) for name, stream in _STREAMS.items()}
     seconds: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    def timed(section: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        result = fn()
-        seconds[section] = time.perf_counter() - start
-        return result
+    def lap(section: str) -> None:
+        nonlocal clock
+        seconds[section], clock = time.perf_counter() - clock, time.perf_counter()
 
-    recon = timed("reconstruction", lambda: evaluate_reconstruction(
-        model, dataset, sampler.sample_images(num_images, rng["reconstruction"]), batch_size))
-    retrieval = timed("retrieval", lambda: evaluate_retrieval(
-        model, dataset, *sampler.sample_pairs(num_pairs, rng["retrieval"]), batch_size))
-    intervention = timed("intervention", lambda: tuple(evaluate_intervention(
-        model, dataset, *sample_step_pairs(sampler, num_pairs, k, rng["intervention"]), k, batch_size)
-        for k in range(1, max_steps + 1)))
-    dis = timed("disentanglement", lambda: evaluate_disentanglement(
-        model, dataset, sampler, rng["disentanglement"], disentanglement_sizes, batch_size)
-        if disentanglement else ())  # fmt: skip
+    images = sampler.sample_images(num_images, rng["reconstruction"])
+    recon = evaluate_reconstruction(model, dataset, images, batch_size)
+    lap("reconstruction")
+    x_factors, y_factors, actions = sampler.sample_pairs(num_pairs, rng["retrieval"])
+    retrieval = evaluate_retrieval(model, dataset, x_factors, y_factors, actions, batch_size)
+    lap("retrieval")
+    intervention = []
+    for k in range(1, max_steps + 1):
+        x_factors, actions = sample_step_pairs(sampler, num_pairs, k, rng["intervention"])
+        intervention.append(evaluate_intervention(model, dataset, x_factors, actions, k, batch_size))
+    lap("intervention")
+    dis: tuple[DisentanglementResult, ...] = ()
+    if disentanglement:
+        dis = evaluate_disentanglement(model, dataset, sampler, rng["disentanglement"], disentanglement_sizes,
+                                       batch_size)
+        lap("disentanglement")
     protocol = {
         "split": split,
         "split_seed": sampler.seed,
@@ -565,7 +570,7 @@ def evaluate_model(
     return EvalReport(
         dataset=dataset.name, split=split, seed=seed, image_size=model.config.image_size,
         factor_names=tuple(dataset.factor_names), action_names=tuple(model.action_names),
-        reconstruction=recon, retrieval=retrieval, intervention=intervention, disentanglement=dis,
+        reconstruction=recon, retrieval=retrieval, intervention=tuple(intervention), disentanglement=dis,
         protocol=protocol, seconds=seconds,
     )  # fmt: skip
 
