@@ -17,6 +17,7 @@ results without --resume, unwritable folder, diverged loss).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RecipeError, RunError, TrainingError, DeviceError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-    print(f"{args.command}: done, results in {result}", flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{args.command}: done, results in {result}", flush=True)
     return 0
 
 

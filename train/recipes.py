@@ -234,6 +234,14 @@ def load_recipe(name_or_path: str, overrides: Sequence[str | tuple[str, Any]] = 
     return recipe_from_dict(table, source=str(path), name=path.stem)
 
 
+def recipe_from_toml(text: str, source: str = "<text>", name: str = "custom") -> Recipe:
+    """Parse recipe TOML text (e.g. ``Recipe.to_toml()``'s output)."""
+    try:
+        return recipe_from_dict(tomllib.loads(text), source=source, name=name)
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{source}: not valid TOML: {err}") from err
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"stage1.steps=100"`` → ``("stage1.steps", 100)``; the value is read as TOML, else as a bare string."""
     key, sep, text = item.partition("=")

@@ -1,0 +1,164 @@
+"""The real training CLI (``train.cli.main``) end to end with the tiny recipe, and its refusals.
+
+Every refusal must say what is wrong in one line and leave whatever the output folder already held untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from causalvq.model import CausalVQ
+from train.checkpoint import load_state
+from train.cli import main
+
+FAST_EVAL = ["--set", "eval.num_images=8", "--set", "eval.num_pairs=8", "--set", "eval.max_steps=1"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def cli(*args: str | Path) -> int:
+    return main([str(a) for a in args] + ["--no-progress", "--threads", "1"])
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One ``python -m train all --recipe tiny`` run, shared by the tests below (read-only)."""
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    assert cli("all", "--recipe", "tiny", "--out", out, *FAST_EVAL) == 0
+    torch.set_num_threads(threads)
+    return out
+
+
+def test_all_writes_a_loadable_release(tiny_run):
+    for name in ("recipe.toml", "metrics.jsonl", "stage1_losses.png", "stage2_losses.png",
+                 "stage2_codes.safetensors", "resume/stage1.safetensors", "resume/stage2.safetensors",
+                 "stage1/config.json", "stage1/model.safetensors", "model/config.json", "model/model.safetensors",
+                 "model/README.md", "model/recipe.toml", "model/eval/eval.json"):
+        assert (tiny_run / name).is_file(), name
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in records] == [(1, 2), (1, 4), (1, 6), (2, 2), (2, 4), (2, 6)]
+    assert all({"loss", "lr", "images_per_s"} <= set(r) for r in records)
+    assert {"recon", "vq"} <= set(records[0])
+
+    model = CausalVQ.from_pretrained(tiny_run / "model")
+    assert model.config.image_size == 16 and model.config.factor_names[0] == "floor_hue"
+    x = torch.rand(2, 3, 16, 16)
+    assert model.reconstruct(x).image.shape == (2, 3, 16, 16)
+    # stage 2 changed the causal-transition layer and nothing else
+    before = CausalVQ.from_pretrained(tiny_run / "stage1").state_dict()
+    changed = {name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert changed and all(name.startswith("transition.") for name in changed)
+
+    card = (tiny_run / "model" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: causalvq" in card and "license: mit" in card
+    assert "[stage2]" in card and "| retrieval.action_accuracy |" in card
+
+
+def test_evaluate_command_and_push_to_hub(tiny_run, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("huggingface_hub.HfApi.create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw.get("exist_ok"))))
+    monkeypatch.setattr("huggingface_hub.HfApi.upload_folder",
+                        lambda self, **kw: calls.append(("upload", kw["repo_id"], sorted(
+                            p.name for p in Path(kw["folder_path"]).iterdir()))) or "https://hf.co/commit/1")
+    out = tmp_path / "report"
+    assert cli("evaluate", "--checkpoint", tiny_run / "model", "--out", out, "--push-to-hub", "me/tiny",
+               *FAST_EVAL) == 0
+    assert json.loads((out / "eval" / "eval.json").read_text())["split"] == "test"
+    assert calls[0] == ("create", "me/tiny", True)
+    assert calls[1][:2] == ("upload", "me/tiny")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(calls[1][2])
+
+
+def test_evaluate_falls_back_without_the_metrics_module(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("train.evaluate._library", lambda: None)
+    assert cli("evaluate", "--checkpoint", tiny_run / "model", "--out", tmp_path, *FAST_EVAL) == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert 0 <= report["retrieval_accuracy"] <= 1 and report["reconstruction_mse"] > 0
+    assert "| reconstruction.psnr_db |" in (tmp_path / "eval" / "eval.md").read_text()
+
+
+def test_earlier_results_need_resume(tiny_run, capsys):
+    before = snapshot(tiny_run)
+    assert cli("stage1", "--recipe", "tiny", "--out", tiny_run) == 2
+    assert "already holds results" in capsys.readouterr().err
+    assert cli("all", "--recipe", "tiny", "--out", tiny_run, "--set", "model.codebook_size=16") == 2
+    err = capsys.readouterr().err
+    assert "another recipe" in err and "model.codebook_size" in err
+    assert snapshot(tiny_run) == before
+
+
+def test_stage2_refuses_a_stage1_checkpoint_of_another_configuration(tiny_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code = cli("stage2", "--recipe", "tiny", "--checkpoint", tiny_run / "stage1", "--out", out,
+               "--set", "model.codebook_size=16")
+    err = capsys.readouterr().err
+    assert code == 2 and "codebook_size is 8 there but 16 in the recipe" in err
+    assert snapshot(out) == {"notes.txt": hashlib.sha256(b"mine").hexdigest()}
+    assert cli("stage2", "--recipe", "tiny", "--checkpoint", tmp_path / "missing", "--out", out) == 2
+    assert "no stage-1 checkpoint" in capsys.readouterr().err
+
+
+def test_clear_errors_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    cases = [
+        (["--set", "stage1.stepz=3"], "stage1.stepz"),
+        (["--set", 'stage1.batch_size="big"'], "stage1.batch_size must be int"),
+        (["--dataset-path", tmp_path / "3dshapes.h5"], "3dshapes.h5"),
+        (["--recipe", tmp_path / "none.toml"], "none.toml"),
+    ]
+    for extra, words in cases:
+        args = ["stage1", "--out", out, *extra]
+        if "--recipe" not in extra:
+            args += ["--recipe", "tiny"]
+        assert cli(*args) == 2, extra
+        assert words in capsys.readouterr().err, extra
+    assert snapshot(out) == before
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli("stage1", "--recipe", "tiny", "--out", blocker / "run") == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    original = CausalVQ.image_losses
+
+    def poisoned(self, x):
+        out = original(self, x)
+        calls["n"] += 1
+        return dataclasses.replace(out, loss=out.loss * float("nan")) if calls["n"] == 4 else out
+
+    monkeypatch.setattr(CausalVQ, "image_losses", poisoned)
+    out = tmp_path / "run"
+    assert cli("stage1", "--recipe", "tiny", "--out", out, "--set", "stage1.checkpoint_every=3") == 2
+    err = capsys.readouterr().err
+    assert "at step 4" in err and "last good checkpoint" in err
+    state = load_state(out / "resume" / "stage1.safetensors")
+    assert state.step == 3
+    assert all(torch.isfinite(t).all() for t in state.model.values() if t.is_floating_point())
+    assert not (out / "stage1").exists()

@@ -1,0 +1,75 @@
+"""Recipes: built-ins load, TOML round trip, --set overrides, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.recipes import RecipeError, builtin_recipes, load_recipe, parse_override, recipe_from_toml
+
+SHAPES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
+
+
+def test_builtin_recipes_load_and_round_trip():
+    assert {"tiny", "cpu", "paper"} <= set(builtin_recipes())
+    for name in ("tiny", "cpu", "paper"):
+        recipe = load_recipe(name)
+        again = recipe_from_toml(recipe.to_toml())
+        assert recipe.differences(again) == []
+
+
+def test_paper_recipe_matches_the_paper():
+    recipe = load_recipe("paper")
+    config = recipe.model_config((64, 64, 3), SHAPES, (10, 10, 10, 8, 4, 15))
+    assert (config.hidden_dims, config.codebook_size, config.num_codebooks, config.embedding_dim) == \
+        ((64, 128, 256), 64, 1, 128)
+    assert (recipe.stage1.lr, recipe.stage1.batch_size, recipe.stage1.lr_decay) == (5e-4, 64, 0.98)
+    assert (recipe.stage2.lr, recipe.stage2.batch_size, recipe.stage2.lr_decay) == (5e-4, 16, 0.994)
+
+
+def test_overrides_are_typed_and_dotted():
+    recipe = load_recipe("tiny", ["stage1.steps=100", "model.codebook_size=16", "data.name=dsprites",
+                                  "stage2.mode_ratio=[7, 1, 1]", ("seed", 5)])
+    assert recipe.stage1.steps == 100
+    assert recipe.model["codebook_size"] == 16
+    assert recipe.data.name == "dsprites"
+    assert recipe.stage2.mode_ratio == (7.0, 1.0, 1.0)
+    assert recipe.seed == 5
+    assert parse_override("data.path=some/file.h5") == ("data.path", "some/file.h5")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("stage1.stepz=3", ["stage1.stepz", "tiny.toml"]),
+    ("optimizer.lr=3", ["optimizer", "tiny.toml"]),
+    ("model.codebook_sise=8", ["codebook_sise", "tiny.toml"]),
+    ('stage1.steps="ten"', ["stage1.steps", "int"]),
+    ("stage2.lr=true", ["stage2.lr", "float"]),
+    ('model.codebook_size="x"', ["codebook_size"]),
+    ("stage1.steps=0", ["stage1.steps", ">= 1"]),
+    ("stage2.mode_ratio=[1, 1]", ["stage2.mode_ratio"]),
+])
+def test_bad_recipes_name_the_key(override, words):
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny", [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[stage1]\nsteps = 2\nwarmup = 3\n")
+    with pytest.raises(RecipeError, match=r"mine\.toml.*stage1\.warmup"):
+        load_recipe(str(path))
+    path.write_text("[stage1\n")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(str(path))
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+
+
+def test_dataset_fields_come_from_the_data():
+    recipe = load_recipe("tiny")
+    config = recipe.model_config((16, 16, 1), ("a", "b"), (3, 4))
+    assert (config.in_channels, config.factor_names, config.factor_sizes) == (1, ("a", "b"), (3, 4))
+    clash = load_recipe("tiny", ["model.in_channels=3"])
+    with pytest.raises(RecipeError, match="model.in_channels"):
+        clash.model_config((16, 16, 1), ("a", "b"), (3, 4))
