@@ -1,0 +1,129 @@
+"""The explorer launched in-process on 127.0.0.1, every named endpoint driven through gradio_client.
+
+One server for the module (a tiny checkpoint with shapes3d's factors, plus a second one for the checkpoint
+dropdown); one client, so the session state (the encoded input) carries from call to call as in a browser tab.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
+from causalvq.explore import Explorer
+from causalvq.model import CausalVQ
+
+ENDPOINTS = {"/load_image", "/sample_random", "/sample_factors", "/slide", "/ground_truth", "/reset", "/graph",
+             "/do", "/pair_from_sliders", "/upload_x", "/upload_y", "/retrieve", "/traverse", "/checkpoint"}
+F = len(SHAPES3D_FACTORS)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """(url, slots, other checkpoint, example image) of the running app; closed on teardown."""
+    root = tmp_path_factory.mktemp("app")
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(factor_names=SHAPES3D_FACTORS, factor_sizes=SHAPES3D_SIZES)
+    CausalVQ(config).save_pretrained(root / "other")
+    explorer = Explorer(CausalVQ(config), source="tiny", calibration_samples=4)
+    demo = app.build_demo(explorer, choices=["tiny", str(root / "other")])
+    example = root / "example.png"
+    Image.fromarray(explorer.dataset.render(np.array([[1, 2, 3, 4, 0, 5]]))[0]).save(example)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
+                            **app.LAUNCH_OPTIONS)
+    try:
+        yield url, demo.handlers.slots, root / "other", example
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server[0], verbose=False, download_files=str(Path(server[2]).parent / "downloads"))
+
+
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_the_api_lists_every_endpoint(client: Client) -> None:
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert named == ENDPOINTS
+
+
+def test_input_and_slider_endpoints(client: Client, server) -> None:
+    _, slots, _, example = server
+    out = client.predict(handle_file(str(example)), api_name="/load_image")
+    shown, recon, codes, notice = out[:4]
+    assert _pixels(shown).shape[:2] == _pixels(recon).shape[:2] and _pixels(codes).ndim == 3
+    assert "Reconstruction error" in notice or "far from" in notice
+    assert list(out[4:4 + slots]) == [0] * slots
+    zero = [0] * slots
+    moved = [3] + [0] * (slots - 1)
+    still, grid0 = client.predict(*zero, api_name="/slide")
+    after, grid = client.predict(*moved, api_name="/slide")
+    assert np.array_equal(_pixels(still), _pixels(recon))
+    assert not np.array_equal(_pixels(grid), _pixels(grid0))  # changed nodes are outlined
+    truth, text = client.predict(*moved, api_name="/ground_truth")
+    assert truth is None and "dataset samples only" in text  # an upload has no factors
+    out = client.predict(api_name="/reset")
+    assert list(out[:slots]) == [0] * slots and np.array_equal(_pixels(out[slots]), _pixels(recon))
+
+    out = client.predict(api_name="/sample_random")
+    factors = out[-slots:][:F]
+    assert all(isinstance(v, (int, float)) for v in factors) and "Dataset sample" in out[3]
+    out = client.predict(1, 2, 3, 4, 0, 5, *([None] * (slots - F)), api_name="/sample_factors")
+    assert "floor_hue = 1" in out[3]
+    truth, text = client.predict(1, 0, 0, 0, 0, 0, 0, 0, api_name="/ground_truth")
+    assert truth is not None and "floor_hue = 2" in text
+
+
+def test_graph_do_retrieval_traversal_endpoints(client: Client, server) -> None:
+    _, slots, _, example = server
+    client.predict(handle_file(str(example)), api_name="/load_image")
+    heat, net, text = client.predict(app.NO_ACTION, 0.5, app.GRAPH_OVER[0], api_name="/graph")
+    assert heat["type"] == net["type"] == "matplotlib" and "no action" in text
+    *_, text = client.predict(2, 0.3, app.GRAPH_OVER[1], api_name="/graph")
+    assert "Intervened nodes" in text
+    image, grid, text = client.predict(3, 1, api_name="/do")
+    assert _pixels(image).ndim == 3 and text.startswith("do(node 3")
+
+    x, y = client.predict(0, 0, 2, 0, 0, 0, *([0] * (slots - F)), api_name="/pair_from_sliders")
+    plot, grid, text = client.predict(handle_file(x), handle_file(y), api_name="/retrieve")
+    assert plot["type"] == "matplotlib" and "Most probable action" in text
+    ux = client.predict(handle_file(str(example)), api_name="/upload_x")
+    uy = client.predict(handle_file(y), api_name="/upload_y")
+    assert np.array_equal(_pixels(ux), _pixels(x)) and np.array_equal(_pixels(uy), _pixels(y))
+
+    grid, png, gif = client.predict(2, api_name="/traverse")
+    assert _pixels(grid).shape == _pixels(png).shape
+    with Image.open(gif) as g:
+        assert g.n_frames == 2 * 5 - 2
+
+
+def test_checkpoint_switch(client: Client, server) -> None:
+    _, slots, other, _ = server
+    out = client.predict(str(other), api_name="/checkpoint")
+    assert str(other) in out[0]
+    assert [u["label"] for u in out[1:1 + F]] == list(SHAPES3D_FACTORS)  # the sliders relabelled, at 0
+    assert all(u["value"] == 0 for u in out[1:1 + slots])
+    out = client.predict(api_name="/sample_random")  # the session now uses the other checkpoint
+    assert "Dataset sample" in out[3]
+
+
+def test_bad_input_is_a_readable_error(client: Client, server, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(AppError, match="not an image this explorer can read"):
+        client.predict(handle_file(str(bad)), api_name="/load_image")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(AppError, match="Invalid file type. Please upload"):  # refused by file_types=["image"]
+        client.predict(handle_file(str(text)), api_name="/upload_y")
