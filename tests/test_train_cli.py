@@ -162,3 +162,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert state.step == 3
     assert all(torch.isfinite(t).all() for t in state.model.values() if t.is_floating_point())
     assert not (out / "stage1").exists()
+
+
+def test_device_auto_picks_cuda_when_available(monkeypatch):
+    from train.distributed import DeviceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", local_rank=3) == torch.device("cuda", 1)

@@ -61,14 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--resume", action="store_true",
                           help="continue the run in --out from its last checkpoint (bit-identical)")
 
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0],
+    examples = __doc__.split("Examples::")[1].split("Exit status")[0]
+    parser = argparse.ArgumentParser(prog="python -m train",
+                                     description="Train and evaluate CausalVQ (CT-VAE) models from a recipe.",
+                                     epilog="examples:" + examples,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{stage1,stage2,all,evaluate}")
-    for name in ("stage1", "all"):
-        sub.add_parser(name, parents=[common, training], help=HELP[name], description=HELP[name])
+    sub.add_parser("stage1", parents=[common, training], help=HELP["stage1"], description=HELP["stage1"])
     p = sub.add_parser("stage2", parents=[common, training], help=HELP["stage2"], description=HELP["stage2"])
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="stage-1 release folder to start from (default <out>/stage1)")
+    sub.add_parser("all", parents=[common, training], help=HELP["all"], description=HELP["all"])
     p = sub.add_parser("evaluate", parents=[common], help=HELP["evaluate"], description=HELP["evaluate"])
     p.add_argument("--checkpoint", type=Path, required=True, help="release folder (config.json + model.safetensors)")
     return parser

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def encode_pool(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSamp
     return CodePool(codes_x=torch.cat(parts_x), codes_y=torch.cat(parts_y), actions=torch.from_numpy(actions))
 
 
-def load_or_encode_pool(path: Path, key: str, encode: callable, write: bool) -> tuple[CodePool, bool]:
+def load_or_encode_pool(path: Path, key: str, encode: Callable[[], CodePool], write: bool) -> tuple[CodePool, bool]:
     """The cached pool at ``path`` if its key matches, else ``encode()`` (written to ``path`` when ``write``).
 
     Returns the pool and whether it came from the cache.

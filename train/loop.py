@@ -124,6 +124,8 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
         start = state.step
     if ctx.is_main:
         log.rewind(stage, start)
+        for stale in state_path.parent.glob(f".{state_path.name}.*.tmp"):  # left by a kill mid-write
+            stale.unlink(missing_ok=True)
     if start >= settings.steps:
         return start
 

@@ -2,8 +2,9 @@
 
 A record is ``{"stage": 1, "step": 50, "lr": ..., "images_per_s": ..., "loss": ..., "<part>": ...}``; stage-2
 parts are prefixed by the batch's use (``base/ce``, ``action/accuracy``, ``retrieval/loss``). Steps count
-completed optimiser steps. Plots are drawn with matplotlib's Agg backend from the log file, so they can be
-redrawn at any time (``plot_stage``).
+completed optimiser steps; ``images_per_s`` counts samples of all processes (stage 2: code grids or pairs);
+``loss`` is averaged over processes, the parts are rank 0's. Plots are drawn on a matplotlib Agg canvas (no pyplot) from
+the log file, so they can be redrawn at any time (``plot_stage``).
 """
 
 from __future__ import annotations
@@ -73,34 +74,43 @@ class WindowMeans:
 
 
 def plot_stage(log: MetricsLog, stage: int, path: str | Path) -> Path | None:
-    """Draw every logged quantity of ``stage`` against the step, one panel each; ``None`` if nothing logged."""
-    import matplotlib
+    """Draw the logged quantities of ``stage`` against the step; ``None`` if nothing was logged.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    One panel per quantity; stage-2 parts of the same quantity (``base/ce``, ``action/ce``) share a panel.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     records = [r for r in log.records() if r.get("stage") == stage and "event" not in r]
     keys = sorted({k for r in records for k, v in r.items()
                    if k not in NOT_PLOTTED and isinstance(v, (int, float))})
     if not keys:
         return None
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
-        ax.set_title(key, fontsize=9)
+    panels: dict[str, list[str]] = defaultdict(list)
+    for key in keys:
+        panels[key.rsplit("/", 1)[-1]].append(key)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (quantity, series) in zip(axes.flat, sorted(panels.items())):
+        for key in series:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None,
+                    label=key.split("/")[0] if "/" in key else "all")
+        ax.set_title(quantity, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+        if len(series) > 1 or "/" in series[0]:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"stage {stage}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
     return path

@@ -192,8 +192,12 @@ class Recipe:
         return dump_toml(self.to_dict())
 
     def differences(self, other: Recipe) -> list[str]:
-        """Dotted keys whose values differ between two recipes (``name`` and ``source`` ignored)."""
-        return _diff(self.to_dict(), other.to_dict())
+        """Dotted keys whose values differ between two recipes (``name`` and ``source`` ignored; a ``[model]``
+        key left out equals one set to its default)."""
+        def resolved(recipe: Recipe) -> dict[str, Any]:
+            return {**recipe.to_dict(), "model": _model_config(recipe.model, recipe.source).to_dict()}
+
+        return _diff(resolved(self), resolved(other))
 
 
 # --- loading ---
