@@ -127,3 +127,17 @@ def test_bad_input_is_a_readable_error(client: Client, server, tmp_path: Path) -
     text.write_text("hello")
     with pytest.raises(AppError, match="Invalid file type. Please upload"):  # refused by file_types=["image"]
         client.predict(handle_file(str(text)), api_name="/upload_y")
+
+
+def test_space_configuration() -> None:
+    """The Space front matter parses as a SpaceCard and requirements.txt is what a CPU Space needs."""
+    from huggingface_hub import SpaceCard
+
+    root = Path(__file__).resolve().parent.parent
+    card = SpaceCard("---\n" + (root / "docs" / "space_front_matter.yaml").read_text() + "---\n")
+    assert (card.data.sdk, card.data.sdk_version, card.data.python_version) == ("gradio", "6.31.0", "3.11")
+    assert card.data.app_file == "app.py" and (root / card.data.app_file).is_file() and card.data.models == []
+    lines = [ln.split("#")[0].strip() for ln in (root / "requirements.txt").read_text().splitlines()]
+    reqs = {ln.split("==")[0].split(">=")[0].lower(): ln for ln in lines if ln and not ln.startswith("-")}
+    assert reqs["torch"] == "torch==2.13.0" and "torchvision" not in reqs and "gradio" not in reqs
+    assert {"numpy", "einops", "safetensors", "huggingface-hub", "pillow", "matplotlib"} <= set(reqs)
