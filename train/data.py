@@ -97,7 +97,8 @@ def image_model_digest(model: CausalVQ) -> str:
 
 def code_pool_key(data: DataRecipe, num_pairs: int, seed: int, model: CausalVQ) -> str:
     """Cache key of a code pool: the data section, pool size, seed, image size and stage-1 weights."""
-    desc = {"data": {k: v for k, v in vars(data).items() if k != "path"}, "path": str(Path(data.path).resolve())
+    desc = {"data": {k: v for k, v in vars(data).items() if k not in ("path", "prefetch")},
+            "path": str(Path(data.path).resolve())
             if data.path else "", "num_pairs": num_pairs, "seed": seed, "image_size": model.config.image_size,
             "weights": image_model_digest(model)}
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()

@@ -1,12 +1,15 @@
 """The optimisation loop shared by both stages: Adam, step-wise LR decay, logging, checkpoints, resume.
 
-A stage is described by a ``StageSpec``: its number, its ``[stageN]`` settings, the parameters to train and a
-``step`` function that draws one batch and returns its losses. The loop owns everything else:
+A stage is described by a ``StageSpec``: its number, its ``[stageN]`` settings, the parameters to train, a
+``draw`` function that builds one batch on the CPU and a ``step`` function that computes its losses. The loop
+owns everything else:
 
-- **Determinism.** Before step ``t`` the loop builds two generators, ``shared`` (same on every process: e.g. the
-  stage-2 batch's use) and ``local`` (different per rank: the batch), both seeded by ``(seed, stage, t)``, and
-  reseeds torch's global generator from ``local`` (Gumbel noise, dropout). Training is thus a pure function of
-  (recipe, seed, step): resuming from a checkpoint continues bit for bit.
+- **Determinism.** Step ``t`` draws its batch from two generators, ``shared`` (the same on every process: e.g.
+  the stage-2 batch's use) and ``local`` (one per rank: the samples), both seeded by ``(seed, stage, t)``, and
+  reseeds torch's global generator from ``(seed, stage, t, rank)`` (Gumbel noise, dropout). Training is thus a
+  pure function of (recipe, seed, step): resuming from a checkpoint continues bit for bit.
+- **Prefetch.** Because a batch depends only on its step, ``data.prefetch`` threads can draw (render) the next
+  batches while the model trains; the result does not depend on their number.
 - **Checkpoints** every ``checkpoint_every`` steps and at the last step (``train.checkpoint``), by rank 0.
 - **Divergence.** A NaN or infinite loss (on any rank) stops the run before the optimiser step, naming the step;
   the last checkpoint on disk is the last good state.
@@ -17,7 +20,9 @@ A stage is described by a ``StageSpec``: its number, its ``[stageN]`` settings, 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from train.distributed import Context
 from train.monitor import MetricsLog, WindowMeans
 from train.recipes import RESUMABLE_KEYS, Recipe, StageRecipe
 
-STREAM_SHARED, STREAM_LOCAL = 1, 2  # generator streams of a step: same on all ranks / one per rank
+STREAM_SHARED, STREAM_LOCAL, STREAM_TORCH = 1, 2, 3  # a step's generators: all ranks / per rank / torch seed
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +54,6 @@ class StepResult:
     loss: torch.Tensor  # scalar to minimise
     parts: dict[str, torch.Tensor]  # named scalars for the log (detached by the loop)
     items: int  # samples in the batch (for the throughput)
-    digest: str  # short hash of the batch's data (to check that ranks draw different data)
 
 
 class Objective(nn.Module):
@@ -67,9 +71,6 @@ class Objective(nn.Module):
         return fn(self.model)
 
 
-StepFn = Callable[[Objective, np.random.Generator, np.random.Generator], StepResult]
-
-
 @dataclass(frozen=True)
 class StageSpec:
     """What differs between the stages."""
@@ -77,14 +78,44 @@ class StageSpec:
     stage: int  # 1 or 2
     settings: StageRecipe  # the [stageN] section
     parameters: list[nn.Parameter]  # what the optimiser updates
-    step: StepFn  # (objective, shared generator, local generator) -> StepResult
+    draw: Callable[[np.random.Generator, np.random.Generator], Any]  # (shared, local) -> a CPU batch
+    step: Callable[[Objective, Any], StepResult]  # (objective, batch) -> losses
+    digest: Callable[[Any], str]  # short hash of a batch (to check that ranks draw different data)
     find_unused_parameters: bool = False  # DDP: some steps leave some parameters unused (stage 2's uses)
 
 
 def step_generators(seed: int, stage: int, step: int, rank: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """``(shared, local)`` generators of one step; ``shared`` ignores the rank."""
+    """``(shared, local)`` generators of one step's data; ``shared`` ignores the rank."""
     return (np.random.default_rng([seed, stage, step, STREAM_SHARED]),
             np.random.default_rng([seed, stage, step, STREAM_LOCAL, rank]))
+
+
+def step_torch_seed(seed: int, stage: int, step: int, rank: int) -> int:
+    """Seed of torch's global generator during one step (Gumbel noise, dropout)."""
+    return int(np.random.default_rng([seed, stage, step, STREAM_TORCH, rank]).integers(0, 2**63 - 1))
+
+
+def batches(spec: StageSpec, seed: int, rank: int, start: int, prefetch: int) -> Iterator[Any]:
+    """The batches of steps ``start ..`` in order; ``prefetch`` threads draw up to 2·prefetch steps ahead."""
+    def draw(step: int) -> Any:
+        return spec.draw(*step_generators(seed, spec.stage, step, rank))
+
+    steps = spec.settings.steps
+    if prefetch == 0:
+        yield from (draw(t) for t in range(start, steps))
+        return
+    pool = ThreadPoolExecutor(prefetch, thread_name_prefix=f"stage{spec.stage}-data")
+    try:
+        pending = deque(pool.submit(draw, t) for t in range(start, min(start + 2 * prefetch, steps)))
+        upcoming = start + len(pending)
+        while pending:
+            batch = pending.popleft().result()
+            if upcoming < steps:
+                pending.append(pool.submit(draw, upcoming))
+                upcoming += 1
+            yield batch
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_resumable(saved: dict[str, Any], recipe: Recipe, path: Path) -> None:
@@ -140,12 +171,12 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
                disable=not (progress and ctx.is_main))
     t_start = t_window = time.perf_counter()
     items = 0
+    data = batches(spec, recipe.seed, ctx.rank, start, recipe.data.prefetch)
     try:
-        for step in range(start, settings.steps):
-            shared, local = step_generators(recipe.seed, stage, step, ctx.rank)
-            torch.manual_seed(int(local.integers(0, 2**63 - 1)))
+        for step, batch in enumerate(data, start):
+            torch.manual_seed(step_torch_seed(recipe.seed, stage, step, ctx.rank))
             optimizer.zero_grad(set_to_none=True)
-            result = spec.step(objective, shared, local)
+            result = spec.step(objective, batch)
             loss = distributed.all_mean(ctx, result.loss.detach()).item()
             if not np.isfinite(loss):
                 raise TrainingError(
@@ -166,7 +197,7 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
                           "images_per_s": items * ctx.world_size / max(now - t_window, 1e-9),
                           "time_s": now - t_start, **means}
                 if ctx.distributed:
-                    record["data_digests"] = distributed.gather_objects(ctx, result.digest)
+                    record["data_digests"] = distributed.gather_objects(ctx, spec.digest(batch))
                 if ctx.is_main:
                     log.write(record)
                 shown = {k: f"{means[k]:.4g}" for k in list(means)[:4]}
@@ -176,6 +207,7 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
                 if ctx.is_main:
                     save_state(state_path, _state(stage, done, recipe, model, optimizer, scheduler))
     finally:
+        data.close()
         bar.close()
     if ctx.distributed:
         _check_in_sync(ctx, model, stage, settings.steps, log)

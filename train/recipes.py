@@ -42,7 +42,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "stage1.steps", "stage1.log_every", "stage1.checkpoint_every",
     "stage2.steps", "stage2.log_every", "stage2.checkpoint_every", "stage2.encode_batch_size",
     "eval.num_images", "eval.num_pairs", "eval.max_steps", "eval.disentanglement", "eval.importance",
-    "eval.batch_size", "eval.seed", "data.path",
+    "eval.batch_size", "eval.seed", "data.path", "data.prefetch",
 })
 
 
@@ -62,8 +62,11 @@ class DataRecipe:
     fractions: tuple[float, ...] = (0.7, 0.15, 0.15)  # train / val / test shares of the factor grid
     value_weights: Any = "uniform"  # skew of x's factor values: "uniform", "zipf", a Zipf exponent or a table
     action_weights: Any = "uniform"  # skew of the actions: "uniform", "cardinality", a list or a table
+    prefetch: int = 0  # threads drawing (rendering) the next batches during a step; 0 = draw in the loop
 
     def __post_init__(self) -> None:
+        if self.prefetch < 0:
+            raise ValueError(f"data.prefetch must be >= 0, got {self.prefetch}")
         if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
             raise ValueError(f"data.fractions must be three non-negative shares summing to 1, got {self.fractions}")
 

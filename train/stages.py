@@ -13,6 +13,8 @@ Axis legend: ``b`` batch, ``f`` factors, ``k`` codebooks, ``h w`` latent grid, `
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 import torch
 
@@ -32,6 +34,12 @@ USES: tuple[str, ...] = ("base", "action", "retrieval")
 
 
 # --- stage 1 ---
+@dataclass(frozen=True)
+class ImageBatch:
+    factors: np.ndarray  # (b, f) int64
+    images: torch.Tensor  # (b, c, S, S) on the CPU
+
+
 def stage1_spec(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSampler,
                 settings: Stage1Recipe) -> StageSpec:
     """Stage 1: the image model on single train images rendered on the fly."""
@@ -39,14 +47,18 @@ def stage1_spec(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSamp
     model.transition.requires_grad_(False)
     size = model.config.image_size
 
-    def step(objective: Objective, shared: np.random.Generator, local: np.random.Generator) -> StepResult:
+    def draw(shared: np.random.Generator, local: np.random.Generator) -> ImageBatch:
         factors = sampler.sample_images(settings.batch_size, local)  # (b, f)
-        x = images_of(dataset, factors, size).to(model.device)  # (b, c, S, S)
+        return ImageBatch(factors=factors, images=images_of(dataset, factors, size))
+
+    def step(objective: Objective, batch: ImageBatch) -> StepResult:
+        x = batch.images.to(model.device, non_blocking=True)  # (b, c, S, S)
         out = objective(lambda m: m.image_losses(x))
         parts = {"recon": out.recon, "vq": out.vq, "perplexity": out.perplexity, "usage": out.usage}
-        return StepResult(loss=out.loss, parts=parts, items=len(x), digest=tensor_digest(torch.from_numpy(factors)))
+        return StepResult(loss=out.loss, parts=parts, items=len(x))
 
-    return StageSpec(stage=1, settings=settings, parameters=model.image_parameters(), step=step)
+    return StageSpec(stage=1, settings=settings, parameters=model.image_parameters(), draw=draw, step=step,
+                     digest=lambda batch: tensor_digest(torch.from_numpy(batch.factors)))
 
 
 # --- stage 2 ---
@@ -71,6 +83,12 @@ def freeze_image_model(model: CausalVQ) -> None:
     model.transition.requires_grad_(True)
 
 
+@dataclass(frozen=True)
+class CodeBatch:
+    use: str  # one of USES
+    index: np.ndarray  # (b,) rows of the base pool (2p images) or of the pair pool (p pairs)
+
+
 def stage2_spec(model: CausalVQ, pool: CodePool, settings: Stage2Recipe) -> StageSpec:
     """Stage 2: the causal-transition layer on the pre-computed code pool, one use per batch."""
     freeze_image_model(model)
@@ -81,36 +99,24 @@ def stage2_spec(model: CausalVQ, pool: CodePool, settings: Stage2Recipe) -> Stag
     ratio = np.asarray(settings.mode_ratio, dtype=np.float64)
     ratio = ratio / ratio.sum()
 
-    def base(objective: Objective, local: np.random.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        idx = local.integers(0, len(images), b)
-        cx = images[torch.from_numpy(idx).to(device)].long()
-        out = objective(lambda m: m.base_losses(cx))
-        return {"base/loss": out.loss, "base/ce": out.ce, "base/regularizer": out.regularizer,
-                "base/accuracy": out.accuracy}, idx
+    def draw(shared: np.random.Generator, local: np.random.Generator) -> CodeBatch:
+        use = USES[int(shared.choice(len(USES), p=ratio))]  # the same use on every rank (DDP needs one graph)
+        return CodeBatch(use=use, index=local.integers(0, len(images) if use == "base" else len(pool), b))
 
-    def pairs(local: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-        idx = local.integers(0, len(pool), b)
-        i = torch.from_numpy(idx).to(device)
-        return codes_x[i].long(), codes_y[i].long(), actions[i], idx
+    def step(objective: Objective, batch: CodeBatch) -> StepResult:
+        i = torch.from_numpy(batch.index).to(device)
+        if batch.use == "base":
+            cx = images[i].long()
+            out = objective(lambda m: m.base_losses(cx))
+        else:
+            cx, cy, a = codes_x[i].long(), codes_y[i].long(), actions[i]
+            if batch.use == "action":
+                out = objective(lambda m: m.transition_losses(cx, cy, a))
+            else:
+                out = objective(lambda m: m.retrieval_losses(cx, cy, a))
+        parts = {f"{batch.use}/{f.name}": getattr(out, f.name) for f in fields(out)}
+        return StepResult(loss=out.loss, parts=parts, items=b)
 
-    def action(objective: Objective, local: np.random.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        cx, cy, a, idx = pairs(local)
-        out = objective(lambda m: m.transition_losses(cx, cy, a))
-        return {"action/loss": out.loss, "action/ce": out.ce, "action/regularizer": out.regularizer,
-                "action/accuracy": out.accuracy}, idx
-
-    def retrieval(objective: Objective, local: np.random.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        cx, cy, a, idx = pairs(local)
-        out = objective(lambda m: m.retrieval_losses(cx, cy, a))
-        return {"retrieval/loss": out.loss, "retrieval/accuracy": out.accuracy}, idx
-
-    uses = (base, action, retrieval)  # in USES order
-
-    def step(objective: Objective, shared: np.random.Generator, local: np.random.Generator) -> StepResult:
-        use = int(shared.choice(len(uses), p=ratio))  # the same use on every rank (DDP needs one graph)
-        parts, idx = uses[use](objective, local)
-        loss = next(v for k, v in parts.items() if k.endswith("/loss"))
-        return StepResult(loss=loss, parts=parts, items=b, digest=tensor_digest(torch.from_numpy(idx)))
-
-    return StageSpec(stage=2, settings=settings, parameters=model.transition_parameters(), step=step,
+    return StageSpec(stage=2, settings=settings, parameters=model.transition_parameters(), draw=draw, step=step,
+                     digest=lambda batch: tensor_digest(torch.from_numpy(batch.index)),
                      find_unused_parameters=True)
