@@ -61,11 +61,11 @@ def _library():
 
 def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe) -> Any:
     """Evaluate ``model`` on the test split of ``dataset`` with the recipe's split and ``[eval]`` settings."""
-    settings = recipe.eval
-    sampler = make_sampler(dataset, recipe.data, "test")
     lib = _library()
     if lib is None:
         return basic_report(model, dataset, recipe)
+    settings = recipe.eval
+    sampler = make_sampler(dataset, recipe.data, "test")
     return lib.evaluate_model(
         model, dataset, split="test", sampler=sampler, seed=settings.seed, num_images=settings.num_images,
         num_pairs=settings.num_pairs, max_steps=settings.max_steps, disentanglement=settings.disentanglement,
