@@ -378,23 +378,23 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         gr.Markdown(f"# {TITLE}\nA multi-codebook VQ-VAE whose code indices are the nodes of a learned causal "
                     "graph (CT-VAE, IJCAI 2023). Actions move one factor one step; they intervene on a few nodes "
                     "and the graph propagates the change. See docs/app.md.")
-        info = gr.Markdown(describe(explorer, notice))
         session = gr.State(h.new_session())
-        with gr.Row():
+        with gr.Row(equal_height=True):
+            info = gr.Markdown(describe(explorer, notice))
             checkpoint = gr.Dropdown(choices=choices, value=explorer.source if explorer else None,
-                                     label="Checkpoint", interactive=len(choices) > 1, scale=3)
+                                     label="Checkpoint", interactive=len(choices) > 1, scale=0, min_width=280)
 
         # --- 1 + 2: input, reconstruction, codes ---
         with gr.Row():
             with gr.Column(scale=1):
                 gr.Markdown("### 1. Input")
-                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", height=90,
+                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", height=130,
                                  elem_id="input-upload")
                 random_btn = gr.Button("Random dataset sample", **specs.random)
                 with gr.Accordion("Sample by factor values", open=False):
                     menus = [gr.Dropdown(interactive=True, **kw) for kw in specs.menus]
                     render_btn = gr.Button("Render these factors")
-                gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4, height=170,
+                gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4, height=200,
                                      allow_preview=False)
             with gr.Column(scale=2):
                 gr.Markdown("### 2. Reconstruction and codes")
@@ -428,9 +428,10 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     over = gr.Radio(list(GRAPH_OVER), value=GRAPH_OVER[0], label="Edge probabilities over")
                 graph_md = gr.Markdown("")
                 with gr.Row():
-                    heat_plot = gr.Plot(label="Adjacency (row = source, column = target)")
-                    net_plot = gr.Plot(label="Edges on the code grid (red: intervened nodes)")
-                gr.Markdown("#### Hard intervention: do(node = code), then one pass of the learned graph")
+                    heat_plot = gr.Plot(label="Adjacency (row = source, column = target)", show_label=False)
+                    net_plot = gr.Plot(label="Edges on the code grid (red: intervened nodes)", show_label=False)
+                gr.Markdown("#### Hard intervention: do(node = code), then one pass of the learned graph\n"
+                            "Black corner: the node set; thick outline: the nodes that followed.")
                 with gr.Row():
                     node_dd = gr.Dropdown(label="Node", scale=2, **specs.node)
                     code_sl = gr.Slider(minimum=0, step=1, label="Codebook entry", scale=2, **specs.code)
@@ -438,13 +439,13 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                 do_md = gr.Markdown("")
                 with gr.Row():
                     do_img = gr.Image(label="After do() and propagation", **img)
-                    do_grid = gr.Image(label="Codes (black corner: the node set; outline: nodes that followed)",
-                                       **img)
+                    do_grid = gr.Image(label="Codes after do()", **img)
 
             # --- 5: action retrieval ---
             with gr.Tab("5. Action retrieval"):
                 gr.Markdown("Which action turns x into y? Upload two images, or take the input and its slider "
-                            "result.")
+                            "result. On the codes of x, black corners mark the nodes the most probable action "
+                            "intervenes on, thick outlines the codes that differ in y.")
                 with gr.Row():
                     pair_btn = gr.Button("x = input, y = slider result")
                     retrieve_btn = gr.Button("Retrieve the action", variant="primary")
@@ -457,9 +458,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                         y_up = gr.File(label="Upload y", file_types=["image"], type="filepath", height=70)
                 retrieve_md = gr.Markdown("")
                 with gr.Row():
-                    retrieve_plot = gr.Plot(label="p(action | x, y)")
-                    retrieve_grid = gr.Image(label="Codes of x (black corner: intervened by the best action; "
-                                             "outline: differ in y)", **img)
+                    retrieve_plot = gr.Plot(label="p(action | x, y)", show_label=False)
+                    retrieve_grid = gr.Image(label="Codes of x", **img)
 
             # --- 6: traversals ---
             with gr.Tab("6. Traversals"):
