@@ -116,6 +116,8 @@ def test_checkpoint_switch(client: Client, server) -> None:
     assert all(u["value"] == 0 for u in out[1:1 + slots])
     out = client.predict(api_name="/sample_random")  # the session now uses the other checkpoint
     assert "Dataset sample" in out[3]
+    with pytest.raises(AppError):  # only listed checkpoints open, never a path sent by a visitor
+        client.predict(str(Path(other).parent), api_name="/checkpoint")
 
 
 def test_bad_input_is_a_readable_error(client: Client, server, tmp_path: Path) -> None:
