@@ -191,7 +191,7 @@ def to_uint8_image(image: np.ndarray | Image.Image) -> np.ndarray:
     elif a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.integer):
             raise InputError(f"Unsupported image data type {a.dtype}.")
-        top = 65535.0 if a.max(initial=0) > 255 else 255.0
+        top = 65535.0 if a.dtype == np.uint16 or a.max(initial=0) > 255 else 255.0  # 16-bit, else 8-bit
         a = np.clip(a.astype(np.float64) * (255.0 / top), 0, 255)
     a = a.astype(np.float32)
     if a.shape[-1] in (2, 4):  # composite onto white
@@ -403,12 +403,12 @@ class Explorer:
 
     @classmethod
     def from_checkpoint(cls, choice: str | None = None, fallback: Path | None = SHIPPED_CHECKPOINT,
-                        **options) -> Explorer | None:
+                        calibration_samples: int = 32) -> Explorer | None:
         """Load ``choice`` (default ``$CAUSALVQ_CHECKPOINT``) or the shipped checkpoint; ``None`` if neither."""
         loaded = load_model(choice if choice is not None else os.environ.get(ENV_CHECKPOINT), fallback)
         if loaded.model is None:
             return None
-        return cls(loaded.model, source=loaded.source, notice=loaded.notice, **options)
+        return cls(loaded.model, source=loaded.source, notice=loaded.notice, calibration_samples=calibration_samples)
 
     # --- names and sizes ---
     @property

@@ -143,3 +143,34 @@ def test_space_configuration() -> None:
     reqs = {ln.split("==")[0].split(">=")[0].lower(): ln for ln in lines if ln and not ln.startswith("-")}
     assert reqs["torch"] == "torch==2.13.0" and "torchvision" not in reqs and "gradio" not in reqs
     assert {"numpy", "einops", "safetensors", "huggingface-hub", "pillow", "matplotlib"} <= set(reqs)
+
+
+def test_launch_makes_no_outside_connection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Building, launching and using the app only ever connects to loopback (offline env, analytics off)."""
+    import socket
+
+    outside: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(sock: socket.socket, address) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost") and sock.family != socket.AF_UNIX:
+            outside.append(address)
+            raise OSError(f"test: no connection outside loopback ({address})")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    with socket.socket() as probe, pytest.raises(OSError):  # the guard itself works
+        probe.connect(("192.0.2.1", 80))
+    assert outside == [("192.0.2.1", 80)]
+    outside.clear()
+    CausalVQ(ModelConfig.tiny()).save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setenv("CAUSALVQ_CHECKPOINT", str(tmp_path / "ckpt"))
+    demo = app.load_demo()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
+                            **app.LAUNCH_OPTIONS)
+    try:
+        Client(url, verbose=False).view_api(print_info=False)
+    finally:
+        demo.close()
+    assert outside == []
