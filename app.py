@@ -395,7 +395,7 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     menus = [gr.Dropdown(interactive=True, **kw) for kw in specs.menus]
                     render_btn = gr.Button("Render these factors")
                 gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4, height=200,
-                                     allow_preview=False)
+                                     allow_preview=False, buttons=[], elem_id="examples-gallery")
             with gr.Column(scale=2):
                 gr.Markdown("### 2. Reconstruction and codes")
                 domain = gr.Markdown("Load an image.", elem_id="domain-notice")

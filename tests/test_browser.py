@@ -39,8 +39,11 @@ def _result_src(page) -> str:
     return page.locator("#result-image img").first.get_attribute("src") or ""
 
 
-def drive(url: str, upload: Path, screenshot: Path, full_page: bool = True) -> dict:
-    """Open ``url``, upload ``upload``, nudge the first slider, screenshot; returns what was observed."""
+def drive(url: str, upload: Path, screenshot: Path, first_example: bool = True,
+          showcase: int | None = None) -> dict:
+    """Open ``url`` (which shows its first example when ``first_example``), upload ``upload``, move the first
+    slider to 2, optionally open gallery example ``showcase`` and move two sliders, take a full-page screenshot;
+    returns what was observed."""
     from playwright.sync_api import sync_playwright
 
     requests: list[str] = []
@@ -51,10 +54,14 @@ def drive(url: str, upload: Path, screenshot: Path, full_page: bool = True) -> d
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url, wait_until="load")
             page.wait_for_selector("#input-upload input[type=file]", state="attached", timeout=30_000)
+            # the page opens on the first example: let that finish, so it cannot land after the upload
+            page.wait_for_function(f"() => document.querySelector('#domain-notice')?.innerText.includes("
+                                   f"{'Dataset sample' if first_example else 'Load an image'!r})", timeout=30_000)
             page.locator("#input-upload input[type=file]").set_input_files(str(upload))
-            page.wait_for_function(
-                "() => document.querySelector('#domain-notice')?.innerText.includes('Reconstruction error')"
-                " || document.querySelector('#domain-notice')?.innerText.includes('far from')", timeout=30_000)
+            page.wait_for_function(  # an upload has no factors: its notice has no "Dataset sample"
+                "() => { const t = document.querySelector('#domain-notice')?.innerText || '';"
+                " return !t.includes('Dataset sample') && (t.includes('Reconstruction error') || t.includes('far'));"
+                " }", timeout=60_000)
             page.wait_for_selector("#result-image img", timeout=30_000)
             before = _result_src(page)
             box = page.locator("#slider-0 input[type=number]")  # typing in the slider's box moves it
@@ -65,8 +72,17 @@ def drive(url: str, upload: Path, screenshot: Path, full_page: bool = True) -> d
                 arg=before, timeout=30_000)
             after = _result_src(page)
             value = page.locator("#slider-0 input[type=number]").input_value()
-            page.wait_for_timeout(300)
-            page.screenshot(path=str(screenshot), full_page=full_page)
+            if showcase is not None:  # for the README: a gallery example (ground truth shown), two sliders moved
+                page.locator("#examples-gallery button.thumbnail-item").nth(showcase).click()
+                page.wait_for_function("() => document.querySelector('#domain-notice')?.innerText"
+                                       ".includes('Dataset sample')", timeout=30_000)
+                for slot, moved in ((2, "3"), (5, "-4")):
+                    box = page.locator(f"#slider-{slot} input[type=number]")
+                    box.fill(moved)
+                    box.press("Enter")
+                    page.wait_for_timeout(1500)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
     return {"before": before, "after": after, "slider": value, "requests": requests}
@@ -116,7 +132,7 @@ def main() -> None:
     """Write a screenshot of the real app (shipped or ``$CAUSALVQ_CHECKPOINT`` checkpoint)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--screenshot", type=Path, default=ROOT / "assets" / "screenshot.png")
-    parser.add_argument("--example", type=int, default=0, help="which assets/examples image to upload")
+    parser.add_argument("--example", type=int, default=1, help="gallery example shown in the screenshot")
     args = parser.parse_args()
     reason = _missing()
     if reason:
@@ -132,7 +148,7 @@ def main() -> None:
     try:
         tmp = args.screenshot.with_suffix(".tmp.png")
         examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
-        seen = drive(url, examples[args.example], tmp)
+        seen = drive(url, examples[0], tmp, showcase=args.example)
         shutil.move(tmp, args.screenshot)
         print(f"wrote {args.screenshot} (slider at {seen['slider']}, {len(seen['requests'])} requests)")
     finally:
