@@ -432,3 +432,14 @@ def test_png_bytes_roundtrip_of_display(loaded) -> None:
     Image.fromarray(display_image(loaded.image)).save(buf, format="PNG")
     back = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
     assert np.array_equal(to_uint8(to_model_input(back, loaded.image.shape[0], 3))[0], loaded.image)
+
+
+def test_app_without_a_checkpoint_opens_with_a_notice(tmp_path: Path) -> None:
+    res = load_model(str(tmp_path / "missing"), fallback=tmp_path / "also-missing")
+    assert res.model is None
+    demo = app.build_demo(None, notice=res.notice, choices=[])
+    assert isinstance(demo, gr.Blocks)
+    assert "No checkpoint found" in app.describe(None, res.notice)
+    session = demo.handlers.new_session()
+    out = demo.handlers.first_example(session)
+    assert out[0] is session and all(v == gr.skip() for v in out[1:])
