@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("CAUSALVQ_FUSED_KERNEL", "0")  # the torch path, unless a test builds the kernel
 
 import torch  # noqa: E402
 
