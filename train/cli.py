@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from causalvq import pairwise
 from train.distributed import DeviceError
 from train.loop import TrainingError
 from train.recipes import RecipeError, builtin_recipes, load_recipe
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload the resulting release folder to this Hugging Face Hub repo")
     common.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 avoids oversubscribing busy machines)")
+    common.add_argument("--kernel", choices=("fused", "torch"), default="fused",
+                        help="pairwise scores: the fused C++ kernel (built once, ~1 min, cached) or the plain-torch "
+                             "path; same numbers (default: fused, falling back to torch without a compiler)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     training = argparse.ArgumentParser(add_help=False)
     training.add_argument("--resume", action="store_true",
@@ -105,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("error: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    if args.kernel == "fused" and not pairwise.use_fused_kernel():
+        print("note: fused kernel unavailable, using the plain-torch path", file=sys.stderr, flush=True)
     try:
         opts = options_from_args(args)
         result = COMMANDS[args.command](opts)
