@@ -20,13 +20,17 @@ _P_MIN = 1e-4  # probabilities are clamped to [1e-4, 1 - 1e-4] before sampling, 
 
 
 def sinusoidal_encoding(num_positions: int, width: int) -> torch.Tensor:
-    """Transformer positional encoding `(num_positions, width)`: sin on even, cos on odd channels."""
-    pos = torch.arange(num_positions, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
-    pe = torch.zeros(num_positions, width)
+    """Transformer positional encoding `(num_positions, width)`: sin on even, cos on odd channels.
+
+    Computed on the CPU, then moved to the default device: under ``torch.device("meta")`` (the shape check of
+    ``CausalVQ.from_pretrained``) a meta ``arange`` would import sympy, a quarter of a second per process.
+    """
+    pos = torch.arange(num_positions, dtype=torch.float32, device="cpu")[:, None]
+    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32, device="cpu") * (-math.log(10000.0) / width))
+    pe = torch.zeros(num_positions, width, device="cpu")
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)
-    return pe
+    return pe.to(torch.empty(0).device)  # the default device (meta inside a ``torch.device`` context)
 
 
 def bernoulli_st(p: torch.Tensor, sample: bool, tau: float = 1.0) -> torch.Tensor:

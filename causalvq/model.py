@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from einops import rearrange, repeat
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -312,7 +312,7 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         if path.is_dir():
             if kwargs.keys() - {"map_location"}:
                 raise TypeError(f"unexpected argument(s) for a local checkpoint: {sorted(kwargs)}")
-            model = cls(read_config(path))
+            model = cls._build_for_weights(read_config(path), path / WEIGHTS_NAME)
             model.load_weights(path / WEIGHTS_NAME, kwargs.get("map_location", "cpu"))
             return model.eval()
         if not _REPO_ID.match(str(pretrained_model_name_or_path)):
@@ -335,29 +335,55 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
             raise FileNotFoundError(f"checkpoint {model_id!r} has no {CONFIG_NAME}")
         if isinstance(config, dict):
             config = ModelConfig.from_dict(config)
-        model = cls(config)
+        model = cls._build_for_weights(config, weights)
         model.load_weights(weights, map_location)
         model.eval()
         return model
 
+    @classmethod
+    def _build_for_weights(cls, config: ModelConfig, path: str | os.PathLike) -> CausalVQ:
+        """Build the model of ``config`` only after the header of the weights file matches it.
+
+        The shapes are compared on the meta device (nothing allocated), so a ``config.json`` with absurd sizes
+        and a small weights file fails with the mismatching tensor instead of allocating the absurd model.
+        """
+        with torch.device("meta"):
+            shell = cls(config)
+        _check_shapes(path, _header_shapes(path), {k: tuple(v.shape) for k, v in shell.state_dict().items()})
+        return cls(config)
+
     def load_weights(self, path: str | os.PathLike, map_location: str = "cpu") -> None:
         """Load a ``model.safetensors`` strictly; a mismatch names the tensor and both shapes."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no weights file {str(path)!r}")
+        _check_shapes(path, _header_shapes(path), {k: tuple(v.shape) for k, v in self.state_dict().items()})
         try:
             state = load_file(str(path), device=map_location)
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"cannot read weights {str(path)!r}: {err}") from err
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"weights {str(path)!r} do not match this config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-        for name, tensor in state.items():
-            if tensor.shape != own[name].shape:
-                raise ValueError(f"weights {str(path)!r} do not match this config: tensor {name!r} has shape "
-                                 f"{tuple(tensor.shape)}, the config gives {tuple(own[name].shape)}")
         self.load_state_dict(state, strict=True)
+
+
+def _header_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the header of a ``.safetensors`` file (validated by safetensors, data not read)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no weights file {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read weights {str(path)!r}: {err}") from err
+
+
+def _check_shapes(path: str | os.PathLike, found: dict[str, tuple[int, ...]],
+                  expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise ``ValueError`` naming the first missing, unexpected or mis-shaped tensor."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"weights {str(path)!r} do not match this config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for name, shape in found.items():
+        if shape != expected[name]:
+            raise ValueError(f"weights {str(path)!r} do not match this config: tensor {name!r} has shape "
+                             f"{shape}, the config gives {expected[name]}")
 
 
 def read_config(folder: str | os.PathLike) -> ModelConfig:
@@ -367,6 +393,8 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint folder {str(folder)!r} has no {CONFIG_NAME}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     return ModelConfig.from_dict(data)
