@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 SHAPES3D_FACTORS: tuple[str, ...] = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 SHAPES3D_SIZES: tuple[int, ...] = (10, 10, 10, 8, 4, 15)
+# Sanity bounds: a config.json with absurd sizes fails here, naming the field, instead of exhausting memory.
+MAX_SIZE = 1 << 16  # any width, size or layer count
+MAX_NODES = 1 << 12  # L; the transition layer holds (b, L, L) graphs
 
 
 def action_names(factor_names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -95,16 +98,20 @@ class ModelConfig:
         positive = ("in_channels", "image_size", "num_residual", "embedding_dim", "num_codebooks",
                     "codebook_size", "discoverer_width", "graph_width")
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
-        if not self.hidden_dims or any(h <= 0 for h in self.hidden_dims):
-            raise ValueError(f"ModelConfig.hidden_dims must be non-empty positive widths, got {self.hidden_dims}")
+            if not 0 < getattr(self, name) <= MAX_SIZE:
+                raise ValueError(f"ModelConfig.{name} must be in [1, {MAX_SIZE}], got {getattr(self, name)}")
+        if not self.hidden_dims or any(not 0 < h <= MAX_SIZE for h in self.hidden_dims):
+            raise ValueError(f"ModelConfig.hidden_dims must be non-empty widths in [1, {MAX_SIZE}], "
+                             f"got {self.hidden_dims}")
         if self.image_size % 2 ** len(self.hidden_dims):
             raise ValueError(f"ModelConfig.image_size={self.image_size} is not divisible by "
                              f"2**len(hidden_dims)={2 ** len(self.hidden_dims)}")
         if self.embedding_dim % self.num_codebooks:
             raise ValueError(f"ModelConfig.embedding_dim={self.embedding_dim} is not divisible by "
                              f"num_codebooks={self.num_codebooks}")
+        if self.num_nodes > MAX_NODES:
+            raise ValueError(f"ModelConfig gives {self.num_nodes} nodes (num_codebooks · grid_size²), more than "
+                             f"{MAX_NODES}")
         if self.codebook_size % 2:
             raise ValueError(f"ModelConfig.codebook_size={self.codebook_size} must be even "
                              "(it is the width of the sinusoidal positional encoding)")
@@ -140,7 +147,7 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ValueError(f"a model config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)  # str: a Python dict may have non-string keys
         if unknown:
             raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
         return cls(**data)
@@ -185,7 +192,10 @@ def _check_types(config: ModelConfig) -> None:
         elif hint is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if ok:
-                object.__setattr__(config, f.name, float(value))
+                try:
+                    object.__setattr__(config, f.name, float(value))
+                except OverflowError:  # an int beyond float range (JSON integers are unbounded)
+                    ok = False
         elif hint is bool:
             ok = isinstance(value, bool)
         elif origin is tuple:
