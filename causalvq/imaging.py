@@ -6,6 +6,7 @@ Datasets give ``uint8 (n, H, W, C)`` numpy arrays; models take float tensors ``(
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -16,10 +17,10 @@ import torch.nn.functional as F
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(n, H, W, C)`` or ``(H, W, C)`` -> float32 tensor ``(n, C, H, W)`` in [0, 1]."""
-    if isinstance(images, torch.Tensor):
-        images = images.numpy()
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        images = images.cpu().numpy()
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        kind = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
+        kind = images.dtype if isinstance(images, (np.ndarray, torch.Tensor)) else type(images).__name__
         raise TypeError(f"to_tensor expects a uint8 array (n, H, W, C) or (H, W, C), got {kind}")
     if images.ndim == 3:
         images = images[None]
@@ -31,7 +32,10 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Float ``(n, C, H, W)`` or ``(C, H, W)`` in [0, 1] (clipped) -> uint8 ``(n, H, W, C)``, rounded."""
+    """Float ``(n, C, H, W)`` or ``(C, H, W)`` in [0, 1] (clipped) -> uint8 ``(n, H, W, C)``, rounded.
+
+    NaN has no pixel value (its cast to uint8 is undefined): it raises ``ValueError``.
+    """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
@@ -41,7 +45,10 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
         images = images[None]
     if images.ndim != 4:
         raise ValueError(f"to_uint8 expects (n, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
-    x = images.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round()
+    x = images.detach().to("cpu", torch.float32)
+    if x.isnan().any():
+        raise ValueError("to_uint8: the images contain NaN")
+    x = x.clamp(0.0, 1.0).mul(255.0).round()
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # (n, H, W, C)
 
 
@@ -51,15 +58,24 @@ def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Te
     if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
         desc = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise TypeError(f"resize_images expects a float tensor (b, c, H, W), got {desc}")
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size) if isinstance(size, tuple | list) else ()
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"resize_images: size must be an int or a pair of ints (h, w), got {size!r}")
+    h, w = int(pair[0]), int(pair[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"resize_images: size must be positive, got {size}")
-    H, W = images.shape[-2:]
+    b, c, H, W = images.shape
     if (h, w) == (H, W):
         return images
+    if H == 0 or W == 0:
+        raise ValueError(f"resize_images: cannot resize empty images of size {H}x{W}")
+    if b == 0 or c == 0:
+        return images.new_zeros(b, c, h, w)
     if H % h == 0 and W % w == 0:
         return F.avg_pool2d(images, kernel_size=(H // h, W // w))
-    return F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    # The CPU antialiased kernel has no half-precision version: compute in float32, return the input dtype.
+    x = images if images.dtype in (torch.float32, torch.float64) else images.float()
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True).to(images.dtype)
 
 
 def center_crop_resize(images: torch.Tensor, crop: int = 148, size: int = 64) -> torch.Tensor:
@@ -84,8 +100,11 @@ def image_grid(images: np.ndarray, nrow: int = 8, pad: int = 2, pad_value: int =
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
         raise TypeError(f"image_grid expects a uint8 array (n, H, W, C), got {desc}")
-    if nrow < 1 or pad < 0:
-        raise ValueError(f"image_grid: nrow must be >= 1 and pad >= 0, got nrow={nrow}, pad={pad}")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (nrow, pad, pad_value)):
+        raise TypeError(f"image_grid: nrow, pad and pad_value must be ints, got {nrow!r}, {pad!r}, {pad_value!r}")
+    if nrow < 1 or pad < 0 or not 0 <= pad_value <= 255:
+        raise ValueError(f"image_grid: nrow must be >= 1, pad >= 0 and pad_value in 0..255, got nrow={nrow}, "
+                         f"pad={pad}, pad_value={pad_value}")
     n, H, W, C = images.shape
     cols = min(nrow, max(n, 1))
     rows = -(-n // cols)
