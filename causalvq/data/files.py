@@ -17,8 +17,11 @@ Formats:
 
 from __future__ import annotations
 
+import math
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +30,12 @@ import numpy as np
 from causalvq.data import dsprites as _dsprites
 from causalvq.data import shapes3d as _shapes3d
 from causalvq.data.base import FactorDataset
+
+# What a damaged .npz raises when opened or read (found by flipping bytes): bad CRC, bad deflate stream, short
+# data, a flipped version / method / "encrypted" flag (zipfile's RuntimeError and NotImplementedError), a garbled
+# .npy header (numpy's tokenizer), a header declaring a shape far larger than the data (numpy allocates first).
+_ZIP_ERRORS = (ValueError, OSError, EOFError, RuntimeError, MemoryError, zipfile.BadZipFile, zlib.error,
+               tokenize.TokenError)
 
 
 def _check_path(path: str | os.PathLike) -> Path:
@@ -220,7 +229,7 @@ def _packed_npz_images(p: Path, key: str, chunk: int = 16384) -> tuple[tuple[int
 def _open_npz(p: Path, keys: tuple[str, ...]) -> np.lib.npyio.NpzFile:
     try:
         data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except _ZIP_ERRORS as err:
         raise ValueError(f"{p}: not a readable .npz file ({err})") from err
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"{p}: not an .npz archive (a single array was found)")
@@ -230,14 +239,27 @@ def _open_npz(p: Path, keys: tuple[str, ...]) -> np.lib.npyio.NpzFile:
     return data
 
 
+
+
+def _member(data: np.lib.npyio.NpzFile, key: str, p: Path) -> np.ndarray:
+    """Read one array of an open .npz, naming the file and the key if it is damaged (or holds pickled objects)."""
+    try:
+        return data[key]
+    except _ZIP_ERRORS as err:
+        raise ValueError(f"{p}: cannot read array {key!r} ({err})") from err
+
+
 def load_dsprites_npz(path: str | os.PathLike) -> StoredFactorDataset:
     """DeepMind's dSprites npz with the dsprites interface; images are kept bit-packed (92 MB for all 737,280)."""
     p = _check_path(path)
     data = _open_npz(p, ("imgs", "latents_classes"))
-    classes = data["latents_classes"]
+    classes = _member(data, "latents_classes", p)
     if classes.ndim != 2 or classes.shape[1] != 6 or not np.issubdtype(classes.dtype, np.integer):
         raise ValueError(f"{p}: 'latents_classes' must be integer (n, 6), got {classes.dtype} {classes.shape}")
-    shape, packed = _packed_npz_images(p, "imgs")  # (n, 64, 8): 8x smaller than uint8
+    try:
+        shape, packed = _packed_npz_images(p, "imgs")  # (n, 64, 8): 8x smaller than uint8
+    except _ZIP_ERRORS as err:
+        raise ValueError(f"{p}: cannot read array 'imgs' ({err})") from err
     if shape[1:] != (64, 64) or shape[0] != len(classes):
         raise ValueError(f"{p}: 'imgs' must be ({len(classes)}, 64, 64), got {shape}")
     read = PackedBitRows(packed)
@@ -253,18 +275,28 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> StoredFactorDa
     """A user's own factor-labelled images (see the module docstring for the format)."""
     p = _check_path(path)
     data = _open_npz(p, ("images", "factors", "factor_names"))
-    images, factors, names = data["images"], data["factors"], data["factor_names"]
+    images, factors, names = (_member(data, key, p) for key in ("images", "factors", "factor_names"))
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(f"{p}: 'images' must be uint8 (n, H, W) or (n, H, W, C), got {images.dtype} "
                          f"{images.shape}")
+    if 0 in images.shape:
+        raise ValueError(f"{p}: 'images' is empty, shape {images.shape}")
     if images.ndim == 3:
         images = images[..., None]  # (n, H, W, 1)
     if factors.ndim != 2 or not np.issubdtype(factors.dtype, np.integer):
         raise ValueError(f"{p}: 'factors' must be an integer array (n, F), got {factors.dtype} {factors.shape}")
     if len(factors) != len(images):
         raise ValueError(f"{p}: 'factors' has {len(factors)} rows but 'images' has {len(images)}")
+    if factors.shape[1] == 0:
+        raise ValueError(f"{p}: 'factors' has no columns; at least one factor is needed")
     if names.ndim != 1 or len(names) != factors.shape[1] or names.dtype.kind not in "US":
         raise ValueError(f"{p}: 'factor_names' must be {factors.shape[1]} strings, got {names.dtype} {names.shape}")
+    try:
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{p}: 'factor_names' are not UTF-8 ({err})") from err
+    if len(set(names)) != len(names):
+        raise ValueError(f"{p}: 'factor_names' has duplicates: {names}")
     if np.any(factors < 0):
         raise ValueError(f"{p}: 'factors' must be non-negative indices")
     if "factor_sizes" in data.files:
@@ -275,8 +307,10 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> StoredFactorDa
         if len(factors) and np.any(factors.max(axis=0) >= sizes):
             raise ValueError(f"{p}: 'factors' exceed 'factor_sizes' {tuple(int(s) for s in sizes)}")
     else:
-        sizes = factors.max(axis=0) + 1 if len(factors) else np.ones(factors.shape[1], dtype=np.int64)
-    ds = StoredFactorDataset(name or p.stem, tuple(str(n) for n in names), tuple(int(s) for s in sizes),
+        sizes = factors.max(axis=0) + 1
+    if math.prod(int(s) for s in sizes) >= 2**62:  # flat grid indices are int64
+        raise ValueError(f"{p}: the factor grid {tuple(int(s) for s in sizes)} is too large (>= 2**62 points)")
+    ds = StoredFactorDataset(name or p.stem, names, tuple(int(s) for s in sizes),
                              factors, ArrayRows(images), images.shape[1:], str(p))
     return ds
 
