@@ -90,7 +90,7 @@ def hash_unit(flat_index: np.ndarray, seed: int) -> np.ndarray:
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     fr = tuple(float(f) for f in fractions)
-    if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+    if len(fr) != 3 or any(not 0 <= f <= 1 for f in fr) or not abs(sum(fr) - 1.0) <= 1e-6:  # NaN fails "<="
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     return fr  # type: ignore[return-value]
 
