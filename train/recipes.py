@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from causalvq.config import ModelConfig
+from causalvq.data import DATASETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,7 +68,10 @@ class DataRecipe:
     def __post_init__(self) -> None:
         if self.prefetch < 0:
             raise ValueError(f"data.prefetch must be >= 0, got {self.prefetch}")
-        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name must be one of {', '.join(DATASETS)}, got {self.name!r}")
+        fr = self.fractions  # "not <=" also catches NaN, which passes every comparison
+        if len(fr) != 3 or any(not 0 <= f <= 1 for f in fr) or not abs(sum(fr) - 1) <= 1e-6:
             raise ValueError(f"data.fractions must be three non-negative shares summing to 1, got {self.fractions}")
 
     def sampler_options(self) -> dict[str, Any]:
@@ -148,8 +152,9 @@ class EvalRecipe:
         for name in ("num_images", "num_pairs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps < 0:
-            raise ValueError(f"eval.max_steps must be >= 0, got {self.max_steps}")
+        for name in ("max_steps", "seed"):  # a negative seed would only fail at evaluation, after training
+            if getattr(self, name) < 0:
+                raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         if self.importance not in ("gbt", "extra_trees"):
             raise ValueError(f"eval.importance must be 'gbt' or 'extra_trees', got {self.importance!r}")
 
