@@ -16,9 +16,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub.constants
 import torch
 from einops import rearrange, repeat
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.utils import LocalEntryNotFoundError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -317,7 +319,12 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
             return model.eval()
         if not _REPO_ID.match(str(pretrained_model_name_or_path)):
             raise FileNotFoundError(f"no checkpoint folder at {str(pretrained_model_name_or_path)!r}")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except LocalEntryNotFoundError as err:  # offline or unreachable, and not in the cache
+            offline = " (HF_HUB_OFFLINE is set)" if huggingface_hub.constants.HF_HUB_OFFLINE else ""
+            raise FileNotFoundError(f"checkpoint {str(pretrained_model_name_or_path)!r} is not in the local Hub "
+                                    f"cache and the Hub cannot be reached{offline}") from err
 
     def _save_pretrained(self, save_directory: Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
