@@ -111,9 +111,10 @@ def load_model(choice: str | None, fallback: Path | None = SHIPPED_CHECKPOINT,
             return LoadResult(None, "", f"{notice} The shipped checkpoint `{fallback}` is unreadable: {err}".strip())
         return LoadResult(model, str(fallback), f"{notice} Showing the shipped checkpoint instead.".strip()
                           if notice else "")
+    missing = f"the shipped one (`{fallback}`) is missing" if fallback is not None else "there is no fallback"
     return LoadResult(None, "", (f"{notice} " if notice else "") + (
-        f"No checkpoint found: the shipped one (`{fallback}`) is missing. Set {ENV_CHECKPOINT} to a checkpoint "
-        "folder (config.json + model.safetensors) or a Hub repo id and restart the app."))
+        f"No checkpoint found: {missing}. Set {ENV_CHECKPOINT} to a checkpoint folder (config.json + "
+        "model.safetensors) or a Hub repo id and restart the app."))
 
 
 def checkpoint_choices() -> list[str]:
