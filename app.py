@@ -293,7 +293,8 @@ class Handlers:
             if choice not in self.explorers:
                 loaded = load_model(choice, fallback=None)
                 if loaded.model is None:
-                    raise gr.Error(f"{loaded.notice} Keeping the current checkpoint.")
+                    raise gr.Error(f"Could not load checkpoint {choice} ({loaded.error}). Keeping the current "
+                                   "checkpoint.")
                 if loaded.model.config.num_factors > self.slots:
                     raise gr.Error(f"This checkpoint has {loaded.model.config.num_factors} factors; the app was "
                                    f"laid out for {self.slots}. Start it with {choice} in CAUSALVQ_CHECKPOINT.")

@@ -64,6 +64,7 @@ class LoadResult:
     model: CausalVQ | None  # None when nothing could be loaded
     source: str  # what was loaded: a folder or a repo id ("" when nothing)
     notice: str  # "" when the requested checkpoint loaded, else what happened, for the person reading
+    error: str = ""  # why the requested checkpoint failed to load ("" when it loaded or none was requested)
 
 
 def _hub_offline() -> bool:
@@ -95,26 +96,27 @@ def load_model(choice: str | None, fallback: Path | None = SHIPPED_CHECKPOINT,
     """
     if timeout is None:
         timeout = float(os.environ.get(ENV_HUB_TIMEOUT, "10"))
-    notice = ""
+    notice = error = ""
     if choice:
         try:
             return LoadResult(_load_one(str(choice), timeout), str(choice), "")
         except Exception as err:  # any failure falls back; the notice says why
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            notice = f"Could not load checkpoint `{choice}` ({reason[:200]})."
+            error = (str(err).splitlines()[0] if str(err) else type(err).__name__)[:200]
+            notice = f"Could not load checkpoint `{choice}` ({error})."
     if fallback is not None and (Path(fallback) / CONFIG_NAME).is_file():
         if choice and Path(choice).resolve() == Path(fallback).resolve():
-            return LoadResult(None, "", notice)
+            return LoadResult(None, "", notice, error)
         try:
             model = CausalVQ.from_pretrained(fallback)
         except Exception as err:
-            return LoadResult(None, "", f"{notice} The shipped checkpoint `{fallback}` is unreadable: {err}".strip())
+            return LoadResult(None, "", f"{notice} The shipped checkpoint `{fallback}` is unreadable: {err}".strip(),
+                              error)
         return LoadResult(model, str(fallback), f"{notice} Showing the shipped checkpoint instead.".strip()
-                          if notice else "")
+                          if notice else "", error)
     missing = f"the shipped one (`{fallback}`) is missing" if fallback is not None else "there is no fallback"
     return LoadResult(None, "", (f"{notice} " if notice else "") + (
         f"No checkpoint found: {missing}. Set {ENV_CHECKPOINT} to a checkpoint folder (config.json + "
-        "model.safetensors) or a Hub repo id and restart the app."))
+        "model.safetensors) or a Hub repo id and restart the app."), error)
 
 
 def checkpoint_choices() -> list[str]:

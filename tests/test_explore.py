@@ -73,7 +73,7 @@ def test_load_model_folder_fallback_and_missing(checkpoint: Path, tmp_path: Path
     assert ok.model is not None and ok.source == str(checkpoint) and ok.notice == ""
     fell = load_model(str(tmp_path / "nowhere"), fallback=checkpoint)
     assert fell.model is not None and fell.source == str(checkpoint)
-    assert "Could not load" in fell.notice and "shipped checkpoint instead" in fell.notice
+    assert "Could not load" in fell.notice and "shipped checkpoint instead" in fell.notice and fell.error
     none = load_model(None, fallback=tmp_path / "missing")
     assert none.model is None and "CAUSALVQ_CHECKPOINT" in none.notice
 
