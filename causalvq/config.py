@@ -57,7 +57,8 @@ class ModelConfig:
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"
     action_node: bool = True  # B2: an action node sends to the intervened nodes; official: a sink (False)
     dropout_on_codes: bool = False  # B8: official drops out one-hot codes too, not only the encoding
-    retrieval_score: Literal["sum", "mean"] = "sum"  # B6b: node CE summed over nodes; official: mean
+    retrieval_score: Literal["sum", "mean"] = "mean"  # B6b: node CE averaged over nodes (official); "sum" opt-in
+    graph_residual: bool = True  # B17: GATv2 layers add a root projection of the node itself; official: none
 
     # --- derived sizes ---
     @property
@@ -162,7 +163,7 @@ class ModelConfig:
         return cls(image_size=64, hidden_dims=(64, 128, 256), num_residual=6, embedding_dim=128,
                    num_codebooks=1, codebook_size=64, beta=0.1, discoverer_width=800, graph_width=100,
                    overlapping_slices=True, intervention_edges="outgoing", action_node=False,
-                   dropout_on_codes=True, retrieval_score="mean")
+                   dropout_on_codes=True, retrieval_score="mean", graph_residual=False)
 
     @classmethod
     def small(cls, **changes: Any) -> ModelConfig:

@@ -101,10 +101,12 @@ class DenseGATv2(nn.Module):
     Separate source and target projections (with bias), attention slope 0.2, a scalar edge feature projected
     without bias into the attention logits, concatenated heads, an output bias. Existing self-loops are
     replaced by one self-loop per node weighted by the mean weight of its incoming edges (0 if none), so every
-    node attends to itself and the diagonal of the adjacency never matters.
+    node attends to itself and the diagonal of the adjacency never matters. With ``residual`` a bias-free root
+    projection of the node's own features is added to its output (the ``residual`` option of PyG's GATv2Conv),
+    so a node keeps its own code however its attention is spread (B17 in docs/fidelity.md).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, heads: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, heads: int, residual: bool = False) -> None:
         super().__init__()
         self.heads, self.out_dim = heads, out_dim
         self.lin_src = nn.Linear(in_dim, heads * out_dim)
@@ -112,6 +114,9 @@ class DenseGATv2(nn.Module):
         self.lin_edge = nn.Parameter(torch.empty(heads, out_dim))
         self.att = nn.Parameter(torch.empty(heads, out_dim))
         self.bias = nn.Parameter(torch.zeros(heads * out_dim))
+        self.lin_root = nn.Linear(in_dim, heads * out_dim, bias=False) if residual else None
+        if self.lin_root is not None:
+            nn.init.xavier_uniform_(self.lin_root.weight)
         for lin in (self.lin_src, self.lin_tgt):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -132,22 +137,24 @@ class DenseGATv2(nn.Module):
             `(b, n, k·out)` (all heads when ``heads`` is None), heads concatenated.
         """
         b, n, _ = x.shape
+        split = lambda t: rearrange(t, "b n (h c) -> b n h c", h=self.heads)  # noqa: E731
         if heads is None:
-            Ws = rearrange(self.lin_src.weight, "(h c) i -> 1 h c i", h=self.heads)
-            Wt = rearrange(self.lin_tgt.weight, "(h c) i -> 1 h c i", h=self.heads)
-            bs = rearrange(self.lin_src.bias, "(h c) -> 1 h c", h=self.heads)
-            bt = rearrange(self.lin_tgt.bias, "(h c) -> 1 h c", h=self.heads)
+            xs, xt = split(self.lin_src(x)), split(self.lin_tgt(x))  # (b, n, h, c)
+            root = split(self.lin_root(x)) if self.lin_root is not None else None
             e, att = self.lin_edge, self.att[None]
             bias = rearrange(self.bias, "(h c) -> 1 h c", h=self.heads)
         else:  # gather the chosen heads' parameters per sample
-            Ws = rearrange(self.lin_src.weight, "(h c) i -> h c i", h=self.heads)[heads]  # (b, k, c, in)
-            Wt = rearrange(self.lin_tgt.weight, "(h c) i -> h c i", h=self.heads)[heads]
-            bs = rearrange(self.lin_src.bias, "(h c) -> h c", h=self.heads)[heads]  # (b, k, c)
-            bt = rearrange(self.lin_tgt.bias, "(h c) -> h c", h=self.heads)[heads]
+            def project(lin: nn.Linear) -> torch.Tensor:
+                W = rearrange(lin.weight, "(h c) i -> h c i", h=self.heads)[heads]  # (b, k, c, in)
+                out = torch.einsum("bni,bhci->bnhc", x, W)  # (b, n, k, c)
+                if lin.bias is not None:
+                    out = out + rearrange(lin.bias, "(h c) -> h c", h=self.heads)[heads][:, None]
+                return out
+
+            xs, xt = project(self.lin_src), project(self.lin_tgt)
+            root = project(self.lin_root) if self.lin_root is not None else None
             e, att = self.lin_edge[heads], self.att[heads]  # (b, k, c)
             bias = rearrange(self.bias, "(h c) -> h c", h=self.heads)[heads]
-        xs = torch.einsum("bni,bhci->bnhc", x, Ws.expand(b, -1, -1, -1)) + bs[:, None]  # (b, n, h, c)
-        xt = torch.einsum("bni,bhci->bnhc", x, Wt.expand(b, -1, -1, -1)) + bt[:, None]  # (b, n, h, c)
 
         eye = torch.eye(n, dtype=torch.bool, device=x.device)
         edges = edges & ~eye  # (b, n, n) without self-loops
@@ -160,6 +167,8 @@ class DenseGATv2(nn.Module):
         logits = logits.masked_fill(~edges.transpose(1, 2)[..., None], float("-inf"))
         alpha = logits.softmax(dim=2)  # (b, n_tgt, n_src, h)
         out = torch.einsum("bijh,bjhc->bihc", alpha, xs) + bias[:, None]  # (b, n, h, c)
+        if root is not None:
+            out = out + root
         return rearrange(out, "b n h c -> b n (h c)")
 
 

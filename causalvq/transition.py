@@ -54,8 +54,8 @@ class CausalTransition(nn.Module):
         self.dropout = nn.Dropout(config.positional_dropout)
         self.mask_net = nn.Linear(a + v, v)
         self.discoverers = GraphDiscoverers(a + 1, v, config.discoverer_width)
-        self.gat1 = DenseGATv2(v, config.graph_width, a + 1)
-        self.gat2 = DenseGATv2(config.graph_width * (a + 1), v, a + 1)
+        self.gat1 = DenseGATv2(v, config.graph_width, a + 1, residual=config.graph_residual)
+        self.gat2 = DenseGATv2(config.graph_width * (a + 1), v, a + 1, residual=config.graph_residual)
         self.action_embedding = nn.Linear(a, v) if config.action_node else None
 
     def node_features(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
