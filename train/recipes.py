@@ -122,11 +122,14 @@ class Stage2Recipe(StageRecipe):
     num_pairs: int = 10000  # train pairs encoded once; base batches draw from their 2·num_pairs images
     mode_ratio: tuple[float, ...] = (1.0, 1.0, 1.0)  # base : action : retrieval batches (official ≈ 7:1:1)
     encode_batch_size: int = 256  # images per forward pass when pre-computing the codes
+    retrieval_batch_size: int = 0  # pairs per retrieval batch (each scored against all A actions); 0: batch_size
 
     _section = "stage2"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.retrieval_batch_size < 0:
+            raise ValueError(f"stage2.retrieval_batch_size must be >= 0, got {self.retrieval_batch_size}")
         if self.num_pairs < 1 or self.encode_batch_size < 1:
             raise ValueError(f"stage2.num_pairs and stage2.encode_batch_size must be >= 1, got "
                              f"{self.num_pairs}, {self.encode_batch_size}")

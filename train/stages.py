@@ -101,7 +101,8 @@ def stage2_spec(model: CausalVQ, pool: CodePool, settings: Stage2Recipe) -> Stag
 
     def draw(shared: np.random.Generator, local: np.random.Generator) -> CodeBatch:
         use = USES[int(shared.choice(len(USES), p=ratio))]  # the same use on every rank (DDP needs one graph)
-        return CodeBatch(use=use, index=local.integers(0, len(images) if use == "base" else len(pool), b))
+        size = (settings.retrieval_batch_size or b) if use == "retrieval" else b
+        return CodeBatch(use=use, index=local.integers(0, len(images) if use == "base" else len(pool), size))
 
     def step(objective: Objective, batch: CodeBatch) -> StepResult:
         i = torch.from_numpy(batch.index).to(device)
@@ -115,7 +116,7 @@ def stage2_spec(model: CausalVQ, pool: CodePool, settings: Stage2Recipe) -> Stag
             else:
                 out = objective(lambda m: m.retrieval_losses(cx, cy, a))
         parts = {f"{batch.use}/{f.name}": getattr(out, f.name) for f in fields(out)}
-        return StepResult(loss=out.loss, parts=parts, items=b)
+        return StepResult(loss=out.loss, parts=parts, items=len(batch.index))
 
     return StageSpec(stage=2, settings=settings, parameters=model.transition_parameters(), draw=draw, step=step,
                      digest=lambda batch: tensor_digest(torch.from_numpy(batch.index)),
