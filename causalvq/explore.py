@@ -266,7 +266,7 @@ def draw_code_grid(codes: torch.Tensor | np.ndarray, codebook_size: int, changed
     c = np.asarray(codes.cpu() if isinstance(codes, torch.Tensor) else codes).astype(np.int64)
     c = c.reshape(c.shape[-3:])  # (k, h, w)
     k, h, w = c.shape
-    cell = cell or int(np.clip(320 // w, 16, 48))
+    cell = cell or int(np.clip(min(320 // w, 720 // (k * w)), 16, 48))  # about 320 px a panel, 720 in all
     gap, title = cell // 2, (max(14, cell // 2) if k > 1 else 0)
     colors = code_colors(codebook_size)
     width = k * w * cell + (k - 1) * gap
@@ -629,7 +629,7 @@ class Explorer:
         w = adj[src, dst]
         order = np.argsort(-w)[:max_edges]
         src, dst, w = src[order], dst[order], w[order]
-        fig = Figure(figsize=(max(4.5, 2.6 * k + 2.0), 4.4), dpi=100, layout="constrained")
+        fig = Figure(figsize=(min(9.0, max(4.5, 2.6 * k + 2.0)), 4.4), dpi=100, layout="constrained")
         ax = fig.add_subplot()
         if len(src):
             colors = np.zeros((len(w), 4))
