@@ -51,6 +51,7 @@ SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "causal
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 PROCEDURAL_DATASETS: tuple[type[FactorDataset], ...] = (Shapes3D, DSprites)
 MAX_PIXELS = 40_000_000  # larger uploads are refused (a 40-megapixel image is far beyond any use here)
+READ_SIDE = 2048  # a larger upload is box-averaged to at most this side while read (memory: MB, not GB)
 DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
 
 
@@ -137,8 +138,15 @@ def find_dataset(config: ModelConfig) -> FactorDataset | None:
 
 
 # --- images ----------------------------------------------------------------------------------------------------
-def read_image_file(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file (first frame, EXIF orientation applied) to a numpy array; ``InputError`` if unreadable."""
+def read_image_file(path: str | os.PathLike, max_side: int = READ_SIDE) -> np.ndarray:
+    """Decode an image file (first frame, EXIF orientation applied) to a numpy array; ``InputError`` if unreadable.
+
+    The pixel count is checked from the header before anything is decoded (at most ``MAX_PIXELS``). An image
+    longer than ``max_side`` is box-averaged by the smallest integer factor that brings it to ``max_side`` right
+    after decoding, so a 40-megapixel upload costs the decoded image (~160 MB), not ~1 GB of float copies in
+    ``to_model_input``; the model, which sees a few hundred pixels a side at most, sees the same input to
+    within a grey level.
+    """
     name = Path(path).name
     try:
         with Image.open(path) as img:
@@ -146,15 +154,30 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
             if img.width * img.height > MAX_PIXELS:
                 raise InputError(f"{name} is {img.width}×{img.height} pixels, too large for this explorer "
                                  "(at most 40 megapixels).")
-            img = ImageOps.exif_transpose(img)
-            return pil_to_array(img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: a copy would double the memory
+            return _reduced_array(img, max_side)
     except InputError:
         raise
     except FileNotFoundError:
         raise InputError(f"The file {name} could not be found; please upload it again.") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError:  # PIL's own limit (~179 megapixels), hit while the header is read
+        raise InputError(f"{name} is far too large for this explorer (at most 40 megapixels).") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise InputError(f"{name} is not an image this explorer can read (it may be corrupt or of another "
                          "type); please upload a PNG, JPEG, WebP, BMP, GIF or TIFF image.") from err
+
+
+def _reduced_array(img: Image.Image, max_side: int) -> np.ndarray:
+    """``pil_to_array(img)``, box-averaged first by the smallest integer factor that brings its long side to
+    ``max_side`` (palette and 1-bit images are expanded first: averaging palette indices means nothing)."""
+    factor = -(-max(img.size) // max_side)
+    if factor <= 1:
+        return pil_to_array(img)
+    if img.mode.startswith("I;16"):  # 16-bit greyscale: averaged as 32-bit, kept uint16 (the dtype sets the scale)
+        return np.asarray(img.convert("I").reduce(factor)).astype(np.uint16)
+    if img.mode in ("1", "P", "PA") or "transparency" in img.info:
+        img = img.convert("L" if img.mode == "1" else "RGBA")
+    return pil_to_array(img.reduce(factor))
 
 
 def pil_to_array(img: Image.Image) -> np.ndarray:
