@@ -35,6 +35,7 @@ from causalvq.explore import (  # noqa: E402
     draw_code_grid,
     load_model,
     node_label,
+    read_image_file,
 )
 
 TITLE = "CT-VAE explorer: causal interventions on VQ codes"
@@ -44,6 +45,24 @@ GRAPH_OVER = ("all codes (average)", "this input")
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True}
 LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code changed. **Black corner**: the node was "
           "intervened on.")
+
+
+class PairImage(gr.Image):
+    """``gr.Image`` whose value is read by the explorer's own reader (the retrieval pair x, y, which the API lets a
+    caller upload): the pixel limit is checked from the header before decoding, and a file that is not an image
+    is a ``gr.Error`` with a sentence instead of gradio's processing error (which fully decodes any size first)."""
+
+    is_template = True  # drawn by the frontend as a plain Image
+
+    def preprocess(self, payload: Any) -> np.ndarray | None:
+        if payload is None:
+            return None
+        if payload.path is None:
+            raise gr.Error("Send the image as an uploaded file.")
+        try:
+            return read_image_file(payload.path)
+        except InputError as err:
+            raise gr.Error(str(err)) from err
 
 
 @dataclass(frozen=True)
@@ -452,10 +471,10 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     retrieve_btn = gr.Button("Retrieve the action", variant="primary")
                 with gr.Row():
                     with gr.Column():
-                        x_img = gr.Image(label="x", type="numpy", **img)
+                        x_img = PairImage(label="x", type="numpy", **img)
                         x_up = gr.File(label="Upload x", file_types=["image"], type="filepath", height=70)
                     with gr.Column():
-                        y_img = gr.Image(label="y", type="numpy", **img)
+                        y_img = PairImage(label="y", type="numpy", **img)
                         y_up = gr.File(label="Upload y", file_types=["image"], type="filepath", height=70)
                 retrieve_md = gr.Markdown("")
                 with gr.Row():
