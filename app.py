@@ -47,24 +47,6 @@ LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code chan
           "intervened on.")
 
 
-class PairImage(gr.Image):
-    """``gr.Image`` whose value is read by the explorer's own reader (the retrieval pair x, y, which the API lets a
-    caller upload): the pixel limit is checked from the header before decoding, and a file that is not an image
-    is a ``gr.Error`` with a sentence instead of gradio's processing error (which fully decodes any size first)."""
-
-    is_template = True  # drawn by the frontend as a plain Image
-
-    def preprocess(self, payload: Any) -> np.ndarray | None:
-        if payload is None:
-            return None
-        if payload.path is None:
-            raise gr.Error("Send the image as an uploaded file.")
-        try:
-            return read_image_file(payload.path)
-        except InputError as err:
-            raise gr.Error(str(err)) from err
-
-
 @dataclass(frozen=True)
 class Session:
     """Per-browser-session state (``gr.State``): which checkpoint, and the encoded current input."""
@@ -293,6 +275,20 @@ class Handlers:
                 f"{int(v.intervened.sum())} node(s). {int(v.changed.sum())} code(s) differ between x and y.")
         return ex.retrieval_figure(v), self._grid(ex, v.codes_x, v.changed, v.intervened), text
 
+    @_friendly
+    def retrieve_files(self, session: Session, x: dict | None, y: dict | None) -> tuple:
+        """The retrieve event: x and y as the files gradio received (``preprocess=False``: the API lets a caller
+        upload them), read by ``read_image_file`` — pixel limit checked from the header, a sentence for a file
+        that is not an image — instead of gradio's decoder, which decodes any size in full."""
+        def read(file: dict | None) -> np.ndarray | None:
+            if file is None:
+                return None
+            if not file.get("path"):
+                raise gr.Error("Send x and y as uploaded image files.")
+            return read_image_file(file["path"])
+
+        return self.retrieve(session, read(x), read(y))
+
     # --- 6. traversals ---
     @_friendly
     def traverse(self, session: Session, steps: float) -> tuple[np.ndarray, str, str]:
@@ -471,10 +467,10 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     retrieve_btn = gr.Button("Retrieve the action", variant="primary")
                 with gr.Row():
                     with gr.Column():
-                        x_img = PairImage(label="x", type="numpy", **img)
+                        x_img = gr.Image(label="x", type="numpy", **img)
                         x_up = gr.File(label="Upload x", file_types=["image"], type="filepath", height=70)
                     with gr.Column():
-                        y_img = PairImage(label="y", type="numpy", **img)
+                        y_img = gr.Image(label="y", type="numpy", **img)
                         y_up = gr.File(label="Upload y", file_types=["image"], type="filepath", height=70)
                 retrieve_md = gr.Markdown("")
                 with gr.Row():
@@ -518,8 +514,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         pair_btn.click(h.pair_from_sliders, [session, *sliders], [x_img, y_img], api_name="pair_from_sliders")
         x_up.upload(h.upload_pair_image, [x_up, session], [x_img], api_name="upload_x")
         y_up.upload(h.upload_pair_image, [y_up, session], [y_img], api_name="upload_y")
-        retrieve_btn.click(h.retrieve, [session, x_img, y_img], [retrieve_plot, retrieve_grid, retrieve_md],
-                           api_name="retrieve")
+        retrieve_btn.click(h.retrieve_files, [session, x_img, y_img], [retrieve_plot, retrieve_grid, retrieve_md],
+                           api_name="retrieve", preprocess=False)
 
         trav_btn.click(h.traverse, [session, trav_steps], [trav_img, trav_png, trav_gif], api_name="traverse")
         checkpoint.input(h.change_checkpoint, [checkpoint, session], [session, info, *model_outputs],
