@@ -3,8 +3,9 @@
 
 Image inputs of the app (see ``build_demo``): the upload endpoints ``/load_image``, ``/upload_x``, ``/upload_y``
 (``gr.File`` → ``read_image_file``), and ``/retrieve``, whose x and y are images the API lets a caller upload
-(``app.PairImage`` → ``read_image_file``). Each case below is sent to each of them; after every case a normal
-request to the same endpoint must still work. docs/reliability_app_train.md §1 lists the cases and results.
+(``Handlers.retrieve_files``, ``preprocess=False`` → ``read_image_file``). Each case below is sent to each of
+them; after every case a normal request to the same endpoint must still work. docs/reliability_app_train.md §1
+lists the cases and the results.
 """
 
 from __future__ import annotations
@@ -231,6 +232,19 @@ def test_a_file_over_the_size_limit_is_refused_by_the_server(server, client: Cli
     assert response.status_code == 413 and "maximum allowed size" in response.text
     out = client.predict(handle_file(str(root / "good.png")), api_name="/upload_x")
     assert _pixels(out).shape[:2] == (256, 256)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_a_server_path_that_was_not_uploaded_is_refused(server, endpoint: str) -> None:
+    """A raw API call naming a file on the server (not uploaded through the app) is refused by gradio before any
+    handler runs, also for /retrieve, whose inputs skip gradio's preprocessing (``preprocess=False``)."""
+    url, _, _, root = server
+    file = {"path": str(root / "good.png"), "meta": {"_type": "gradio.FileData"}}
+    name = endpoint.lstrip("/")
+    data = [file, file] if endpoint == "/retrieve" else [file]
+    event = httpx.post(f"{url}gradio_api/call/{name}", json={"data": data}, timeout=30).json()["event_id"]
+    stream = httpx.get(f"{url}gradio_api/call/{name}/{event}", timeout=60).text
+    assert "event: error" in stream and "was not uploaded by a user" in stream, stream
 
 
 MEMORY_PROBE = """
