@@ -53,10 +53,18 @@ class TrainState:
 
 # --- atomic files ---
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix."""
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
+
+    Raises:
+        OSError: the write failed (a full disk, a read-only folder); the message names ``path``, and the old
+            file is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
@@ -64,8 +72,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # "[Errno 28] No space left on device" alone does not say which file
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
         raise
     fsync_dir(path.parent)
     return path

@@ -11,7 +11,7 @@ Examples::
     python -m train all --recipe paper --dataset-path 3dshapes.h5 --push-to-hub me/ctvae-shapes3d
 
 Exit status: 0 on success, 2 for a problem stated in one line on stderr (bad recipe, missing file, earlier
-results without --resume, unwritable folder, diverged loss).
+results without --resume, unwritable folder, a full disk, diverged loss).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = options_from_args(args)
         result = COMMANDS[args.command](opts)
-    except (RecipeError, RunError, TrainingError, DeviceError, FileNotFoundError) as err:
+    except (RecipeError, RunError, TrainingError, DeviceError, OSError) as err:  # OSError: a full disk, ...
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     if os.environ.get("RANK", "0") == "0":

@@ -49,9 +49,12 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record, allow_nan=True) + "\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record, allow_nan=True) + "\n")
+        except OSError as err:  # a full disk: name the file (a torn last line is skipped by ``records``)
+            raise OSError(err.errno, f"cannot write {self.path}: {err.strerror or err}") from err
 
 
 class WindowMeans:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCardData
+from safetensors import SafetensorError
 
 from causalvq.model import CausalVQ
 from train.checkpoint import atomic_write_text
@@ -64,7 +65,10 @@ def write_release(model: CausalVQ, folder: str | Path, recipe: Recipe, stage: in
                   evaluation: str | None = None) -> Path:
     """``save_pretrained`` into ``folder``, then ``recipe.toml`` and the model card."""
     folder = Path(folder)
-    model.save_pretrained(folder)
+    try:
+        model.save_pretrained(folder)
+    except SafetensorError as err:  # safetensors reports a failed write (a full disk) as its own type
+        raise OSError(f"cannot write {folder / 'model.safetensors'}: {err}") from err
     atomic_write_text(folder / "recipe.toml", recipe.to_toml())
     atomic_write_text(folder / "README.md", model_card(model, recipe, stage, evaluation))
     return folder
