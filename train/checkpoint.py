@@ -20,6 +20,7 @@ the folder not yet fsynced). tests/test_hardening_train.py uses it; unset, nothi
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -88,6 +89,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     kill_at = _kill_phase(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a kill mid-write (one writer
+            stale.unlink(missing_ok=True)  # per file: rank 0); in a release folder it would be uploaded
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
