@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import re  # noqa: E402
 import threading  # noqa: E402
+import uuid  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from functools import wraps  # noqa: E402
@@ -24,6 +25,7 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from gradio import processing_utils  # noqa: E402
 
 from causalvq.explore import (  # noqa: E402
     EXAMPLES_DIR,
@@ -45,6 +47,30 @@ GRAPH_OVER = ("all codes (average)", "this input")
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True}
 LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code changed. **Black corner**: the node was "
           "intervened on.")
+
+
+def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """gradio's ``processing_utils.save_pil_to_cache`` with an atomic write (same path, same bytes).
+
+    gradio names a cached output image by the hash of its bytes and rewrites that file in place, so when two
+    requests produce the same image at once (every page load shows the same example; two visitors move the same
+    slider) one client can download the file while the other request has just truncated it: the download ends
+    with 0 bytes (``RemoteProtocolError`` in gradio_client, a broken image in the browser; 2-4 of 20 concurrent
+    uploads of one example in bench/bench_load.py's setup). Written to a temporary file and renamed instead, a
+    reader always gets a whole file.
+    """
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = (folder / f"{name}.{format}").resolve()
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return str(path)
+
+
+if hasattr(processing_utils, "save_pil_to_cache"):  # gradio 6.31; an upgrade that drops it keeps its own
+    processing_utils.save_pil_to_cache = _save_pil_to_cache
 
 
 @dataclass(frozen=True)
