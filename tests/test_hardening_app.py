@@ -15,6 +15,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -245,6 +246,31 @@ def test_a_server_path_that_was_not_uploaded_is_refused(server, endpoint: str) -
     event = httpx.post(f"{url}gradio_api/call/{name}", json={"data": data}, timeout=30).json()["event_id"]
     stream = httpx.get(f"{url}gradio_api/call/{name}/{event}", timeout=60).text
     assert "event: error" in stream and "was not uploaded by a user" in stream, stream
+
+
+@pytest.mark.slow
+def test_concurrent_identical_outputs_download_whole(server) -> None:
+    """20 clients upload the same image at once, so the app writes the same output files concurrently: every
+    client must download whole images (gradio rewrote them in place; app._save_pil_to_cache renames)."""
+    url, _, _, root = server
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            client = Client(url, verbose=False, download_files=str(root / f"concurrent{i}"))
+            out = client.predict(handle_file(str(root / "good.png")), api_name="/load_image")
+            for path in out[:3]:
+                _pixels(path)  # a truncated download does not decode
+        except Exception as err:  # noqa: BLE001 - collected, asserted below
+            errors.append(f"{type(err).__name__}: {err}")
+
+    for _ in range(3):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
 
 
 MEMORY_PROBE = """
