@@ -1,0 +1,306 @@
+"""Load test of the explorer: many gradio_client clients moving sliders at once, every answer checked.
+
+Usage::
+
+    python bench/bench_load.py [--clients 20] [--seconds 60] [--moves random|walk] [--checkpoint DIR_OR_REPO]
+                               [--url URL] [--check 300]
+
+Without ``--url`` it starts ``python app.py`` in a fresh process (as deployed; the clients' threads would share
+the GIL with an in-process server and slow it down) on ``--checkpoint``, else ``$CAUSALVQ_CHECKPOINT``, else the
+shipped ``assets/causalvq-shapes3d``, else an untrained ``ModelConfig.small()`` (the trained small model's
+compute). With ``--url`` it drives that app instead (then ``--checkpoint`` names the checkpoint it serves, for
+the model-side check).
+
+Each client is a ``gradio_client.Client`` (its own session): it uploads one of the gallery examples, then, until
+``--seconds`` have passed, calls ``/slide``, one call after another, with random slider values: ``--moves random``
+(default) draws every slider uniformly in its range ±k_f (a jump: ~25 transitions a call, the prefix cache rarely
+helps); ``--moves walk`` moves one slider one step (a person dragging: one transition, cached prefix). Every
+answer is checked: both images came back, are PNGs and have the sizes the model gives (result
+``display_image`` of S px, code grid ``draw_code_grid``). After the run ``--check`` answers drawn at random are
+compared pixel for pixel with the model-side result of the same input and slider values
+(``Explorer.apply_sliders`` → ``display_image``, and the code grid); ``--check -1`` compares all of them.
+
+Prints: calls, errors (exceptions), wrong answers, latency p50 / p95 / max, throughput (answers per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+@dataclass
+class Answer:
+    """One /slide call: which client input and slider values, what came back, how long it took."""
+
+    example: int  # index into the examples list (the client's input)
+    values: list[int]  # all slider slots sent
+    seconds: float
+    image: str | None = None  # downloaded result image
+    grid: str | None = None  # downloaded code-grid image
+    problem: str = ""  # "" when the answer looked right
+
+
+@dataclass
+class ClientLog:
+    answers: list[Answer] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # exceptions raised by the call
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_checkpoint(arg: str | None) -> tuple[str, bool]:
+    """--checkpoint, $CAUSALVQ_CHECKPOINT, the shipped checkpoint, else an untrained ModelConfig.small() written
+    to a temporary folder; returns it and whether it is such a temporary folder."""
+    checkpoint = arg or os.environ.get("CAUSALVQ_CHECKPOINT")
+    shipped = ROOT / "assets" / "causalvq-shapes3d"
+    if not checkpoint and (shipped / "config.json").is_file():
+        checkpoint = str(shipped)
+    if checkpoint:
+        return checkpoint, False
+    import torch
+
+    from causalvq.config import ModelConfig
+    from causalvq.model import CausalVQ
+
+    torch.manual_seed(0)
+    checkpoint = tempfile.mkdtemp(prefix="causalvq-load-")
+    CausalVQ(ModelConfig.small()).save_pretrained(checkpoint)
+    print(f"no checkpoint: using an untrained ModelConfig.small() in {checkpoint}", flush=True)
+    return checkpoint, True
+
+
+def start_app(checkpoint: str, cache: Path) -> tuple[subprocess.Popen, str]:
+    """``python app.py`` on a free port, its gradio cache in ``cache``; returns the process and its URL once the
+    page answers."""
+    port = free_port()
+    env = {**os.environ, **OFFLINE, "CAUSALVQ_CHECKPOINT": checkpoint, "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_TEMP_DIR": str(cache)}
+    url = f"http://127.0.0.1:{port}/"
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit("app.py exited during start-up")
+            time.sleep(0.1)
+    proc.terminate()
+    sys.exit("app.py did not answer within 120 s")
+
+
+def png_size(path: str | None) -> tuple[int, int] | None:
+    """(height, width) of a PNG file, from its header; None if it is missing or not a PNG."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return (img.height, img.width) if img.format == "PNG" else None
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def next_values(rng: random.Random, current: list[int], max_steps: list[int], moves: str) -> list[int]:
+    """The next slider values: all drawn anew (``random``) or one slider one step from ``current`` (``walk``)."""
+    if moves == "random":
+        return [rng.randint(-k, k) for k in max_steps]
+    out = list(current)
+    f = rng.randrange(len(max_steps))
+    step = rng.choice((-1, 1))
+    out[f] += step if abs(out[f] + step) <= max_steps[f] else -step
+    return out
+
+
+def client_loop(url: str, example: int, path: Path, max_steps: list[int], slots: int, moves: str,
+                sizes: dict[str, tuple], barrier: threading.Barrier, stop: list[float], seed: int, downloads: Path,
+                log: ClientLog) -> None:
+    """One client: upload ``path``, wait for all clients, then move sliders until ``stop[0]``."""
+    from gradio_client import Client, handle_file
+
+    rng = random.Random(seed)
+    try:
+        client = Client(url, verbose=False, download_files=str(downloads))
+        client.predict(handle_file(str(path)), api_name="/load_image")
+    except Exception as err:  # noqa: BLE001 - counted, reported
+        log.errors.append(f"connect and upload: {type(err).__name__}: {err}")
+        barrier.wait()
+        return
+    barrier.wait()
+    current = [0] * len(max_steps)
+    while time.monotonic() < stop[0]:
+        current = next_values(rng, current, max_steps, moves)
+        values = current + [0] * (slots - len(max_steps))
+        t = time.perf_counter()
+        try:
+            image, grid = client.predict(*values, api_name="/slide")
+        except Exception as err:  # noqa: BLE001 - counted, reported
+            log.errors.append(f"{type(err).__name__}: {str(err)[:200]}")
+            continue
+        answer = Answer(example=example, values=values, seconds=time.perf_counter() - t, image=image, grid=grid)
+        if png_size(image) != sizes["image"]:
+            answer.problem = f"result image {image!r}: size {png_size(image)}, expected {sizes['image']}"
+        elif png_size(grid) != sizes["grid"]:
+            answer.problem = f"code grid {grid!r}: size {png_size(grid)}, expected {sizes['grid']}"
+        log.answers.append(answer)
+    client.close()
+
+
+def model_side(checkpoint: str, examples: list[Path]):
+    """The handlers and each example's loaded input, in this process (as the app computes them)."""
+    from app import MIN_SLOTS, Handlers, configure_threads
+    from causalvq.explore import Explorer
+
+    configure_threads()  # as `python app.py` does: the same threads give the same numbers
+    explorer = Explorer.from_checkpoint(checkpoint, fallback=None)
+    if explorer is None:
+        sys.exit(f"cannot load {checkpoint}")
+    handlers = Handlers(explorer, max(MIN_SLOTS, explorer.config.num_factors))  # as build_demo lays them out
+    return handlers, [explorer.load_image(p) for p in examples]
+
+
+def expected_sizes(handlers, inputs) -> dict[str, tuple]:
+    from causalvq.explore import display_image
+
+    ex = handlers.explorer(handlers.new_session())
+    image = display_image(inputs[0].reconstruction)
+    grid = handlers._grid(ex, inputs[0].codes)
+    return {"image": image.shape[:2], "grid": grid.shape[:2]}
+
+
+def check_pixels(handlers, inputs, answers: list[Answer]) -> list[str]:
+    """Compare answers with the model-side result of the same input and slider values; returns the mismatches."""
+    from PIL import Image
+
+    from causalvq.explore import display_image
+
+    ex = handlers.explorer(handlers.new_session())
+    F = ex.config.num_factors
+    wrong = []
+    for a in answers:
+        r = ex.apply_sliders(inputs[a.example].codes, a.values[:F])
+        want_image = display_image(r.image)
+        want_grid = handlers._grid(ex, r.codes, r.changed, r.intervened)
+        with Image.open(a.image) as img:
+            got_image = np.asarray(img)
+        with Image.open(a.grid) as img:
+            got_grid = np.asarray(img)
+        if not np.array_equal(got_image, want_image):
+            wrong.append(f"example {a.example}, sliders {a.values[:F]}: the result image differs from the model's")
+        elif not np.array_equal(got_grid, want_grid):
+            wrong.append(f"example {a.example}, sliders {a.values[:F]}: the code grid differs from the model's")
+    return wrong
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients move sliders (default 60)")
+    parser.add_argument("--moves", choices=("random", "walk"), default="random",
+                        help="random: every slider drawn anew each call; walk: one slider one step (default random)")
+    parser.add_argument("--url", default=None, help="an app already running (default: start python app.py)")
+    parser.add_argument("--checkpoint", default=None, help="folder or Hub repo id (default: env / shipped / untrained)")
+    parser.add_argument("--check", type=int, default=300,
+                        help="answers compared pixel for pixel with the model side (-1: all, 0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.clients < 1 or args.seconds <= 0:
+        parser.error("--clients must be >= 1 and --seconds > 0")
+    os.environ.update(OFFLINE)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    checkpoint, temporary = resolve_checkpoint(args.checkpoint)
+    scratch = [Path(checkpoint)] if temporary else []  # removed at the end, with the downloads and the cache
+    examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
+    if not examples:
+        sys.exit("no example images in assets/examples")
+    handlers, inputs = model_side(checkpoint, examples)
+    ex = handlers.explorer(handlers.new_session())
+    sizes = expected_sizes(handlers, inputs)
+
+    proc = None
+    url = args.url
+    downloads = Path(tempfile.mkdtemp(prefix="causalvq-load-downloads-"))
+    cache = Path(tempfile.mkdtemp(prefix="causalvq-load-cache-"))
+    scratch += [downloads, cache]
+    if url is None:
+        proc, url = start_app(checkpoint, cache)
+    logs = [ClientLog() for _ in range(args.clients)]
+    barrier = threading.Barrier(args.clients + 1)
+    stop = [float("inf")]
+    threads = [threading.Thread(target=client_loop, daemon=True, args=(
+        url, i % len(examples), examples[i % len(examples)], list(ex.max_steps), handlers.slots, args.moves, sizes,
+        barrier, stop, args.seed * 1000 + i, downloads / f"client{i}", logs[i])) for i in range(args.clients)]
+    try:
+        for t in threads:
+            t.start()
+        barrier.wait(timeout=300)  # every client has connected and uploaded its input
+        load_before = os.getloadavg()[0]
+        start = time.monotonic()
+        stop[0] = start + args.seconds
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+        load_after = os.getloadavg()[0]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    answers = [a for log in logs for a in log.answers]
+    errors = [e for log in logs for e in log.errors]
+    wrong = [a.problem for a in answers if a.problem]
+    sample = [a for a in answers if not a.problem]
+    if 0 <= args.check < len(sample):
+        sample = random.Random(args.seed).sample(sample, args.check)
+    wrong += check_pixels(handlers, inputs, sample)
+    ms = np.asarray([a.seconds for a in answers]) * 1000 if answers else np.zeros(1)
+
+    cfg = ex.config
+    print(f"checkpoint: {checkpoint} ({cfg.num_codebooks}×{cfg.grid_size}×{cfg.grid_size} nodes, "
+          f"{cfg.codebook_size} codes, {cfg.image_size}-px); app: {url}{' (python app.py)' if proc else ''}")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} before / {load_after:.2f} after; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) model-side")
+    print(f"clients: {args.clients} for {elapsed:.1f} s, /slide, --moves {args.moves}")
+    print(f"answers: {len(answers)}   errors: {len(errors)}   wrong: {len(wrong)} "
+          f"(every answer's images checked; {len(sample)} compared pixel for pixel with the model side)")
+    print(f"latency: p50 {np.percentile(ms, 50):.0f} ms   p95 {np.percentile(ms, 95):.0f} ms   "
+          f"max {ms.max():.0f} ms")
+    print(f"throughput: {len(answers) / elapsed:.1f} answers/s")
+    if proc is not None:
+        files = [p for p in cache.rglob("*") if p.is_file()]
+        print(f"server cache: {len(files)} files, {sum(p.stat().st_size for p in files) / 2**20:.1f} MB after the run "
+              "(gradio keeps every output image; nothing deletes them)")
+    for line in (errors + wrong)[:10]:
+        print(f"  problem: {line}")
+    for folder in scratch:
+        shutil.rmtree(folder, ignore_errors=True)
+    sys.exit(1 if errors or wrong else 0)
+
+
+if __name__ == "__main__":
+    main()
