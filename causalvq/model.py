@@ -252,10 +252,18 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         return Retrieval(probs=(-scores).softmax(-1), action=scores.argmin(-1), scores=scores)
 
     def _action_scores(self, nodes_x: torch.Tensor, nodes_y: torch.Tensor, sample: bool) -> torch.Tensor:
-        """Distance `(b, a)` of every action, the A passes batched into one (b·A copies)."""
+        """Distance `(b, a)` of every action, the A passes batched into one (b·A copies).
+
+        In eval mode the node features and the no-action graph of a pair are computed once for its A copies
+        (exact: without dropout they are the same); in training every copy draws its own dropout, as the
+        official A separate passes do.
+        """
         b, a = nodes_x.shape[0], self.num_actions
         actions = torch.arange(a, device=nodes_x.device).repeat(b)  # (b·a,)
-        out = self.transition(repeat(nodes_x, "b n -> (b a) n", a=a), actions, sample=sample)
+        if self.transition.training:
+            out = self.transition(repeat(nodes_x, "b n -> (b a) n", a=a), actions, sample=sample)
+        else:
+            out = self.transition(nodes_x, actions, sample=sample, copies=a)
         probs = rearrange(out.probs, "(b a) n v -> b a n v", a=a)
         return losses.retrieval_distance(probs, nodes_y, self.config.retrieval_score)
 

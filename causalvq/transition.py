@@ -73,7 +73,7 @@ class CausalTransition(nn.Module):
         return (torch.sigmoid(self.mask_net(inp)) * X).sum(-1)  # (b, n)
 
     def forward(self, codes: torch.Tensor, action: torch.Tensor | None = None, *, sample: bool = True,
-                identity_graph: bool = False) -> TransitionOutput:
+                identity_graph: bool = False, copies: int = 1) -> TransitionOutput:
         """One CT pass.
 
         Args:
@@ -81,10 +81,17 @@ class CausalTransition(nn.Module):
             action: long `(b,)` action indices, or None for the no-action (reconstruction) pass.
             sample: draw the mask and the graph with Gumbel noise (training); False thresholds at 0.5.
             identity_graph: replace the sampled graph by the identity (each node sees only itself).
+            copies: each grid of ``codes`` stands for ``copies`` consecutive rows of ``action`` (retrieval: all A
+                actions of one pair). Node features and the no-action graph are computed once per grid; exact in
+                eval mode only, where dropout does not differ between copies.
         """
-        b, n = codes.shape
         X, P = self.node_features(codes)
         C = self.discoverers(P, 0)  # (b, n, n)
+        if copies > 1:
+            if self.training and self.dropout.p > 0:
+                raise ValueError("copies > 1 shares one dropout draw between copies: use it in eval mode")
+            X, P, C = (t.repeat_interleave(copies, 0) for t in (X, P, C))  # (b·copies, ...)
+        b, n = X.shape[:2]
         if action is None:
             p = m = torch.zeros(b, n, device=codes.device)
         else:
