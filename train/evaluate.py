@@ -20,6 +20,7 @@ import torch
 
 from causalvq import losses
 from causalvq.data import FactorDataset
+from causalvq.metrics.evaluation import format_value
 from causalvq.model import CausalVQ
 from train.checkpoint import atomic_write_text
 from train.data import images_of, make_sampler
@@ -116,17 +117,9 @@ def markdown_table(report: Any) -> str:
     rows = report.rows() if hasattr(report, "rows") else None
     if rows is not None:
         lines = ["| metric | value | chance | samples |", "|---|---|---|---|"]
-        lines += [f"| {r.name} | {_fmt(r.value)} | {_fmt(r.chance) if r.chance is not None else ''} | {r.samples} |"
-                  for r in rows]
+        chance = lambda r: "" if r.chance is None else format_value(r.chance)  # noqa: E731
+        lines += [f"| {r.name} | {format_value(r.value)} | {chance(r)} | {r.samples} |" for r in rows]
     else:
         lines = ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in report.metrics().items()]
+        lines += [f"| {k} | {format_value(v)} |" for k, v in report.metrics().items()]
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if not np.isfinite(value):
-        return str(value)
-    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"

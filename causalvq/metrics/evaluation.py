@@ -576,7 +576,8 @@ def evaluate_model(
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
-def _fmt(value: float | None) -> str:
+def format_value(value: float | None) -> str:
+    """A metric for a Markdown table: 4 decimals, scientific below 1e-3, 'n/a' for None."""
     if value is None:
         return "n/a"
     if not math.isfinite(value):
@@ -590,8 +591,8 @@ def format_markdown(report: EvalReport) -> str:
     p = report.protocol
     lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "",
              "| metric | value | chance | samples |", "|---|---|---|---|"]
-    lines += [f"| {r.name} | {_fmt(r.value)} | {'' if r.chance is None else _fmt(r.chance)} | {r.samples} |"
-              for r in report.rows()]
+    chance = lambda r: "" if r.chance is None else format_value(r.chance)  # noqa: E731
+    lines += [f"| {r.name} | {format_value(r.value)} | {chance(r)} | {r.samples} |" for r in report.rows()]
     lines += ["", "## Protocol", "",
               f"- split `{report.split}` of the factor grid (split seed {p['split_seed']}, fractions "
               f"{p['split_fractions']}); draw seed {report.seed}; images rendered from their factors and resized to "
