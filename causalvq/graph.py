@@ -123,14 +123,15 @@ class DenseGATv2(nn.Module):
         nn.init.xavier_uniform_(self.lin_edge.view(1, -1))
         nn.init.xavier_uniform_(self.att.view(1, -1))
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor,
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, edges: torch.Tensor | None,
                 heads: torch.Tensor | None = None) -> torch.Tensor:
         """Propagate node features over a weighted graph.
 
         Args:
             x: `(b, n, in)` node features.
             weights: `(b, n, n)` edge weights, row = source, column = target.
-            edges: `(b, n, n)` bool, which entries are edges (the diagonal is ignored).
+            edges: `(b, n, n)` bool, which entries are edges (the diagonal is ignored); None for the identity graph,
+                where each node's only in-edge is its self-loop (attention 1: no pairwise scores needed).
             heads: optional long `(b, k)`: compute only these heads per sample (exact: heads are independent).
 
         Returns:
@@ -156,6 +157,9 @@ class DenseGATv2(nn.Module):
             e, att = self.lin_edge[heads], self.att[heads]  # (b, k, c)
             bias = rearrange(self.bias, "(h c) -> h c", h=self.heads)[heads]
 
+        if edges is None:  # identity graph: every node attends to itself only, with weight 1
+            out = xs + bias[:, None]
+            return rearrange(out if root is None else out + root, "b n h c -> b n (h c)")
         eye = torch.eye(n, dtype=torch.bool, device=x.device)
         edges = edges & ~eye  # (b, n, n) without self-loops
         w = weights * edges
@@ -170,14 +174,3 @@ class DenseGATv2(nn.Module):
         if root is not None:
             out = out + root
         return rearrange(out, "b n h c -> b n (h c)")
-
-
-def intervention_probability(mask_net: nn.Linear, action_onehot: torch.Tensor, pe: torch.Tensor,
-                             onehot: torch.Tensor) -> torch.Tensor:
-    """p_i = σ(Linear([a ; PE_i]))[c_i]: probability that the action intervenes on node i, `(b, n)`."""
-    b, n, _ = onehot.shape
-    inp = torch.cat([action_onehot[:, None].expand(b, n, -1), pe.expand(b, -1, -1)], -1)  # (b, n, a + v)
-    u = torch.sigmoid(mask_net(inp))  # (b, n, v)
-    return (u * onehot).sum(-1)
-
-

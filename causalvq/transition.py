@@ -80,12 +80,15 @@ class CausalTransition(nn.Module):
             codes: long `(b, n)` flat node codes of x.
             action: long `(b,)` action indices, or None for the no-action (reconstruction) pass.
             sample: draw the mask and the graph with Gumbel noise (training); False thresholds at 0.5.
-            identity_graph: replace the sampled graph by the identity (each node sees only itself).
+            identity_graph: replace the sampled graph by the identity (each node sees only itself). Without an
+                action this skips the discoverers and the attention (exact: the only in-edge is the self-loop).
             copies: each grid of ``codes`` stands for ``copies`` consecutive rows of ``action`` (retrieval: all A
                 actions of one pair). Node features and the no-action graph are computed once per grid; exact in
                 eval mode only, where dropout does not differ between copies.
         """
         X, P = self.node_features(codes)
+        if identity_graph and action is None:
+            return self._identity_pass(P)
         C = self.discoverers(P, 0)  # (b, n, n)
         if copies > 1:
             if self.training and self.dropout.p > 0:
@@ -122,3 +125,14 @@ class CausalTransition(nn.Module):
         logits = out[:, :, 0] if action is None else out[:, :, 0] + m[..., None] * (out[:, :, 1] - out[:, :, 0])
         return TransitionOutput(probs=logits.softmax(-1), mask=m, mask_probs=p, edge_probs=C, graph=graph,
                                 head_logits=out)
+
+    def _identity_pass(self, P: torch.Tensor) -> TransitionOutput:
+        """The no-action pass on the identity graph: each node's output depends on its own features only."""
+        b, n, _ = P.shape
+        eye = torch.eye(n, device=P.device).expand(b, n, n)
+        zero = torch.zeros(b, n, device=P.device)
+        heads = torch.zeros(b, 1, dtype=torch.long, device=P.device)
+        hidden = F.leaky_relu(self.gat1(P, None, None))  # (b, n, (A + 1)·G)
+        out = self.gat2(hidden, None, None, heads=heads).unflatten(-1, (1, self.config.codebook_size))  # (b, n, 1, v)
+        return TransitionOutput(probs=out[:, :, 0].softmax(-1), mask=zero, mask_probs=zero, edge_probs=eye,
+                                graph=eye, head_logits=out)

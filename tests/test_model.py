@@ -183,6 +183,19 @@ def test_dense_gatv2_matches_per_edge_reference(residual: bool) -> None:
     assert torch.allclose(subset[0], dense[0, :, 3:]) and torch.allclose(subset[1], dense[1, :, :3])
 
 
+def test_identity_graph_fast_path_equals_dense_attention() -> None:
+    torch.manual_seed(0)
+    for residual in (False, True):
+        gat = DenseGATv2(5, 3, 2, residual=residual).double()
+        x = torch.randn(2, 6, 5, dtype=torch.double)
+        no_edges = torch.zeros(2, 6, 6, dtype=torch.bool)
+        dense = gat(x, torch.rand(2, 6, 6, dtype=torch.double), no_edges)
+        assert torch.allclose(gat(x, None, None), dense, atol=1e-12)
+        heads = torch.tensor([[1], [0]])
+        assert torch.allclose(gat(x, None, None, heads=heads), gat(x, torch.zeros(2, 6, 6, dtype=torch.double),
+                                                                    no_edges, heads=heads), atol=1e-12)
+
+
 def test_batched_retrieval_equals_per_action_loop(model: CausalVQ, images: torch.Tensor) -> None:
     from causalvq.losses import retrieval_distance
 
