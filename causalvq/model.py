@@ -214,9 +214,7 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
             if action is not None:
                 act = self._check_actions(torch.tensor([action]), 1).expand(nodes.shape[0])
                 m = (self.transition.intervention_probs(X, act) > 0.5).float()
-                C_a = self.transition.discoverers(P, act + 1)
-                blend = m[:, None, :] if self.config.intervention_edges == "incoming" else m[:, :, None]
-                C = C + blend * (C_a - C)
+                C = self.transition.blend_edges(C, self.transition.discoverers(P, act + 1), m)
         finally:
             self.train(was_training)
         return C.mean(0)

@@ -72,6 +72,12 @@ class CausalTransition(nn.Module):
         inp = torch.cat([onehot_a[:, None].expand(b, n, -1), self.dropout(self.pe).expand(b, -1, -1)], -1)
         return (torch.sigmoid(self.mask_net(inp)) * X).sum(-1)  # (b, n)
 
+    def blend_edges(self, C: torch.Tensor, C_action: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Edge probabilities `(b, n, n)` under mask `m (b, n)`: the action discoverer decides the incoming edges
+        of intervened nodes (columns), or their outgoing edges (rows) with ``intervention_edges="outgoing"``."""
+        blend = m[:, None, :] if self.config.intervention_edges == "incoming" else m[:, :, None]
+        return C + blend * (C_action - C)
+
     def forward(self, codes: torch.Tensor, action: torch.Tensor | None = None, *, sample: bool = True,
                 identity_graph: bool = False, copies: int = 1) -> TransitionOutput:
         """One CT pass.
@@ -100,9 +106,7 @@ class CausalTransition(nn.Module):
         else:
             p = self.intervention_probs(X, action)
             m = bernoulli_st(p, sample)  # (b, n)
-            C_action = self.discoverers(P, action + 1)
-            blend = m[:, None, :] if self.config.intervention_edges == "incoming" else m[:, :, None]
-            C = C + blend * (C_action - C)  # (b, n, n)
+            C = self.blend_edges(C, self.discoverers(P, action + 1), m)  # (b, n, n)
         if identity_graph:
             graph = torch.eye(n, device=codes.device).expand(b, n, n)
         else:
