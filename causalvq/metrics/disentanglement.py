@@ -106,26 +106,30 @@ def disentanglement_score(importance: np.ndarray) -> float:
     with weights proportional to each dim's total importance. A zero matrix scores 0; with one factor every
     dim trivially scores 1.
     """
-    importance = np.abs(np.asarray(importance, dtype=np.float64))
-    d, f = importance.shape
-    if importance.sum() == 0.0:
-        return 0.0
-    per_code = np.ones(d) if f == 1 else 1.0 - _entropy(importance + _ENTROPY_EPS, f, axis=1)  # (d,)
-    weights = importance.sum(axis=1) / importance.sum()  # (d,)
-    return float(np.clip(np.sum(per_code * weights), 0.0, 1.0))
+    return _weighted_specificity(importance, axis=1)
 
 
 def completeness_score(importance: np.ndarray) -> float:
     """DCI completeness of an importance matrix `(d, f)`: 1 minus the entropy (base d) of each factor's
     importance over code dims, averaged with weights proportional to each factor's total importance.
     A zero matrix scores 0; with one code dim every factor trivially scores 1."""
+    return _weighted_specificity(importance, axis=0)
+
+
+def _weighted_specificity(importance: np.ndarray, axis: int) -> float:
+    """Σ (1 − entropy of each row (axis=1) or column (axis=0), base = its length) × its share of the total.
+
+    DCI disentanglement is the row version (code dims over factors), completeness the column version.
+    """
     importance = np.abs(np.asarray(importance, dtype=np.float64))
-    d, f = importance.shape
-    if importance.sum() == 0.0:
+    total = importance.sum()
+    if total == 0.0:
         return 0.0
-    per_factor = np.ones(f) if d == 1 else 1.0 - _entropy(importance + _ENTROPY_EPS, d, axis=0)  # (f,)
-    weights = importance.sum(axis=0) / importance.sum()  # (f,)
-    return float(np.clip(np.sum(per_factor * weights), 0.0, 1.0))
+    base = importance.shape[axis]  # number of entries each row/column spreads over
+    n = importance.shape[1 - axis]
+    scores = np.ones(n) if base == 1 else 1.0 - _entropy(importance + _ENTROPY_EPS, base, axis=axis)
+    weights = importance.sum(axis=axis) / total
+    return float(np.clip(np.sum(scores * weights), 0.0, 1.0))
 
 
 def _classifier(importance: Importance, n_estimators: int, seed: int):
