@@ -9,8 +9,10 @@ node-feature width), ``a`` actions, ``t`` discoverers (A + 1), ``M`` discoverer 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -63,6 +65,30 @@ class _StraightThrough(torch.autograd.Function):
         return None, grad
 
 
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   index: torch.Tensor) -> torch.Tensor:
+    """Per-sample choice among H linear maps: ``x[s] @ weight[index[s]].T + bias[index[s]]``.
+
+    One matmul per distinct index over the samples that use it, instead of gathering a `(b, out, in)` copy of
+    the weights per sample (the memory and most of the time of the action heads at the paper's sizes).
+
+    Args:
+        x: `(b, n, in)`; weight: `(H, out, in)`; bias: `(H, out)` or None; index: long `(b,)` in [0, H).
+    Returns:
+        `(b, n, out)`.
+    """
+    if x.shape[0] == 0:
+        return x.new_zeros(0, x.shape[1], weight.shape[1])
+    lo, hi = int(index.min()), int(index.max())
+    if lo == hi:  # one map for the whole batch
+        return F.linear(x, weight[lo], None if bias is None else bias[lo])
+    order = torch.argsort(index, stable=True)
+    heads, counts = torch.unique_consecutive(index[order], return_counts=True)
+    parts = [F.linear(x[rows], weight[h], None if bias is None else bias[h])
+             for h, rows in zip(heads.tolist(), order.split(counts.tolist()))]
+    return torch.cat(parts)[torch.argsort(order)]
+
+
 class GraphDiscoverers(nn.Module):
     """A + 1 MLPs f_t(P_i, P_j) = σ(w2·LeakyReLU(W1·[P_i ; P_j] + b1) + b2): t = 0 "no action", t = a + 1 action a.
 
@@ -79,20 +105,38 @@ class GraphDiscoverers(nn.Module):
         self.b2 = nn.Parameter(torch.empty(num_discoverers).uniform_(-bound2, bound2))
         self.width = width
 
-    def forward(self, P: torch.Tensor, which: torch.Tensor | int) -> torch.Tensor:
+    def forward(self, P: torch.Tensor, which: torch.Tensor | int, pairs: torch.Tensor | None = None) -> torch.Tensor:
         """Edge probabilities `(b, n, n)` (row i = source, column j = target) from node features `P (b, n, v)`.
 
-        ``which`` picks the discoverer: an int for the whole batch, or a long tensor `(b,)` per sample.
+        ``which`` picks the discoverer: an int for the whole batch, or a long tensor `(b,)` per sample. ``pairs``
+        (bool, broadcastable to `(b, n, n)`) marks the only entries needed: the others are 0 and the fused kernel
+        skips them.
         """
         if isinstance(which, int):
-            w1, b1, w2, b2 = (t[which][None] for t in (self.w1, self.b1, self.w2, self.b2))
-        else:
-            w1, b1, w2, b2 = self.w1[which], self.b1[which], self.w2[which], self.b2[which]
-        wa, wb = w1[..., : self.width], w1[..., self.width:]  # (b|1, M, v) each
-        U = torch.einsum("bnv,bmv->bnm", P, wa.expand(P.shape[0], -1, -1)) + b1[:, None]  # (b, n, M)
-        V = torch.einsum("bnv,bmv->bnm", P, wb.expand(P.shape[0], -1, -1))  # (b, n, M)
-        score = pairwise_score(U[:, :, None], V[:, :, None], w2[:, None], slope=0.01)  # (b, n, n, 1)
+            which = torch.full((P.shape[0],), which, dtype=torch.long, device=P.device)
+        U = grouped_linear(P, self.w1[..., : self.width], self.b1, which)  # (b, n, M): W1a·P_i + b1
+        V = grouped_linear(P, self.w1[..., self.width:], None, which)  # (b, n, M): W1b·P_j
+        w2, b2 = self.w2[which], self.b2[which]  # (b, M), (b,)
+        if pairs is not None:
+            pairs = pairs.expand(P.shape[0], P.shape[1], P.shape[1])
+        score = pairwise_score(U[:, :, None], V[:, :, None], w2[:, None], slope=0.01, mask=pairs)  # (b, n, n, 1)
         return torch.sigmoid(score[..., 0] + b2[:, None, None])
+
+
+class NodeTerms(NamedTuple):
+    """Per-node projections of one GATv2 layer, `(b, n, heads, c)` each."""
+
+    src: torch.Tensor
+    tgt: torch.Tensor
+    root: torch.Tensor | None
+
+    def repeat_interleave(self, copies: int) -> NodeTerms:
+        """Each node set ``copies`` times in a row (several graphs over the same nodes)."""
+        return NodeTerms(*(None if t is None else t.repeat_interleave(copies, 0) for t in self))
+
+    def cat(self, other: NodeTerms) -> NodeTerms:
+        """More nodes: ``other``'s appended after these."""
+        return NodeTerms(*(None if t is None else torch.cat([t, o], 1) for t, o in zip(self, other)))
 
 
 class DenseGATv2(nn.Module):
@@ -123,12 +167,28 @@ class DenseGATv2(nn.Module):
         nn.init.xavier_uniform_(self.lin_edge.view(1, -1))
         nn.init.xavier_uniform_(self.att.view(1, -1))
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, edges: torch.Tensor | None,
+    def project(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> NodeTerms:
+        """The per-node terms of the layer: source, target and root projections of ``x (b, n, in)``,
+        `(b, n, h, c)` each (`(b, n, k, c)` for the chosen ``heads (b, k)``; root None without ``residual``)."""
+        if heads is None:
+            split = lambda t: rearrange(t, "b n (h c) -> b n h c", h=self.heads)  # noqa: E731
+            return NodeTerms(split(self.lin_src(x)), split(self.lin_tgt(x)),
+                             split(self.lin_root(x)) if self.lin_root is not None else None)
+
+        def project(lin: nn.Linear) -> torch.Tensor:  # one matmul per head used, no per-sample weight copies
+            W = rearrange(lin.weight, "(h c) i -> h c i", h=self.heads)  # (H, c, in)
+            B = None if lin.bias is None else rearrange(lin.bias, "(h c) -> h c", h=self.heads)
+            return torch.stack([grouped_linear(x, W, B, heads[:, s]) for s in range(heads.shape[1])], 2)
+
+        return NodeTerms(project(self.lin_src), project(self.lin_tgt),
+                         project(self.lin_root) if self.lin_root is not None else None)
+
+    def forward(self, x: torch.Tensor | NodeTerms, weights: torch.Tensor | None, edges: torch.Tensor | None,
                 heads: torch.Tensor | None = None) -> torch.Tensor:
         """Propagate node features over a weighted graph.
 
         Args:
-            x: `(b, n, in)` node features.
+            x: `(b, n, in)` node features, or their ``project``ion (computed once for several graphs).
             weights: `(b, n, n)` edge weights, row = source, column = target.
             edges: `(b, n, n)` bool, which entries are edges (the diagonal is ignored); None for the identity graph,
                 where each node's only in-edge is its self-loop (attention 1: no pairwise scores needed).
@@ -137,40 +197,28 @@ class DenseGATv2(nn.Module):
         Returns:
             `(b, n, k·out)` (all heads when ``heads`` is None), heads concatenated.
         """
-        b, n, _ = x.shape
-        split = lambda t: rearrange(t, "b n (h c) -> b n h c", h=self.heads)  # noqa: E731
+        xs, xt, root = x if isinstance(x, NodeTerms) else self.project(x, heads)  # (b, n, h, c) each
+        b, n = xs.shape[:2]
         if heads is None:
-            xs, xt = split(self.lin_src(x)), split(self.lin_tgt(x))  # (b, n, h, c)
-            root = split(self.lin_root(x)) if self.lin_root is not None else None
             e, att = self.lin_edge, self.att[None]
             bias = rearrange(self.bias, "(h c) -> 1 h c", h=self.heads)
-        else:  # gather the chosen heads' parameters per sample
-            def project(lin: nn.Linear) -> torch.Tensor:
-                W = rearrange(lin.weight, "(h c) i -> h c i", h=self.heads)[heads]  # (b, k, c, in)
-                out = torch.einsum("bni,bhci->bnhc", x, W)  # (b, n, k, c)
-                if lin.bias is not None:
-                    out = out + rearrange(lin.bias, "(h c) -> h c", h=self.heads)[heads][:, None]
-                return out
-
-            xs, xt = project(self.lin_src), project(self.lin_tgt)
-            root = project(self.lin_root) if self.lin_root is not None else None
+        else:
             e, att = self.lin_edge[heads], self.att[heads]  # (b, k, c)
             bias = rearrange(self.bias, "(h c) -> h c", h=self.heads)[heads]
 
         if edges is None:  # identity graph: every node attends to itself only, with weight 1
             out = xs + bias[:, None]
             return rearrange(out if root is None else out + root, "b n h c -> b n (h c)")
-        eye = torch.eye(n, dtype=torch.bool, device=x.device)
+        eye = torch.eye(n, dtype=torch.bool, device=xs.device)
         edges = edges & ~eye  # (b, n, n) without self-loops
         w = weights * edges
         loop_w = w.sum(1) / edges.sum(1).clamp_min(1)  # (b, n): mean incoming weight
         w = torch.where(eye, torch.diag_embed(loop_w), w)
         edges = edges | eye
         # attention of target i over source j: logits use the weight of edge j → i
-        logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2)  # (b, n_tgt, n_src, h)
-        logits = logits.masked_fill(~edges.transpose(1, 2)[..., None], float("-inf"))
-        alpha = logits.softmax(dim=2)  # (b, n_tgt, n_src, h)
-        out = torch.einsum("bijh,bjhc->bihc", alpha, xs) + bias[:, None]  # (b, n, h, c)
-        if root is not None:
-            out = out + root
+        logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2,
+                                mask=edges.transpose(1, 2))  # (b, n_tgt, n_src, h), -inf off the graph
+        alpha = logits.permute(0, 3, 1, 2).softmax(dim=-1)  # (b, h, n_tgt, n_src); contiguous from the kernel
+        out = (alpha @ xs.transpose(1, 2)).add_(bias[:, :, None])  # (b, h, n, c)
+        out = out.transpose(1, 2) if root is None else root + out.transpose(1, 2)  # (b, n, h, c)
         return rearrange(out, "b n h c -> b n (h c)")

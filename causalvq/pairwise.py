@@ -85,11 +85,13 @@ def _kernel_args(X, Y, a, w, e):
 
 class _PairwiseScore(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, X, Y, a, w, e, slope: float):  # noqa: D102 (see pairwise_score)
+    def forward(ctx, X, Y, a, w, e, slope: float, mask=None):  # noqa: D102 (see pairwise_score)
         ctx.save_for_backward(X, Y, a, w, e)
         ctx.slope = slope
-        if _KERNEL is not None and X.device.type == "cpu":
-            return _KERNEL.forward(*_kernel_args(X, Y, a, w, e), slope)
+        if _KERNEL is not None and X.device.type == "cpu":  # skips the pairs off the mask (the caller fills them)
+            skip = X.new_empty(0, dtype=torch.bool) if mask is None else mask.expand(X.shape[0], -1, -1).contiguous()
+            # laid out (b, h, n, m): a permuted view, so that a softmax over m reads contiguous rows
+            return _KERNEL.forward(*_kernel_args(X, Y, a, w, e), skip, slope).permute(0, 2, 3, 1)
         b, n, h, g = X.shape
         m = Y.shape[1]
         out = X.new_empty(b, n, m, h)
@@ -105,13 +107,14 @@ class _PairwiseScore(torch.autograd.Function):
         X, Y, a, w, e = ctx.saved_tensors
         slope = ctx.slope
         if _KERNEL is not None and X.device.type == "cpu":
-            dX, dY, da, dw, de = _KERNEL.backward(grad.contiguous(), *_kernel_args(X, Y, a, w, e), slope)
+            grad = grad.permute(0, 3, 1, 2).contiguous()  # (b, h, n, m), the kernel's layout
+            dX, dY, da, dw, de = _KERNEL.backward(grad, *_kernel_args(X, Y, a, w, e), slope)
             da = da.sum(0, keepdim=True) if a.shape[0] == 1 else da
             if w is None:
                 dw = de = None
             elif e.shape[0] == 1:
                 de = de.sum(0, keepdim=True)
-            return dX, dY, da, dw, de, None
+            return dX, dY, da, dw, de, None, None
         b, n, h, g = X.shape
         m = Y.shape[1]
         ab = a.expand(b, h, g)
@@ -144,11 +147,12 @@ class _PairwiseScore(torch.autograd.Function):
             da = da.sum(0, keepdim=True)
         if de is not None and e.shape[0] == 1:
             de = de.sum(0, keepdim=True)
-        return dX, dY, da, dw, de, None
+        return dX, dY, da, dw, de, None, None
 
 
 def pairwise_score(X: torch.Tensor, Y: torch.Tensor, a: torch.Tensor, w: torch.Tensor | None = None,
-                   e: torch.Tensor | None = None, slope: float = 0.01) -> torch.Tensor:
+                   e: torch.Tensor | None = None, slope: float = 0.01, mask: torch.Tensor | None = None,
+                   fill: float = float("-inf")) -> torch.Tensor:
     """Σ_g a·leaky_relu(X_i + Y_j + w_ij·e) for every pair (i, j), in cache-sized blocks.
 
     Args:
@@ -158,15 +162,18 @@ def pairwise_score(X: torch.Tensor, Y: torch.Tensor, a: torch.Tensor, w: torch.T
         w: optional `(b, n, m)` scalar pair feature (an edge weight), scaled by ``e``.
         e: `(b, h, g)`, `(1, h, g)` or `(h, g)` projection of the pair feature; required with ``w``.
         slope: negative slope of the leaky ReLU.
+        mask: optional bool `(b, n, m)`: pairs marked False are set to ``fill`` (attention logits off the graph
+            get -inf) and the fused kernel does not compute them; their gradient is zero.
 
     Returns:
-        `(b, n, m, h)` scores. Exactly ``pairwise_score_reference`` up to float rounding.
+        `(b, n, m, h)` scores. Exactly ``pairwise_score_reference`` (then filled) up to float rounding.
     """
     if (w is None) != (e is None):
         raise ValueError("pairwise_score needs both w and e, or neither")
     if e is not None and e.ndim == 2:
         e = e[None]
-    return _PairwiseScore.apply(X, Y, a, w, e, float(slope))
+    out = _PairwiseScore.apply(X, Y, a, w, e, float(slope), mask)
+    return out if mask is None else out.masked_fill(~mask[..., None], fill)
 
 
 def pairwise_score_reference(X: torch.Tensor, Y: torch.Tensor, a: torch.Tensor, w: torch.Tensor | None = None,

@@ -72,11 +72,15 @@ class CausalTransition(nn.Module):
         inp = torch.cat([onehot_a[:, None].expand(b, n, -1), self.dropout(self.pe).expand(b, -1, -1)], -1)
         return (torch.sigmoid(self.mask_net(inp)) * X).sum(-1)  # (b, n)
 
+    def rewired(self, m: torch.Tensor) -> torch.Tensor:
+        """Which entries of the `(b, n, n)` adjacency the action discoverer decides under mask `m (b, n)`, as a
+        broadcastable weight: the incoming edges of intervened nodes (columns), or their outgoing edges (rows)
+        with ``intervention_edges="outgoing"``."""
+        return m[:, None, :] if self.config.intervention_edges == "incoming" else m[:, :, None]
+
     def blend_edges(self, C: torch.Tensor, C_action: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Edge probabilities `(b, n, n)` under mask `m (b, n)`: the action discoverer decides the incoming edges
-        of intervened nodes (columns), or their outgoing edges (rows) with ``intervention_edges="outgoing"``."""
-        blend = m[:, None, :] if self.config.intervention_edges == "incoming" else m[:, :, None]
-        return C + blend * (C_action - C)
+        """Edge probabilities `(b, n, n)` under mask `m (b, n)`: the action discoverer's where ``rewired``."""
+        return C + self.rewired(m) * (C_action - C)
 
     def forward(self, codes: torch.Tensor, action: torch.Tensor | None = None, *, sample: bool = True,
                 identity_graph: bool = False, copies: int = 1) -> TransitionOutput:
@@ -96,31 +100,36 @@ class CausalTransition(nn.Module):
         if identity_graph and action is None:
             return self._identity_pass(P)
         C = self.discoverers(P, 0)  # (b, n, n)
+        terms = self.gat1.project(P)  # first-layer node terms: the same for every graph over these nodes
         if copies > 1:
             if self.training and self.dropout.p > 0:
                 raise ValueError("copies > 1 shares one dropout draw between copies: use it in eval mode")
             X, P, C = (t.repeat_interleave(copies, 0) for t in (X, P, C))  # (b·copies, ...)
+            terms = terms.repeat_interleave(copies)
         b, n = X.shape[:2]
         if action is None:
             p = m = torch.zeros(b, n, device=codes.device)
         else:
             p = self.intervention_probs(X, action)
             m = bernoulli_st(p, sample)  # (b, n)
-            C = self.blend_edges(C, self.discoverers(P, action + 1), m)  # (b, n, n)
+            # Without gradients only the rewired entries of the action discoverer are scored (exact: the blend
+            # ignores the rest); training needs them all, for the straight-through gradient of m.
+            pairs = None if torch.is_grad_enabled() else self.rewired(m) > 0
+            C = self.blend_edges(C, self.discoverers(P, action + 1, pairs=pairs), m)  # (b, n, n)
         if identity_graph:
             graph = torch.eye(n, device=codes.device).expand(b, n, n)
         else:
             graph = bernoulli_st(C, sample)
         W = C * graph  # weighted graph; edges where graph = 1
-        feats, W_all, edges = P, W, graph.detach() > 0
+        W_all, edges = W, graph.detach() > 0
         if self.action_embedding is not None and action is not None:
             # append the action node (index n): it sends an edge of weight m_i to every intervened node i
             a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).float())  # (b, v)
-            feats = torch.cat([P, a_node[:, None]], 1)  # (b, n + 1, v)
+            terms = terms.cat(self.gat1.project(a_node[:, None]))  # node features (b, n + 1, v)
             W_all = F.pad(W, (0, 1, 0, 1))  # (b, n + 1, n + 1)
             W_all = torch.cat([W_all[:, :n], F.pad(m, (0, 1))[:, None]], 1)
             edges = W_all.detach() > 0
-        hidden = F.leaky_relu(self.gat1(feats, W_all, edges))  # (b, n(+1), (A + 1)·G)
+        hidden = F.leaky_relu(self.gat1(terms, W_all, edges))  # (b, n(+1), (A + 1)·G)
         heads = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
         if action is not None:
             heads = torch.cat([heads, action[:, None] + 1], 1)  # (b, 2): "unchanged" and "intervened by a"

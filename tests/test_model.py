@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from causalvq.config import ModelConfig
-from causalvq.graph import DenseGATv2, GraphDiscoverers, bernoulli_st
+from causalvq.graph import DenseGATv2, GraphDiscoverers, bernoulli_st, grouped_linear
 from causalvq.model import CausalVQ
 from causalvq.pairwise import pairwise_score, pairwise_score_reference
 
@@ -132,6 +132,20 @@ def test_factorised_discoverer_equals_naive_concatenated_mlp() -> None:
         assert torch.allclose(fast[s], mlp(pairs)[..., 0], atol=1e-12)
 
 
+def test_grouped_linear_equals_per_sample_gathered_weights() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(4, 3, 5, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(4, 3, dtype=torch.double, requires_grad=True)
+    x = torch.randn(6, 2, 5, dtype=torch.double, requires_grad=True)
+    for index in (torch.tensor([2, 0, 3, 2, 0, 1]), torch.full((6,), 3)):
+        out = grouped_linear(x, weight, bias, index)
+        ref = torch.einsum("bni,boi->bno", x, weight[index]) + bias[index][:, None]
+        assert torch.allclose(out, ref, atol=1e-12)
+        grads = torch.autograd.grad(out.square().sum(), (x, weight, bias))
+        ref_grads = torch.autograd.grad(ref.square().sum(), (x, weight, bias))
+        assert all(torch.allclose(g, r, atol=1e-12) for g, r in zip(grads, ref_grads))
+
+
 def test_pairwise_score_gradients_match_reference() -> None:
     torch.manual_seed(0)
     args = [torch.randn(2, 5, 3, 4, dtype=torch.double, requires_grad=True),
@@ -181,6 +195,8 @@ def test_dense_gatv2_matches_per_edge_reference(residual: bool) -> None:
     heads = torch.tensor([[1], [0]])
     subset = gat(x, weights, edges, heads=heads)
     assert torch.allclose(subset[0], dense[0, :, 3:]) and torch.allclose(subset[1], dense[1, :, :3])
+    pairs = gat(x, weights, edges, heads=torch.tensor([[0, 1], [0, 0]]))  # two heads per sample, one repeated
+    assert torch.allclose(pairs[0], dense[0]) and torch.allclose(pairs[1], dense[1, :, :3].repeat(1, 2))
 
 
 def test_identity_graph_fast_path_equals_dense_attention() -> None:
@@ -194,6 +210,18 @@ def test_identity_graph_fast_path_equals_dense_attention() -> None:
         heads = torch.tensor([[1], [0]])
         assert torch.allclose(gat(x, None, None, heads=heads), gat(x, torch.zeros(2, 6, 6, dtype=torch.double),
                                                                     no_edges, heads=heads), atol=1e-12)
+
+
+def test_eval_pass_without_gradients_equals_pass_with_gradients(model: CausalVQ) -> None:
+    """Without gradients the action discoverer scores only the rewired entries: the same numbers."""
+    codes = torch.randint(0, model.config.codebook_size, (B, model.config.num_nodes))
+    action = torch.tensor([0, 2, 5])
+    with torch.no_grad():
+        skipped = model.transition(codes, action, sample=False)
+    full = model.transition(codes, action, sample=False)
+    assert torch.equal(skipped.mask, full.mask)
+    assert torch.allclose(skipped.edge_probs, full.edge_probs, atol=1e-7)
+    assert torch.allclose(skipped.probs, full.probs, atol=1e-6)
 
 
 def test_batched_retrieval_equals_per_action_loop(model: CausalVQ, images: torch.Tensor) -> None:

@@ -5,7 +5,10 @@
 // One pass over (i, j, h) with the g loop innermost and vectorised: the pairwise block never leaves registers.
 // The backward pass recomputes the pre-activation and skips (i, j, h) whose incoming gradient is zero (masked
 // attention logits, rows of an unused discoverer), so sparse graphs are cheaper to train on.
-// Inputs are contiguous; a, e are expanded to (b, h, g) by the caller; w, e may be empty tensors.
+// Inputs are contiguous; a, e are expanded to (b, h, g) by the caller; w, e may be empty tensors. An optional
+// bool mask (b, i, j) skips the pairs it marks false in the forward pass (their output is 0; the caller fills
+// them): attention logits off the sampled graph are never computed. Scores and their gradients are laid out
+// (b, h, i, j), so that the attention softmax over sources j runs on contiguous rows.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -19,11 +22,15 @@ inline T leaky(T p, T slope) { return p > T(0) ? p : slope * p; }
 // compiler must assume a store through dx/dy may change `slope` or a size and reloads them, and the g loop
 // runs ~30x slower.
 template <typename T>
-void forward_rows(const T* X, const T* Y, const T* a, const T* w, const T* e, T* out, int64_t begin, int64_t end,
-                  int64_t N, int64_t M, int64_t H, int64_t G, T slope) {
+void forward_rows(const T* X, const T* Y, const T* a, const T* w, const T* e, const bool* mask, T* out,
+                  int64_t begin, int64_t end, int64_t N, int64_t M, int64_t H, int64_t G, T slope) {
   for (int64_t bi_i = begin; bi_i < end; ++bi_i) {
-    const int64_t bi = bi_i / N;
+    const int64_t bi = bi_i / N, i = bi_i % N;
     for (int64_t j = 0; j < M; ++j) {
+      if (mask && !mask[bi_i * M + j]) {
+        for (int64_t h = 0; h < H; ++h) out[((bi * H + h) * N + i) * M + j] = T(0);
+        continue;
+      }
       const T wij = w ? w[bi_i * M + j] : T(0);
       for (int64_t h = 0; h < H; ++h) {
         const T* __restrict__ x = X + (bi_i * H + h) * G;
@@ -38,7 +45,7 @@ void forward_rows(const T* X, const T* Y, const T* a, const T* w, const T* e, T*
 #pragma omp simd reduction(+ : acc)
           for (int64_t g = 0; g < G; ++g) acc += av[g] * leaky(x[g] + y[g], slope);
         }
-        out[(bi_i * M + j) * H + h] = acc;
+        out[((bi * H + h) * N + i) * M + j] = acc;
       }
     }
   }
@@ -55,7 +62,7 @@ void backward_samples(const T* grad, const T* X, const T* Y, const T* a, const T
         const T wij = w ? w[bi_i * M + j] : T(0);
         T dwij = 0;
         for (int64_t h = 0; h < H; ++h) {
-          const T gv = grad[(bi_i * M + j) * H + h];
+          const T gv = grad[((bi * H + h) * N + i) * M + j];
           if (gv == T(0)) continue;  // masked logits and unused rows carry no gradient
           const T* __restrict__ x = X + (bi_i * H + h) * G;
           const T* __restrict__ y = Y + ((bi * M + j) * H + h) * G;
@@ -98,10 +105,10 @@ void backward_samples(const T* grad, const T* X, const T* Y, const T* a, const T
 }
 
 template <typename T>
-void forward_impl(const T* X, const T* Y, const T* a, const T* w, const T* e, T* out, int64_t B, int64_t N,
-                  int64_t M, int64_t H, int64_t G, T slope) {
+void forward_impl(const T* X, const T* Y, const T* a, const T* w, const T* e, const bool* mask, T* out, int64_t B,
+                  int64_t N, int64_t M, int64_t H, int64_t G, T slope) {
   at::parallel_for(0, B * N, 1, [=](int64_t begin, int64_t end) {
-    forward_rows<T>(X, Y, a, w, e, out, begin, end, N, M, H, G, slope);
+    forward_rows<T>(X, Y, a, w, e, mask, out, begin, end, N, M, H, G, slope);
   });
 }
 
@@ -115,14 +122,17 @@ void backward_impl(const T* grad, const T* X, const T* Y, const T* a, const T* w
 }
 
 torch::Tensor pairwise_forward(torch::Tensor X, torch::Tensor Y, torch::Tensor a, torch::Tensor w, torch::Tensor e,
-                               double slope) {
+                               torch::Tensor mask, double slope) {
   const int64_t B = X.size(0), N = X.size(1), H = X.size(2), G = X.size(3), M = Y.size(1);
-  auto out = torch::empty({B, N, M, H}, X.options());
+  auto out = torch::empty({B, H, N, M}, X.options());  // heads outermost: softmax over j reads contiguous rows
   const bool has_w = w.numel() > 0;
+  TORCH_CHECK(mask.numel() == 0 || (mask.scalar_type() == torch::kBool && mask.numel() == B * N * M),
+              "pairwise_forward: mask must be an empty tensor or a bool (b, n, m) tensor");
+  const bool* mask_ptr = mask.numel() > 0 ? mask.data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "pairwise_forward", [&] {
     forward_impl<scalar_t>(X.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
                            has_w ? w.data_ptr<scalar_t>() : nullptr, has_w ? e.data_ptr<scalar_t>() : nullptr,
-                           out.data_ptr<scalar_t>(), B, N, M, H, G, static_cast<scalar_t>(slope));
+                           mask_ptr, out.data_ptr<scalar_t>(), B, N, M, H, G, static_cast<scalar_t>(slope));
   });
   return out;
 }
