@@ -59,6 +59,8 @@ class ModelConfig:
     dropout_on_codes: bool = False  # B8: official drops out one-hot codes too, not only the encoding
     retrieval_score: Literal["sum", "mean"] = "mean"  # B6b: node CE averaged over nodes (official); "sum" opt-in
     graph_residual: bool = True  # B17: GATv2 layers add a root projection of the node itself; official: none
+    unit_positional: bool = True  # B18: each node's positional encoding has norm 1, like its one-hot code;
+    #                               official: the raw sinusoidal encoding, norm √(N/2), which drowns the code
 
     # --- derived sizes ---
     @property
@@ -163,7 +165,7 @@ class ModelConfig:
         return cls(image_size=64, hidden_dims=(64, 128, 256), num_residual=6, embedding_dim=128,
                    num_codebooks=1, codebook_size=64, beta=0.1, discoverer_width=800, graph_width=100,
                    overlapping_slices=True, intervention_edges="outgoing", action_node=False,
-                   dropout_on_codes=True, retrieval_score="mean", graph_residual=False)
+                   dropout_on_codes=True, retrieval_score="mean", graph_residual=False, unit_positional=False)
 
     @classmethod
     def small(cls, **changes: Any) -> ModelConfig:

@@ -5,7 +5,8 @@ Axes: ``b`` batch, ``n`` nodes (L = K·h·w), ``v`` codebook size N, ``a`` actio
 The whole layer (shared/paper.md §5.7), with m the intervention mask and C the edge probabilities:
 
     X  = onehot(codes)                                  (b, n, v)
-    P  = X + drop(PE)            [official: drop(X + PE), switch dropout_on_codes]
+    P  = X + drop(PE)            [official: drop(X + PE), switch dropout_on_codes]; PE rows of norm 1
+                                 [official: √(N/2), switch unit_positional]
     m  = BernoulliST(p(a, drop(PE), X))                 (b, n)      0 without an action
     C  = (1 − m)·f_0(P_i, P_j) + m·f_{a+1}(P_i, P_j)    (b, n, n)   blended over the intervened node's
                                                                     incoming edges [official: outgoing]
@@ -50,7 +51,10 @@ class CausalTransition(nn.Module):
         super().__init__()
         self.config = config
         n, v, a = config.num_nodes, config.codebook_size, config.num_actions
-        self.register_buffer("pe", sinusoidal_encoding(n, v), persistent=False)  # (n, v)
+        pe = sinusoidal_encoding(n, v)  # (n, v), rows of norm √(v/2)
+        if config.unit_positional:  # B18: as large as the one-hot code it is added to, so it does not drown it
+            pe = pe / pe.norm(dim=-1, keepdim=True)
+        self.register_buffer("pe", pe, persistent=False)
         self.dropout = nn.Dropout(config.positional_dropout)
         self.mask_net = nn.Linear(a + v, v)
         self.discoverers = GraphDiscoverers(a + 1, v, config.discoverer_width)

@@ -22,7 +22,8 @@ def model(request) -> CausalVQ:
     torch.manual_seed(0)
     if request.param == "faithful":
         cfg = ModelConfig.tiny(overlapping_slices=True, intervention_edges="outgoing", action_node=False,
-                               dropout_on_codes=True, retrieval_score="mean", graph_residual=False)
+                               dropout_on_codes=True, retrieval_score="mean", graph_residual=False,
+                               unit_positional=False)
     else:
         cfg = ModelConfig.tiny(retrieval_score="sum")
     return CausalVQ(cfg).eval()
@@ -212,6 +213,17 @@ def test_identity_graph_fast_path_equals_dense_attention() -> None:
                                                                     no_edges, heads=heads), atol=1e-12)
 
 
+def test_positional_encoding_scale() -> None:
+    """B18: unit-norm encoding rows by default; the official raw sinusoidal rows have norm √(N/2)."""
+    from causalvq.transition import CausalTransition
+
+    cfg = ModelConfig.tiny(codebook_size=16)
+    assert torch.allclose(CausalTransition(cfg).pe.norm(dim=-1), torch.ones(cfg.num_nodes))
+    raw = CausalTransition(cfg.replace(unit_positional=False)).pe
+    assert torch.allclose(raw.norm(dim=-1), torch.full((cfg.num_nodes,), (16 / 2) ** 0.5))
+    assert not ModelConfig.paper_shapes3d().unit_positional
+
+
 def test_eval_pass_without_gradients_equals_pass_with_gradients(model: CausalVQ) -> None:
     """Without gradients the action discoverer scores only the rewired entries: the same numbers."""
     codes = torch.randint(0, model.config.codebook_size, (B, model.config.num_nodes))
@@ -319,4 +331,4 @@ def test_golden_slice() -> None:
     assert got == pytest.approx(GOLDEN, abs=1e-4), got
 
 
-GOLDEN = [0.52459, 0.52842, 0.52753, 0.5284, 0.08792, 0.06371, 0.16542, 0.36496]
+GOLDEN = [0.52459, 0.52842, 0.52753, 0.5284, 0.09665, 0.07263, 0.14355, 0.26368]
