@@ -97,8 +97,9 @@ class CausalTransition(nn.Module):
             identity_graph: replace the sampled graph by the identity (each node sees only itself). Without an
                 action this skips the discoverers and the attention (exact: the only in-edge is the self-loop).
             copies: each grid of ``codes`` stands for ``copies`` consecutive rows of ``action`` (retrieval: all A
-                actions of one pair). Node features and the no-action graph are computed once per grid; exact in
-                eval mode only, where dropout does not differ between copies.
+                actions of one pair). Node features, the no-action graph and the first graph layer's node
+                projections are computed once per grid; exact in eval mode only, where dropout does not differ
+                between copies.
         """
         X, P = self.node_features(codes)
         if identity_graph and action is None:
