@@ -419,8 +419,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
     # delete_cache: output images older than an hour are removed every hour (gradio keeps them all otherwise).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\nA multi-codebook VQ-VAE whose code indices are the nodes of a learned causal "
-                    "graph (CT-VAE, IJCAI 2023). Actions move one factor one step; they intervene on a few nodes "
-                    "and the graph propagates the change. See docs/app.md.")
+                    "graph (CT-VAE, IJCAI 2023). Actions move one factor one step: the model chooses the nodes each "
+                    "action intervenes on and the graph propagates the change. See docs/app.md.")
         session = gr.State(h.new_session())
         with gr.Row(equal_height=True):
             info = gr.Markdown(describe(explorer, notice))
