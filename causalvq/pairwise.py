@@ -88,9 +88,10 @@ class _PairwiseScore(torch.autograd.Function):
     def forward(ctx, X, Y, a, w, e, slope: float, mask=None):  # noqa: D102 (see pairwise_score)
         ctx.save_for_backward(X, Y, a, w, e)
         ctx.slope = slope
+        # The kernel lays scores out (b, h, n, m), returned as a (b, n, m, h) view: a softmax over m reads
+        # contiguous rows.
         if _KERNEL is not None and X.device.type == "cpu":  # skips the pairs off the mask (the caller fills them)
             skip = X.new_empty(0, dtype=torch.bool) if mask is None else mask.expand(X.shape[0], -1, -1).contiguous()
-            # laid out (b, h, n, m): a permuted view, so that a softmax over m reads contiguous rows
             return _KERNEL.forward(*_kernel_args(X, Y, a, w, e), skip, slope).permute(0, 2, 3, 1)
         b, n, h, g = X.shape
         m = Y.shape[1]
@@ -115,6 +116,7 @@ class _PairwiseScore(torch.autograd.Function):
             elif e.shape[0] == 1:
                 de = de.sum(0, keepdim=True)
             return dX, dY, da, dw, de, None, None
+        grad = grad.contiguous()  # (b, n, m, h): the blocks below slice rows of it
         b, n, h, g = X.shape
         m = Y.shape[1]
         ab = a.expand(b, h, g)
