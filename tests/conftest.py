@@ -11,3 +11,14 @@ os.environ.setdefault("CAUSALVQ_FUSED_KERNEL", "0")  # the torch path, unless a 
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def pairwise_args() -> list[torch.Tensor]:
+    """Seeded double inputs of ``pairwise_score`` with an edge feature: X, Y, a, w, e (b 2, n 5, m 6, h 3, g 4)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 5, 3, 4), (2, 6, 3, 4), (1, 3, 4), (2, 5, 6), (3, 4)]
+    return [torch.randn(*s, dtype=torch.double, generator=gen).requires_grad_() for s in shapes]

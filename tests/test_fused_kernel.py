@@ -40,14 +40,10 @@ def test_fused_kernel_gradcheck(fused, shape) -> None:
     assert torch.allclose(pairwise.pairwise_score(*args, slope=0.2), expected)
 
 
-def test_fused_kernel_masked_pairs(fused) -> None:
+def test_fused_kernel_masked_pairs(fused, pairwise_args) -> None:
     """Pairs off the mask are filled (not computed); the rest and every gradient equal the unmasked score's."""
     torch.manual_seed(0)
-    args = [torch.randn(2, 5, 3, 4, dtype=torch.double, requires_grad=True),
-            torch.randn(2, 6, 3, 4, dtype=torch.double, requires_grad=True),
-            torch.randn(1, 3, 4, dtype=torch.double, requires_grad=True),
-            torch.randn(2, 5, 6, dtype=torch.double, requires_grad=True),
-            torch.randn(3, 4, dtype=torch.double, requires_grad=True)]
+    args = pairwise_args
     mask = torch.rand(2, 5, 6) > 0.4
     full = pairwise.pairwise_score_reference(*args, slope=0.2)
     out = pairwise.pairwise_score(*args, slope=0.2, mask=mask, fill=-7.0)

@@ -147,13 +147,8 @@ def test_grouped_linear_equals_per_sample_gathered_weights() -> None:
         assert all(torch.allclose(g, r, atol=1e-12) for g, r in zip(grads, ref_grads))
 
 
-def test_pairwise_score_gradients_match_reference() -> None:
-    torch.manual_seed(0)
-    args = [torch.randn(2, 5, 3, 4, dtype=torch.double, requires_grad=True),
-            torch.randn(2, 6, 3, 4, dtype=torch.double, requires_grad=True),
-            torch.randn(1, 3, 4, dtype=torch.double, requires_grad=True),
-            torch.randn(2, 5, 6, dtype=torch.double, requires_grad=True),
-            torch.randn(3, 4, dtype=torch.double, requires_grad=True)]
+def test_pairwise_score_gradients_match_reference(pairwise_args) -> None:
+    args = pairwise_args
     assert torch.autograd.gradcheck(lambda *a: pairwise_score(*a, slope=0.2), args)
     out, ref = pairwise_score(*args, slope=0.2), pairwise_score_reference(*args, slope=0.2)
     assert torch.allclose(out, ref)
