@@ -61,6 +61,13 @@ class TrainState:
 
 
 # --- atomic files ---
+def write_error(path: str | os.PathLike, err: Exception) -> OSError:
+    """The error of a failed write, naming the file: "[Errno 28] No space left on device" alone does not."""
+    errno = getattr(err, "errno", None)
+    message = f"cannot write {path}: {getattr(err, 'strerror', None) or err}"
+    return OSError(errno, message) if errno is not None else OSError(message)
+
+
 def _kill_phase(path: Path) -> str | None:
     """The phase at which this write kills the process (``$CAUSALVQ_TEST_KILL_AT``, tests only), else ``None``."""
     target = os.environ.get(ENV_KILL_AT)
@@ -93,7 +100,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             stale.unlink(missing_ok=True)  # per file: rank 0); in a release folder it would be uploaded
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+        raise write_error(path, err) from err
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
@@ -108,8 +115,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):  # "[Errno 28] No space left on device" alone does not say which file
-            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+        if isinstance(err, OSError):
+            raise write_error(path, err) from err
         raise
     _kill_if("renamed", kill_at)
     fsync_dir(path.parent)

@@ -20,7 +20,7 @@ import torch
 
 from causalvq import losses
 from causalvq.data import FactorDataset
-from causalvq.metrics.evaluation import format_value
+from causalvq.metrics.evaluation import format_value, metric_table
 from causalvq.model import CausalVQ
 from train.checkpoint import atomic_write_text
 from train.data import images_of, make_sampler
@@ -116,9 +116,7 @@ def markdown_table(report: Any) -> str:
     """The report's scalar metrics as a Markdown table (for the model card)."""
     rows = report.rows() if hasattr(report, "rows") else None
     if rows is not None:
-        lines = ["| metric | value | chance | samples |", "|---|---|---|---|"]
-        chance = lambda r: "" if r.chance is None else format_value(r.chance)  # noqa: E731
-        lines += [f"| {r.name} | {format_value(r.value)} | {chance(r)} | {r.samples} |" for r in rows]
+        lines = metric_table(rows)
     else:
         lines = ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {format_value(v)} |" for k, v in report.metrics().items()]

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from train.checkpoint import atomic_write_text
+from train.checkpoint import atomic_write_text, write_error
 
 NOT_PLOTTED = frozenset({"stage", "step", "lr", "images_per_s", "time_s", "data_digests", "event"})
 
@@ -54,7 +54,7 @@ class MetricsLog:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record, allow_nan=True) + "\n")
         except OSError as err:  # a full disk: name the file (a torn last line is skipped by ``records``)
-            raise OSError(err.errno, f"cannot write {self.path}: {err.strerror or err}") from err
+            raise write_error(self.path, err) from err
 
 
 class WindowMeans:

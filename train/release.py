@@ -15,7 +15,7 @@ from huggingface_hub import HfApi, ModelCardData
 from safetensors import SafetensorError
 
 from causalvq.model import CausalVQ
-from train.checkpoint import atomic_write_text
+from train.checkpoint import atomic_write_text, write_error
 from train.recipes import Recipe
 
 TAGS = ["causalvq", "ct-vae", "vq-vae", "causal-representation-learning", "disentanglement"]
@@ -68,7 +68,7 @@ def write_release(model: CausalVQ, folder: str | Path, recipe: Recipe, stage: in
     try:
         model.save_pretrained(folder)
     except SafetensorError as err:  # safetensors reports a failed write (a full disk) as its own type
-        raise OSError(f"cannot write {folder / 'model.safetensors'}: {err}") from err
+        raise write_error(folder / "model.safetensors", err) from err
     atomic_write_text(folder / "recipe.toml", recipe.to_toml())
     atomic_write_text(folder / "README.md", model_card(model, recipe, stage, evaluation))
     return folder

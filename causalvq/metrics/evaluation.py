@@ -43,7 +43,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,14 +585,18 @@ def format_value(value: float | None) -> str:
     return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
 
 
+def metric_table(rows: Sequence[MetricRow]) -> list[str]:
+    """Markdown table lines: metric, value, chance level (blank where none applies), sample count."""
+    chance = lambda r: "" if r.chance is None else format_value(r.chance)  # noqa: E731
+    return ["| metric | value | chance | samples |", "|---|---|---|---|",
+            *(f"| {r.name} | {format_value(r.value)} | {chance(r)} | {r.samples} |" for r in rows)]
+
+
 def format_markdown(report: EvalReport) -> str:
     """The report as Markdown: a table with one row per metric (``EvalReport.rows``: value, chance level where
     one applies, sample count), then the protocol notes."""
     p = report.protocol
-    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "",
-             "| metric | value | chance | samples |", "|---|---|---|---|"]
-    chance = lambda r: "" if r.chance is None else format_value(r.chance)  # noqa: E731
-    lines += [f"| {r.name} | {format_value(r.value)} | {chance(r)} | {r.samples} |" for r in report.rows()]
+    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "", *metric_table(report.rows())]
     lines += ["", "## Protocol", "",
               f"- split `{report.split}` of the factor grid (split seed {p['split_seed']}, fractions "
               f"{p['split_fractions']}); draw seed {report.seed}; images rendered from their factors and resized to "
