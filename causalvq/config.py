@@ -61,6 +61,9 @@ class ModelConfig:
     graph_residual: bool = True  # B17: GATv2 layers add a root projection of the node itself; official: none
     unit_positional: bool = True  # B18: each node's positional encoding has norm 1, like its one-hot code;
     #                               official: the raw sinusoidal encoding, norm √(N/2), which drowns the code
+    gated_attention: bool = False  # B19, opt-in: the sampled graph gates the attention, so the straight-through
+    #                                gradient reaches edges that were not drawn; official: the graph only lists the
+    #                                edges, and an edge that was not drawn gets no gradient from the transition loss
 
     # --- derived sizes ---
     @property

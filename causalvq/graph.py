@@ -123,6 +123,28 @@ class GraphDiscoverers(nn.Module):
         return torch.sigmoid(score[..., 0] + b2[:, None, None])
 
 
+def gated_softmax(logits: torch.Tensor, edges: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Attention over the drawn edges, differentiable in the graph: α_ij = g_ij·exp(s_ij) / Σ_k g_ik·exp(s_ik).
+
+    Args:
+        logits: `(b, h, t, s)` attention logits of every (target, source) pair.
+        edges: bool `(b, t, s)`, the drawn edges plus the self-loops (which are always present).
+        gate: `(b, t, s)` the sampled graph, hard 0/1 with a straight-through gradient.
+
+    The value is the softmax of ``logits`` over ``edges`` (the masked softmax) up to float rounding. Its gradient
+    with respect to ``gate`` is that of the relaxed attention at g, for absent edges too: "would drawing edge
+    j → i move i's output towards what the loss wants". The masked softmax gives no gradient to an absent edge,
+    so the discoverers would learn only from the edges they happened to draw.
+    """
+    eye = torch.eye(edges.shape[-1], dtype=torch.bool, device=edges.device)
+    g = torch.where(eye, torch.ones_like(gate), gate)  # self-loops: always drawn, no gradient
+    g = torch.where(edges, g, g - g.detach())[:, None]  # value 0 off the edges, gradient kept: (b, 1, t, s)
+    shift = logits.detach().masked_fill(~edges[:, None], float("-inf")).amax(-1, keepdim=True)  # over the edges
+    # drawn edges have logits - shift <= 0; the bound only keeps an absent edge's (gradient-only) term finite
+    weights = g * torch.exp((logits - shift).clamp(max=30.0))
+    return weights / weights.sum(-1, keepdim=True)
+
+
 class NodeTerms(NamedTuple):
     """Per-node projections of one GATv2 layer, `(b, n, heads, c)` each."""
 
@@ -184,7 +206,7 @@ class DenseGATv2(nn.Module):
                          project(self.lin_root) if self.lin_root is not None else None)
 
     def forward(self, x: torch.Tensor | NodeTerms, weights: torch.Tensor | None, edges: torch.Tensor | None,
-                heads: torch.Tensor | None = None) -> torch.Tensor:
+                heads: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
         """Propagate node features over a weighted graph.
 
         Args:
@@ -193,6 +215,9 @@ class DenseGATv2(nn.Module):
             edges: `(b, n, n)` bool, which entries are edges (the diagonal is ignored); None for the identity graph,
                 where each node's only in-edge is its self-loop (attention 1: no pairwise scores needed).
             heads: optional long `(b, k)`: compute only these heads per sample (exact: heads are independent).
+            gate: optional `(b, n, n)` sampled graph with a straight-through gradient (hard 0/1 values). The
+                attention becomes α_ij ∝ gate_ji·exp(s_ij) over every pair: the same values as the masked
+                softmax, but the gradient reaches the edges that were not drawn (B19 in docs/fidelity.md).
 
         Returns:
             `(b, n, k·out)` (all heads when ``heads`` is None), heads concatenated.
@@ -216,9 +241,13 @@ class DenseGATv2(nn.Module):
         w = torch.where(eye, torch.diag_embed(loop_w), w)
         edges = edges | eye
         # attention of target i over source j: logits use the weight of edge j → i
-        logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2,
-                                mask=edges.transpose(1, 2))  # (b, n_tgt, n_src, h), -inf off the graph
-        alpha = logits.permute(0, 3, 1, 2).softmax(dim=-1)  # (b, h, n_tgt, n_src); contiguous from the kernel
+        if gate is None:
+            logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2,
+                                    mask=edges.transpose(1, 2))  # (b, n_tgt, n_src, h), -inf off the graph
+            alpha = logits.permute(0, 3, 1, 2).softmax(dim=-1)  # (b, h, n_tgt, n_src); contiguous from the kernel
+        else:
+            logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2)  # every pair
+            alpha = gated_softmax(logits.permute(0, 3, 1, 2), edges.transpose(1, 2), gate.transpose(1, 2))
         out = (alpha @ xs.transpose(1, 2)).add_(bias[:, :, None])  # (b, h, n, c)
         out = out.transpose(1, 2) if root is None else root + out.transpose(1, 2)  # (b, n, h, c)
         return rearrange(out, "b n h c -> b n (h c)")

@@ -11,7 +11,9 @@ The whole layer (shared/paper.md §5.7), with m the intervention mask and C the 
     C  = (1 − m)·f_0(P_i, P_j) + m·f_{a+1}(P_i, P_j)    (b, n, n)   blended over the intervened node's
                                                                     incoming edges [official: outgoing]
     Gr = BernoulliST(C);  W = C ⊙ Gr
-    H  = GATv2_2(LeakyReLU(GATv2_1(P, W)), W)           (b, n, (A + 1)·v)
+    H  = GATv2_2(LeakyReLU(GATv2_1(P, W)), W)           (b, n, (A + 1)·v)   attention over the edges of Gr
+                                 [opt-in gated_attention: α ∝ Gr·exp(s) over all pairs, the same values, but
+                                 the straight-through gradient also reaches the edges that were not drawn]
     ŷ  = softmax((1 − m)·H[head 0] + m·H[head a + 1])   (b, n, v)
 
 With ``action_node`` an extra node carrying Linear(a) sends an edge to every intervened node [official: the
@@ -126,19 +128,21 @@ class CausalTransition(nn.Module):
         else:
             graph = bernoulli_st(C, sample)
         W = C * graph  # weighted graph; edges where graph = 1
-        W_all, edges = W, graph.detach() > 0
+        W_all, edges, gate = W, graph.detach() > 0, graph
         if self.action_embedding is not None and action is not None:
             # append the action node (index n): it sends an edge of weight m_i to every intervened node i
             a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).float())  # (b, v)
             terms = terms.cat(self.gat1.project(a_node[:, None]))  # node features (b, n + 1, v)
-            W_all = F.pad(W, (0, 1, 0, 1))  # (b, n + 1, n + 1)
-            W_all = torch.cat([W_all[:, :n], F.pad(m, (0, 1))[:, None]], 1)
+            append = lambda t: torch.cat([F.pad(t, (0, 1, 0, 1))[:, :n], F.pad(m, (0, 1))[:, None]], 1)  # noqa: E731
+            W_all, gate = append(W), append(graph)  # (b, n + 1, n + 1)
             edges = W_all.detach() > 0
-        hidden = F.leaky_relu(self.gat1(terms, W_all, edges))  # (b, n(+1), (A + 1)·G)
+        # B19: with gradients, the sampled graph gates the attention, so edges that were not drawn learn too
+        gate = gate if self.config.gated_attention and torch.is_grad_enabled() else None
+        hidden = F.leaky_relu(self.gat1(terms, W_all, edges, gate=gate))  # (b, n(+1), (A + 1)·G)
         heads = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
         if action is not None:
             heads = torch.cat([heads, action[:, None] + 1], 1)  # (b, 2): "unchanged" and "intervened by a"
-        out = self.gat2(hidden, W_all, edges, heads=heads)[:, :n]  # (b, n, k·v)
+        out = self.gat2(hidden, W_all, edges, heads=heads, gate=gate)[:, :n]  # (b, n, k·v)
         out = out.unflatten(-1, (heads.shape[1], self.config.codebook_size))  # (b, n, k, v)
         logits = out[:, :, 0] if action is None else out[:, :, 0] + m[..., None] * (out[:, :, 1] - out[:, :, 0])
         return TransitionOutput(probs=logits.softmax(-1), mask=m, mask_probs=p, edge_probs=C, graph=graph,

@@ -20,6 +20,7 @@ from causalvq.data.pairs import TransitionSampler
 from causalvq.metrics.evaluation import (
     DisentanglementSizes,
     EvalReport,
+    evaluate_codes,
     evaluate_intervention,
     evaluate_model,
     fold_directions,
@@ -202,6 +203,35 @@ def test_random_scores_near_chance(model, dataset, monkeypatch):
     assert abs(r.factor_accuracy - 1 / 3) < 0.08
     for k in report.intervention:
         assert abs(k.accuracy - k.chance) < 0.07, k  # hit rate of a uniformly drawn candidate
+
+
+@pytest.mark.parametrize("kind", ["oracle", "copy"])
+def test_code_accuracy_meaning(model, dataset, monkeypatch, kind):
+    """A transition that outputs y's codes scores 1 on changed and kept nodes; one that copies x's codes scores 0 on
+    the changed nodes and 1 on the others. Graph sizes count off-diagonal edges per node."""
+    from causalvq.transition import TransitionOutput
+
+    x_factors, y_factors, actions = TransitionSampler(dataset, "test").sample_pairs(64, np.random.default_rng(0))
+    model.eval()
+    with torch.no_grad():
+        nodes_y = model.flatten_codes(model.encode_codes(render_images(dataset, y_factors, S)))
+    n, v = model.config.num_nodes, model.config.codebook_size
+
+    def transition(nodes, action=None, sample=True):
+        target = nodes if action is None or kind == "copy" else nodes_y
+        b = len(nodes)
+        graph = torch.ones(b, n, n) if action is not None else torch.eye(n).expand(b, n, n)
+        probs = torch.nn.functional.one_hot(target, v).float()
+        return TransitionOutput(probs=probs, mask=torch.ones(b, n), mask_probs=torch.ones(b, n), edge_probs=graph,
+                                graph=graph, head_logits=probs[:, :, None])
+
+    monkeypatch.setattr(model.transition, "forward", transition)
+    r = evaluate_codes(model, dataset, x_factors, y_factors, actions, batch_size=64)
+    assert r.num_pairs == 64 and sum(r.per_factor_changed_nodes.values()) > 0  # some codes do change
+    assert r.unchanged_accuracy == 1.0
+    assert r.changed_accuracy == (1.0 if kind == "oracle" else 0.0)
+    assert all(a in (None, r.changed_accuracy) for a in r.per_factor_changed_accuracy.values())
+    assert r.mask_nodes == n and r.action_edges_per_node == n - 1 and r.no_action_edges_per_node == 0
 
 
 def test_untrained_model_runs_deterministically(model, dataset):

@@ -25,7 +25,7 @@ def model(request) -> CausalVQ:
                                dropout_on_codes=True, retrieval_score="mean", graph_residual=False,
                                unit_positional=False)
     else:
-        cfg = ModelConfig.tiny(retrieval_score="sum")
+        cfg = ModelConfig.tiny(retrieval_score="sum", gated_attention=True)
     return CausalVQ(cfg).eval()
 
 
@@ -206,6 +206,52 @@ def test_identity_graph_fast_path_equals_dense_attention() -> None:
         heads = torch.tensor([[1], [0]])
         assert torch.allclose(gat(x, None, None, heads=heads), gat(x, torch.zeros(2, 6, 6, dtype=torch.double),
                                                                     no_edges, heads=heads), atol=1e-12)
+
+
+def test_gated_attention_has_the_masked_values_and_the_relaxed_gradient() -> None:
+    """B19: the gated softmax equals the masked softmax in value; its gradient in the graph is the gradient of
+    the relaxed attention g·exp(s) / Σ g·exp(s) at the drawn graph, absent edges included."""
+    from causalvq.graph import gated_softmax
+
+    torch.manual_seed(0)
+    b, h, n = 2, 3, 5
+    logits = torch.randn(b, h, n, n, dtype=torch.double) * 3
+    graph = (torch.rand(b, n, n) > 0.6).double().requires_grad_(True)
+    edges = (graph.detach() > 0) | torch.eye(n, dtype=torch.bool)
+    gated = gated_softmax(logits, edges, graph)
+    assert torch.allclose(gated, logits.masked_fill(~edges[:, None], float("-inf")).softmax(-1), atol=1e-12)
+
+    def relaxed(g: torch.Tensor) -> torch.Tensor:  # the attention as a smooth function of the graph
+        g = torch.where(torch.eye(n, dtype=torch.bool), torch.ones_like(g), g)[:, None]
+        return g * logits.exp() / (g * logits.exp()).sum(-1, keepdim=True)
+
+    weight = torch.randn(b, h, n, n, dtype=torch.double)
+    (grad,) = torch.autograd.grad((gated * weight).sum(), graph)
+    (expected,) = torch.autograd.grad((relaxed(graph) * weight).sum(), graph)
+    assert torch.allclose(grad, expected, atol=1e-10)
+    absent = (graph.detach() == 0) & ~torch.eye(n, dtype=torch.bool)
+    assert absent.any() and (grad[absent] != 0).all()
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_gated_attention_switch_changes_gradients_only(gated: bool) -> None:
+    """The transition's outputs do not depend on the switch; only gated attention sends the transition loss's
+    gradient to edges that were not drawn (the official edge list gives them none)."""
+    from causalvq.transition import CausalTransition
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(gated_attention=gated)
+    layer = CausalTransition(cfg).eval()
+    codes, action = torch.randint(0, cfg.codebook_size, (B, cfg.num_nodes)), torch.tensor([0, 2, 5])
+    torch.manual_seed(1)
+    out = layer(codes, action, sample=True)
+    out.graph.retain_grad()
+    out.probs.log().sum().backward()
+    absent = out.graph == 0
+    assert absent.any() and bool((out.graph.grad[absent] != 0).any()) == gated
+    layer.config = cfg.replace(gated_attention=not gated)
+    torch.manual_seed(1)
+    assert torch.allclose(layer(codes, action, sample=True).probs, out.probs, atol=1e-6)
 
 
 def test_positional_encoding_scale() -> None:

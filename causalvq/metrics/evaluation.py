@@ -101,6 +101,24 @@ class InterventionResult:
 
 
 @dataclass(frozen=True)
+class CodeResult:
+    """The transition at the code level, on one-step pairs: which of y's codes it predicts, and the graph it uses.
+
+    A node is *changed* when the action changes its code (the codes of x and y differ there). Graph sizes count the
+    off-diagonal edges of the deterministic graph (edge probability > 0.5) per node.
+    """
+
+    changed_accuracy: float | None  # share of changed nodes given y's code exactly (None: no node changed)
+    unchanged_accuracy: float | None  # share of the other nodes given y's (= x's) code
+    per_factor_changed_accuracy: dict[str, float | None]  # over the pairs moving each factor
+    per_factor_changed_nodes: dict[str, float | None]  # mean changed nodes per pair
+    mask_nodes: float  # mean nodes in the intervention mask per pair
+    action_edges_per_node: float  # in-edges per node of the graph under the pair's action
+    no_action_edges_per_node: float  # in-edges per node of the no-action graph
+    num_pairs: int
+
+
+@dataclass(frozen=True)
 class DisentanglementResult:
     representation: str  # a key of REPRESENTATIONS
     description: str
@@ -147,6 +165,7 @@ class EvalReport:
     action_names: tuple[str, ...]
     reconstruction: ReconstructionResult
     retrieval: RetrievalResult
+    codes: CodeResult | None  # on the retrieval pairs (None in reports written before it existed)
     intervention: tuple[InterventionResult, ...]  # k = 1 .. max_steps
     disentanglement: tuple[DisentanglementResult, ...]  # empty when switched off
     protocol: dict[str, Any]  # split seed, sample sizes and switches
@@ -166,6 +185,7 @@ class EvalReport:
             factor_names=tuple(data["factor_names"]), action_names=tuple(data["action_names"]),
             reconstruction=ReconstructionResult(**data["reconstruction"]),
             retrieval=RetrievalResult(**retrieval),
+            codes=CodeResult(**data["codes"]) if data.get("codes") else None,
             intervention=tuple(InterventionResult(**i) for i in data["intervention"]),
             disentanglement=tuple(DisentanglementResult(**d) for d in data["disentanglement"]),
             protocol=dict(data["protocol"]), seconds=dict(data["seconds"]),
@@ -184,6 +204,17 @@ class EvalReport:
                               ret.action_chance, n),
                     MetricRow(f"retrieval.factor_accuracy.{name}", ret.per_factor_factor_accuracy[name],
                               ret.factor_chance, n)]
+        if (codes := self.codes) is not None:
+            n = codes.num_pairs
+            out += [MetricRow("codes.changed_accuracy", codes.changed_accuracy, None, n),
+                    MetricRow("codes.unchanged_accuracy", codes.unchanged_accuracy, None, n)]
+            out += [MetricRow(f"codes.changed_accuracy.{name}", codes.per_factor_changed_accuracy[name], None,
+                              ret.per_factor_pairs[name]) for name in self.factor_names]
+            out += [MetricRow(f"codes.changed_nodes.{name}", codes.per_factor_changed_nodes[name], None,
+                              ret.per_factor_pairs[name]) for name in self.factor_names]
+            out += [MetricRow("codes.mask_nodes", codes.mask_nodes, None, n),
+                    MetricRow("graph.edges_per_node.action", codes.action_edges_per_node, None, n),
+                    MetricRow("graph.edges_per_node.no_action", codes.no_action_edges_per_node, None, n)]
         for res in self.intervention:
             key = f"intervention.k{res.steps}"
             out += [MetricRow(f"{key}.accuracy", res.accuracy, res.chance, res.num_pairs),
@@ -394,6 +425,44 @@ def evaluate_retrieval(model: CausalVQ, dataset: FactorDataset, x_factors: np.nd
     return retrieval_result(probs, torch.as_tensor(actions, dtype=torch.long), tuple(dataset.factor_names))
 
 
+def evaluate_codes(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarray, y_factors: np.ndarray,
+                   actions: np.ndarray, batch_size: int = 64) -> CodeResult:
+    """Code-level accuracy of one-step transitions (x, a, y) given by factors `(b, f)` and actions `(b,)`, and the
+    size of the deterministic graphs the transition used."""
+    s, names = model.config.image_size, tuple(dataset.factor_names)
+    x, y = render_images(dataset, x_factors, s), render_images(dataset, y_factors, s)
+    act = torch.as_tensor(actions, dtype=torch.long)
+
+    def edges_per_node(graph: torch.Tensor) -> torch.Tensor:  # (b, n, n) → (b,), self-loops not counted
+        return (graph > 0.5).sum((1, 2)).sub((graph.diagonal(dim1=1, dim2=2) > 0.5).sum(1)) / graph.shape[1]
+
+    def one(xb: torch.Tensor, yb: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        nx, ny = model.flatten_codes(model.encode_codes(xb)), model.flatten_codes(model.encode_codes(yb))
+        out = model.transition(nx, ab, sample=False)
+        base = model.transition(nx, None, sample=False)
+        hit, changed = out.probs.argmax(-1) == ny, nx != ny  # (b, n)
+        return torch.stack([(hit & changed).sum(1), (hit & ~changed).sum(1), changed.sum(1), (~changed).sum(1),
+                            (out.mask > 0.5).sum(1), edges_per_node(out.graph), edges_per_node(base.graph)],
+                           1).float()  # (b, 7)
+
+    with inference_mode(model):
+        per_pair = _batched(one, x, y, act, batch_size=batch_size, device=model.device).double()  # (b, 7)
+    hit_changed, hit_kept, changed, kept, mask, action_edges, base_edges = per_pair.unbind(1)
+    ratio = lambda num, den: float(num.sum() / den.sum()) if den.sum() > 0 else None  # noqa: E731
+    factor = act % len(names)
+    return CodeResult(
+        changed_accuracy=ratio(hit_changed, changed),
+        unchanged_accuracy=ratio(hit_kept, kept),
+        per_factor_changed_accuracy={n: ratio(hit_changed[factor == f], changed[factor == f])
+                                     for f, n in enumerate(names)},
+        per_factor_changed_nodes=_group_mean(changed, factor, names),
+        mask_nodes=float(mask.mean()),
+        action_edges_per_node=float(action_edges.mean()),
+        no_action_edges_per_node=float(base_edges.mean()),
+        num_pairs=len(act),
+    )  # fmt: skip
+
+
 def evaluate_intervention(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarray, actions: np.ndarray,
                           steps: int, batch_size: int = 64) -> InterventionResult:
     """k-step intervention accuracy on pairs (x, a): factors `(b, f)` and actions `(b,)` applicable k times."""
@@ -545,6 +614,8 @@ def evaluate_model(
     x_factors, y_factors, actions = sampler.sample_pairs(num_pairs, rng["retrieval"])
     retrieval = evaluate_retrieval(model, dataset, x_factors, y_factors, actions, batch_size)
     lap("retrieval")
+    codes = evaluate_codes(model, dataset, x_factors, y_factors, actions, batch_size)
+    lap("codes")
     intervention = []
     for k in range(1, max_steps + 1):
         x_factors, actions = sample_step_pairs(sampler, num_pairs, k, rng["intervention"])
@@ -570,7 +641,7 @@ def evaluate_model(
     return EvalReport(
         dataset=dataset.name, split=split, seed=seed, image_size=model.config.image_size,
         factor_names=tuple(dataset.factor_names), action_names=tuple(model.action_names),
-        reconstruction=recon, retrieval=retrieval, intervention=tuple(intervention), disentanglement=dis,
+        reconstruction=recon, retrieval=retrieval, codes=codes, intervention=tuple(intervention), disentanglement=dis,
         protocol=protocol, seconds=seconds,
     )  # fmt: skip
 
@@ -606,6 +677,12 @@ def format_markdown(report: EvalReport) -> str:
               f"- action retrieval: {p['num_pairs']} one-step transition pairs, both images in the split; action "
               "accuracy = argmax over the A actions (chance 1/A); factor accuracy folds p_f + p_{F+f} and takes "
               "the argmax over the F factors (chance 1/F).",
+              "- codes (causalvq addition), on the same one-step pairs: `changed_accuracy` = share of the nodes "
+              "whose code the action changes (x's and y's codes differ) for which the deterministic transition "
+              "predicts y's code; `unchanged_accuracy` the same on the other nodes; `changed_nodes` = changed nodes "
+              "per pair; `mask_nodes` = intervened nodes per pair; `graph.edges_per_node` = in-edges per node "
+              "(self-loops not counted) of the deterministic graph (edge probability > 0.5), under the pair's action "
+              "and with no action.",
               f"- intervention accuracy (causalvq addition): for k = 1..{p['max_steps']}, pairs (x, a) of the split "
               "with a applicable k times; correct when the decoded `intervene(x, a, steps=k)` is strictly nearest "
               "(pixel MSE) to the true y_k among x and every k-step neighbour of x; chance = hit rate of a "
