@@ -232,6 +232,7 @@ def test_code_accuracy_meaning(model, dataset, monkeypatch, kind):
     assert r.changed_accuracy == (1.0 if kind == "oracle" else 0.0)
     assert all(a in (None, r.changed_accuracy) for a in r.per_factor_changed_accuracy.values())
     assert r.mask_nodes == n and r.action_edges_per_node == n - 1 and r.no_action_edges_per_node == 0
+    assert r.action_edge_probability == 1.0 and r.no_action_edge_probability == 0.0
 
 
 def test_untrained_model_runs_deterministically(model, dataset):

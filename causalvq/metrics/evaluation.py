@@ -115,6 +115,8 @@ class CodeResult:
     mask_nodes: float  # mean nodes in the intervention mask per pair
     action_edges_per_node: float  # in-edges per node of the graph under the pair's action
     no_action_edges_per_node: float  # in-edges per node of the no-action graph
+    action_edge_probability: float  # mean off-diagonal edge probability C under the pair's action
+    no_action_edge_probability: float  # the same with no action
     num_pairs: int
 
 
@@ -214,7 +216,9 @@ class EvalReport:
                               ret.per_factor_pairs[name]) for name in self.factor_names]
             out += [MetricRow("codes.mask_nodes", codes.mask_nodes, None, n),
                     MetricRow("graph.edges_per_node.action", codes.action_edges_per_node, None, n),
-                    MetricRow("graph.edges_per_node.no_action", codes.no_action_edges_per_node, None, n)]
+                    MetricRow("graph.edges_per_node.no_action", codes.no_action_edges_per_node, None, n),
+                    MetricRow("graph.edge_probability.action", codes.action_edge_probability, None, n),
+                    MetricRow("graph.edge_probability.no_action", codes.no_action_edge_probability, None, n)]
         for res in self.intervention:
             key = f"intervention.k{res.steps}"
             out += [MetricRow(f"{key}.accuracy", res.accuracy, res.chance, res.num_pairs),
@@ -436,18 +440,22 @@ def evaluate_codes(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarra
     def edges_per_node(graph: torch.Tensor) -> torch.Tensor:  # (b, n, n) → (b,), self-loops not counted
         return (graph > 0.5).sum((1, 2)).sub((graph.diagonal(dim1=1, dim2=2) > 0.5).sum(1)) / graph.shape[1]
 
+    def edge_probability(C: torch.Tensor) -> torch.Tensor:  # (b, n, n) → (b,), mean off the diagonal
+        n = C.shape[1]
+        return (C.sum((1, 2)) - C.diagonal(dim1=1, dim2=2).sum(1)) / (n * (n - 1))
+
     def one(xb: torch.Tensor, yb: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         nx, ny = model.flatten_codes(model.encode_codes(xb)), model.flatten_codes(model.encode_codes(yb))
         out = model.transition(nx, ab, sample=False)
         base = model.transition(nx, None, sample=False)
         hit, changed = out.probs.argmax(-1) == ny, nx != ny  # (b, n)
         return torch.stack([(hit & changed).sum(1), (hit & ~changed).sum(1), changed.sum(1), (~changed).sum(1),
-                            (out.mask > 0.5).sum(1), edges_per_node(out.graph), edges_per_node(base.graph)],
-                           1).float()  # (b, 7)
+                            (out.mask > 0.5).sum(1), edges_per_node(out.graph), edges_per_node(base.graph),
+                            edge_probability(out.edge_probs), edge_probability(base.edge_probs)], 1).float()  # (b, 9)
 
     with inference_mode(model):
-        per_pair = _batched(one, x, y, act, batch_size=batch_size, device=model.device).double()  # (b, 7)
-    hit_changed, hit_kept, changed, kept, mask, action_edges, base_edges = per_pair.unbind(1)
+        per_pair = _batched(one, x, y, act, batch_size=batch_size, device=model.device).double()  # (b, 9)
+    hit_changed, hit_kept, changed, kept, mask, action_edges, base_edges, action_p, base_p = per_pair.unbind(1)
     ratio = lambda num, den: float(num.sum() / den.sum()) if den.sum() > 0 else None  # noqa: E731
     factor = act % len(names)
     return CodeResult(
@@ -459,6 +467,8 @@ def evaluate_codes(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarra
         mask_nodes=float(mask.mean()),
         action_edges_per_node=float(action_edges.mean()),
         no_action_edges_per_node=float(base_edges.mean()),
+        action_edge_probability=float(action_p.mean()),
+        no_action_edge_probability=float(base_p.mean()),
         num_pairs=len(act),
     )  # fmt: skip
 
@@ -682,7 +692,8 @@ def format_markdown(report: EvalReport) -> str:
               "predicts y's code; `unchanged_accuracy` the same on the other nodes; `changed_nodes` = changed nodes "
               "per pair; `mask_nodes` = intervened nodes per pair; `graph.edges_per_node` = in-edges per node "
               "(self-loops not counted) of the deterministic graph (edge probability > 0.5), under the pair's action "
-              "and with no action.",
+              "and with no action; `graph.edge_probability` = mean edge probability off the diagonal (a sampled "
+              "graph has about L − 1 times as many in-edges per node).",
               f"- intervention accuracy (causalvq addition): for k = 1..{p['max_steps']}, pairs (x, a) of the split "
               "with a applicable k times; correct when the decoded `intervene(x, a, steps=k)` is strictly nearest "
               "(pixel MSE) to the true y_k among x and every k-step neighbour of x; chance = hit rate of a "
