@@ -61,9 +61,9 @@ class ModelConfig:
     graph_residual: bool = True  # B17: GATv2 layers add a root projection of the node itself; official: none
     unit_positional: bool = True  # B18: each node's positional encoding has norm 1, like its one-hot code;
     #                               official: the raw sinusoidal encoding, norm √(N/2), which drowns the code
-    gated_attention: bool = False  # B19, opt-in: the sampled graph gates the attention, so the straight-through
-    #                                gradient reaches edges that were not drawn; official: the graph only lists the
-    #                                edges, and an edge that was not drawn gets no gradient from the transition loss
+    gated_attention: bool = True  # B19: the sampled graph gates the attention, so the straight-through gradient
+    #                               reaches edges that were not drawn; official: the graph only lists the edges,
+    #                               and an edge that was not drawn gets no gradient from the transition loss
 
     # --- derived sizes ---
     @property
@@ -168,7 +168,8 @@ class ModelConfig:
         return cls(image_size=64, hidden_dims=(64, 128, 256), num_residual=6, embedding_dim=128,
                    num_codebooks=1, codebook_size=64, beta=0.1, discoverer_width=800, graph_width=100,
                    overlapping_slices=True, intervention_edges="outgoing", action_node=False,
-                   dropout_on_codes=True, retrieval_score="mean", graph_residual=False, unit_positional=False)
+                   dropout_on_codes=True, retrieval_score="mean", graph_residual=False, unit_positional=False,
+                   gated_attention=False)
 
     @classmethod
     def small(cls, **changes: Any) -> ModelConfig:

@@ -12,8 +12,9 @@ The whole layer (shared/paper.md §5.7), with m the intervention mask and C the 
                                                                     incoming edges [official: outgoing]
     Gr = BernoulliST(C);  W = C ⊙ Gr
     H  = GATv2_2(LeakyReLU(GATv2_1(P, W)), W)           (b, n, (A + 1)·v)   attention over the edges of Gr
-                                 [opt-in gated_attention: α ∝ Gr·exp(s) over all pairs, the same values, but
-                                 the straight-through gradient also reaches the edges that were not drawn]
+                                 with gated_attention, α ∝ Gr·exp(s) over all pairs: the same values, and the
+                                 straight-through gradient also reaches the edges that were not drawn [official:
+                                 Gr is an edge list; an edge not drawn gets no gradient]
     ŷ  = softmax((1 − m)·H[head 0] + m·H[head a + 1])   (b, n, v)
 
 With ``action_node`` an extra node carrying Linear(a) sends an edge to every intervened node [official: the

@@ -23,9 +23,9 @@ def model(request) -> CausalVQ:
     if request.param == "faithful":
         cfg = ModelConfig.tiny(overlapping_slices=True, intervention_edges="outgoing", action_node=False,
                                dropout_on_codes=True, retrieval_score="mean", graph_residual=False,
-                               unit_positional=False)
+                               unit_positional=False, gated_attention=False)
     else:
-        cfg = ModelConfig.tiny(retrieval_score="sum", gated_attention=True)
+        cfg = ModelConfig.tiny(retrieval_score="sum")
     return CausalVQ(cfg).eval()
 
 

@@ -24,6 +24,10 @@ def test_paper_recipe_matches_the_paper():
         ((64, 128, 256), 64, 1, 128)
     assert (recipe.stage1.lr, recipe.stage1.batch_size, recipe.stage1.lr_decay) == (5e-4, 64, 0.98)
     assert (recipe.stage2.lr, recipe.stage2.batch_size, recipe.stage2.lr_decay) == (5e-4, 16, 0.994)
+    # every size and fidelity switch is the preset's; beta is the stage-1 config's 0.25 (the CT config says 0.1)
+    from causalvq.config import ModelConfig
+
+    assert config == ModelConfig.paper_shapes3d().replace(beta=0.25)
 
 
 def test_overrides_are_typed_and_dotted():
