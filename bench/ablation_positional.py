@@ -43,7 +43,8 @@ def encode_pairs(model: CausalVQ, split: str, n: int, seed: int) -> tuple[torch.
 def run(checkpoint: str, unit: bool, train: tuple, test: tuple, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
     image_model = CausalVQ.from_pretrained(checkpoint)
-    model = CausalVQ(image_model.config.replace(unit_positional=unit))
+    # the official graph gradient and δ = 0.01, as when docs/fidelity.md's B18 figures were measured
+    model = CausalVQ(image_model.config.replace(unit_positional=unit, gated_attention=False, delta=0.01))
     model.load_state_dict({k: v for k, v in image_model.state_dict().items() if not k.startswith("transition.")},
                           strict=False)
     model.train()
