@@ -241,13 +241,12 @@ class DenseGATv2(nn.Module):
         w = torch.where(eye, torch.diag_embed(loop_w), w)
         edges = edges | eye
         # attention of target i over source j: logits use the weight of edge j → i
-        if gate is None:
-            logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2,
-                                    mask=edges.transpose(1, 2))  # (b, n_tgt, n_src, h), -inf off the graph
-            alpha = logits.permute(0, 3, 1, 2).softmax(dim=-1)  # (b, h, n_tgt, n_src); contiguous from the kernel
-        else:
-            logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2)  # every pair
-            alpha = gated_softmax(logits.permute(0, 3, 1, 2), edges.transpose(1, 2), gate.transpose(1, 2))
+        # (b, n_tgt, n_src, h): -inf off the graph, or every pair scored when the graph gates the attention
+        logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2,
+                                mask=edges.transpose(1, 2) if gate is None else None)
+        logits = logits.permute(0, 3, 1, 2)  # (b, h, n_tgt, n_src); contiguous from the kernel
+        alpha = logits.softmax(-1) if gate is None else gated_softmax(logits, edges.transpose(1, 2),
+                                                                      gate.transpose(1, 2))
         out = (alpha @ xs.transpose(1, 2)).add_(bias[:, :, None])  # (b, h, n, c)
         out = out.transpose(1, 2) if root is None else root + out.transpose(1, 2)  # (b, n, h, c)
         return rearrange(out, "b n h c -> b n (h c)")
