@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -65,8 +66,17 @@ def setup(device: str = "auto") -> Context:
 
 
 def teardown(ctx: Context) -> None:
+    """Leave the process group while the interpreter is fully alive.
+
+    A ``DistributedDataParallel`` wrapper sits in reference cycles (its reducer's hooks), so it can outlive the
+    stage that made it and keep the Gloo process group alive until interpreter shutdown, where destroying the
+    group's worker threads aborts the process (SIGABRT, "terminate called without an active exception"), after
+    every file has been written. Collecting the cycles first lets the group go here, in order.
+    """
     if ctx.distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def barrier(ctx: Context) -> None:
