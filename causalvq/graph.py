@@ -84,8 +84,9 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return F.linear(x, weight[lo], None if bias is None else bias[lo])
     order = torch.argsort(index, stable=True)
     heads, counts = torch.unique_consecutive(index[order], return_counts=True)
-    parts = [F.linear(x[rows], weight[h], None if bias is None else bias[h])
-             for h, rows in zip(heads.tolist(), order.split(counts.tolist()))]
+    # one gather and a split (not a gather per map: each gather's backward scatters into a zeroed copy of x)
+    parts = [F.linear(rows, weight[h], None if bias is None else bias[h])
+             for h, rows in zip(heads.tolist(), x[order].split(counts.tolist()))]
     return torch.cat(parts)[torch.argsort(order)]
 
 
