@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# Elements of one (b, rows, m, h, g) block: ~4 MB of float32 keeps a block in the last-level cache.
-_BLOCK_ELEMENTS = 1 << 20
+# Elements of one (b, rows, m, h, g) block: ~1 MB of float32 keeps a block in a core's L2 cache (one transition
+# pass of the shipped checkpoint, one thread: 7.1 ms with 4 MB blocks, 3.3 ms with 1 MB ones).
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def _rows_per_block(shape: tuple[int, ...]) -> int:
