@@ -82,12 +82,16 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     lo, hi = int(index.min()), int(index.max())
     if lo == hi:  # one map for the whole batch
         return F.linear(x, weight[lo], None if bias is None else bias[lo])
-    order = torch.argsort(index, stable=True)
-    heads, counts = torch.unique_consecutive(index[order], return_counts=True)
-    # one gather and a split (not a gather per map: each gather's backward scatters into a zeroed copy of x)
-    parts = [F.linear(rows, weight[h], None if bias is None else bias[h])
-             for h, rows in zip(heads.tolist(), x[order].split(counts.tolist()))]
-    return torch.cat(parts)[torch.argsort(order)]
+    # Samples sorted by map: as they come when they already are (retrieval's copies), else one gather. Gathers
+    # are index_select (backward: an index_add; indexing would scatter with a sort) and the maps are unbound
+    # views (backward: one stack; weight[h] would zero-fill a full copy of the weights per map used).
+    order = None if bool((index[1:] >= index[:-1]).all()) else torch.argsort(index, stable=True)
+    heads, counts = torch.unique_consecutive(index if order is None else index[order], return_counts=True)
+    weights = weight.unbind(0)
+    biases = [None] * len(weights) if bias is None else bias.unbind(0)
+    rows = (x if order is None else x.index_select(0, order)).split(counts.tolist())
+    out = torch.cat([F.linear(r, weights[h], biases[h]) for h, r in zip(heads.tolist(), rows)])
+    return out if order is None else out.index_select(0, torch.argsort(order))
 
 
 class GraphDiscoverers(nn.Module):
@@ -117,7 +121,7 @@ class GraphDiscoverers(nn.Module):
             which = torch.full((P.shape[0],), which, dtype=torch.long, device=P.device)
         U = grouped_linear(P, self.w1[..., : self.width], self.b1, which)  # (b, n, M): W1a·P_i + b1
         V = grouped_linear(P, self.w1[..., self.width:], None, which)  # (b, n, M): W1b·P_j
-        w2, b2 = self.w2[which], self.b2[which]  # (b, M), (b,)
+        w2, b2 = self.w2.index_select(0, which), self.b2.index_select(0, which)  # (b, M), (b,)
         if pairs is not None:
             pairs = pairs.expand(P.shape[0], P.shape[1], P.shape[1])
         score = pairwise_score(U[:, :, None], V[:, :, None], w2[:, None], slope=0.01, mask=pairs)  # (b, n, n, 1)
@@ -229,8 +233,9 @@ class DenseGATv2(nn.Module):
             e, att = self.lin_edge, self.att[None]
             bias = rearrange(self.bias, "(h c) -> 1 h c", h=self.heads)
         else:
-            e, att = self.lin_edge[heads], self.att[heads]  # (b, k, c)
-            bias = rearrange(self.bias, "(h c) -> h c", h=self.heads)[heads]
+            pick = lambda t: t.index_select(0, heads.flatten()).unflatten(0, heads.shape)  # noqa: E731
+            e, att = pick(self.lin_edge), pick(self.att)  # (b, k, c)
+            bias = pick(rearrange(self.bias, "(h c) -> h c", h=self.heads))
 
         if edges is None:  # identity graph: every node attends to itself only, with weight 1
             out = xs + bias[:, None]

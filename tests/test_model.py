@@ -138,7 +138,8 @@ def test_grouped_linear_equals_per_sample_gathered_weights() -> None:
     weight = torch.randn(4, 3, 5, dtype=torch.double, requires_grad=True)
     bias = torch.randn(4, 3, dtype=torch.double, requires_grad=True)
     x = torch.randn(6, 2, 5, dtype=torch.double, requires_grad=True)
-    for index in (torch.tensor([2, 0, 3, 2, 0, 1]), torch.full((6,), 3)):
+    # unsorted (gathered), already sorted (taken as it comes), one map for all
+    for index in (torch.tensor([2, 0, 3, 2, 0, 1]), torch.tensor([0, 0, 1, 3, 3, 3]), torch.full((6,), 3)):
         out = grouped_linear(x, weight, bias, index)
         ref = torch.einsum("bni,boi->bno", x, weight[index]) + bias[index][:, None]
         assert torch.allclose(out, ref, atol=1e-12)
