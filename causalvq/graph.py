@@ -210,6 +210,18 @@ class DenseGATv2(nn.Module):
         return NodeTerms(project(self.lin_src), project(self.lin_tgt),
                          project(self.lin_root) if self.lin_root is not None else None)
 
+    def project_onehot(self, codes: torch.Tensor, extra: torch.Tensor) -> NodeTerms:
+        """``project(one_hot(codes) + extra)`` for codes `(b, n)` and ``extra`` `(n, in)` shared by the batch,
+        exactly: a linear map of a one-hot vector is its weight's column at the code, so each map is a gather
+        plus its map of ``extra``, computed once."""
+        def linear(lin: nn.Linear | None) -> torch.Tensor | None:
+            if lin is None:
+                return None
+            out = F.embedding(codes, lin.weight.t()) + F.linear(extra, lin.weight, lin.bias)  # (b, n, h·c)
+            return rearrange(out, "b n (h c) -> b n h c", h=self.heads)
+
+        return NodeTerms(linear(self.lin_src), linear(self.lin_tgt), linear(self.lin_root))
+
     def forward(self, x: torch.Tensor | NodeTerms, weights: torch.Tensor | None, edges: torch.Tensor | None,
                 heads: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
         """Propagate node features over a weighted graph.

@@ -173,8 +173,7 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         """Probability that ``action`` intervenes on each node: `(b, k, h, w)` codes → `(b, n)`."""
         nodes = self.flatten_codes(codes)
         action = self._check_actions(action, nodes.shape[0])
-        X, _ = self.transition.node_features(nodes)
-        return self.transition.intervention_probs(X, action)
+        return self.transition.intervention_probs(self.transition.node_features(nodes).onehot, action)
 
     def do(self, codes: torch.Tensor, node: int, code: int) -> DoResult:
         """Hard intervention do(node = code), then one no-action pass of the learned graph.
@@ -209,7 +208,7 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         was_training = self.training
         self.eval()
         try:
-            X, P = self.transition.node_features(nodes)
+            X, P = self.transition.node_features(nodes)[:2]
             C = self.transition.discoverers(P, 0)
             if action is not None:
                 act = self._check_actions(torch.tensor([action]), 1).expand(nodes.shape[0])

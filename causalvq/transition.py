@@ -26,13 +26,14 @@ skipped (exact: m ≡ 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from causalvq.config import ModelConfig
-from causalvq.graph import DenseGATv2, GraphDiscoverers, bernoulli_st, sinusoidal_encoding
+from causalvq.graph import DenseGATv2, GraphDiscoverers, NodeTerms, bernoulli_st, sinusoidal_encoding
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,16 @@ class TransitionOutput:
     edge_probs: torch.Tensor  # (b, n, n) C, row = source, column = target
     graph: torch.Tensor  # (b, n, n) sampled graph Gr, exactly 0/1 (straight-through gradient)
     head_logits: torch.Tensor  # (b, n, k, v) logits of the heads used: [unchanged] or [unchanged, action a]
+
+
+class NodeFeatures(NamedTuple):
+    """The node features of a batch of code grids, and how they were made."""
+
+    onehot: torch.Tensor  # X (b, n, v)
+    features: torch.Tensor  # P (b, n, v)
+    codes: torch.Tensor  # (b, n) long
+    positional: torch.Tensor | None  # drop(PE) (n, v), one draw for the batch: P = X + positional; None with
+    #                                  dropout_on_codes, where P = drop(X + PE) has no such split
 
 
 class CausalTransition(nn.Module):
@@ -65,19 +76,33 @@ class CausalTransition(nn.Module):
         self.gat2 = DenseGATv2(config.graph_width * (a + 1), v, a + 1, residual=config.graph_residual)
         self.action_embedding = nn.Linear(a, v) if config.action_node else None
 
-    def node_features(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One-hot codes `(b, n)` → (X, P): one-hot `(b, n, v)` and with positional encoding."""
+    def node_features(self, codes: torch.Tensor) -> NodeFeatures:
+        """Codes `(b, n)` → one-hot X `(b, n, v)` and P = X + drop(PE) [official: drop(X + PE)]."""
         X = F.one_hot(codes, self.config.codebook_size).float()  # (b, n, v)
         if self.config.dropout_on_codes:
-            return X, self.dropout(X + self.pe)
-        return X, X + self.dropout(self.pe)
+            return NodeFeatures(X, self.dropout(X + self.pe), codes, None)
+        pe = self.dropout(self.pe)
+        return NodeFeatures(X, X + pe, codes, pe)
+
+    def project_nodes(self, nodes: NodeFeatures) -> NodeTerms:
+        """The first graph layer's node terms of P. With P = X + drop(PE) a linear map of P is exactly its
+        weight's column at each node's code plus the map of drop(PE), computed once for the batch: a gather
+        instead of a `(b·n, v) @ (v, 3·(A + 1)·G)` product."""
+        if nodes.positional is None:
+            return self.gat1.project(nodes.features)
+        return self.gat1.project_onehot(nodes.codes, nodes.positional)
 
     def intervention_probs(self, X: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """p_i = σ(Linear([a ; drop(PE_i)]))[c_i]: probability that ``action`` intervenes on node i, `(b, n)`."""
-        b, n, _ = X.shape
-        onehot_a = F.one_hot(action, self.config.num_actions).float()  # (b, a)
-        inp = torch.cat([onehot_a[:, None].expand(b, n, -1), self.dropout(self.pe).expand(b, -1, -1)], -1)
-        return (torch.sigmoid(self.mask_net(inp)) * X).sum(-1)  # (b, n)
+        """p_i = σ(Linear([a ; drop(PE_i)]))[c_i]: probability that ``action`` intervenes on node i, `(b, n)`.
+
+        The one-hot action selects a column of the weight: W·[a ; PE_i] + b = W_a[:, a] + (W_pe·PE_i + b),
+        computed as that sum (exact) without a `(b, n, A + v)` input.
+        """
+        a = self.config.num_actions
+        W = self.mask_net.weight  # (v, A + v)
+        logits = W[:, :a].t().index_select(0, action)[:, None] + F.linear(self.dropout(self.pe), W[:, a:],
+                                                                          self.mask_net.bias)  # (b, n, v)
+        return (torch.sigmoid(logits) * X).sum(-1)  # (b, n)
 
     def rewired(self, m: torch.Tensor) -> torch.Tensor:
         """Which entries of the `(b, n, n)` adjacency the action discoverer decides under mask `m (b, n)`, as a
@@ -104,11 +129,12 @@ class CausalTransition(nn.Module):
                 projections are computed once per grid; exact in eval mode only, where dropout does not differ
                 between copies.
         """
-        X, P = self.node_features(codes)
+        nodes = self.node_features(codes)
+        X, P = nodes.onehot, nodes.features
+        terms = self.project_nodes(nodes)  # first-layer node terms: the same for every graph over these nodes
         if identity_graph and action is None:
-            return self._identity_pass(P)
+            return self._identity_pass(terms)
         C = self.discoverers(P, 0)  # (b, n, n)
-        terms = self.gat1.project(P)  # first-layer node terms: the same for every graph over these nodes
         if copies > 1:
             if self.training and self.dropout.p > 0:
                 raise ValueError("copies > 1 shares one dropout draw between copies: use it in eval mode")
@@ -149,13 +175,14 @@ class CausalTransition(nn.Module):
         return TransitionOutput(probs=logits.softmax(-1), mask=m, mask_probs=p, edge_probs=C, graph=graph,
                                 head_logits=out)
 
-    def _identity_pass(self, P: torch.Tensor) -> TransitionOutput:
+    def _identity_pass(self, terms: NodeTerms) -> TransitionOutput:
         """The no-action pass on the identity graph: each node's output depends on its own features only."""
-        b, n, _ = P.shape
-        eye = torch.eye(n, device=P.device).expand(b, n, n)
-        zero = torch.zeros(b, n, device=P.device)
-        heads = torch.zeros(b, 1, dtype=torch.long, device=P.device)
-        hidden = F.leaky_relu(self.gat1(P, None, None))  # (b, n, (A + 1)·G)
+        b, n = terms.src.shape[:2]
+        device = terms.src.device
+        eye = torch.eye(n, device=device).expand(b, n, n)
+        zero = torch.zeros(b, n, device=device)
+        heads = torch.zeros(b, 1, dtype=torch.long, device=device)
+        hidden = F.leaky_relu(self.gat1(terms, None, None))  # (b, n, (A + 1)·G)
         out = self.gat2(hidden, None, None, heads=heads).unflatten(-1, (1, self.config.codebook_size))  # (b, n, 1, v)
         return TransitionOutput(probs=out[:, :, 0].softmax(-1), mask=zero, mask_probs=zero, edge_probs=eye,
                                 graph=eye, head_logits=out)

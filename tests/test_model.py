@@ -374,3 +374,30 @@ def test_golden_slice() -> None:
 
 
 GOLDEN = [0.52459, 0.52842, 0.52753, 0.5284, 0.09665, 0.07263, 0.14355, 0.26368]
+
+
+def test_one_hot_projections_equal_the_linear_maps_of_the_features() -> None:
+    """The gathers that replace linear maps of one-hot node features give the same values and gradients."""
+    torch.manual_seed(0)
+    gat = DenseGATv2(8, 3, 2, residual=True).double()
+    codes = torch.randint(0, 8, (4, 5))
+    extra = torch.randn(5, 8, dtype=torch.double)
+    fast = gat.project_onehot(codes, extra)
+    slow = gat.project(F.one_hot(codes, 8).double() + extra)
+    for f, s in zip(fast, slow):
+        assert torch.allclose(f, s, atol=1e-12)
+    grads = torch.autograd.grad(sum(t.square().sum() for t in fast), list(gat.parameters()), allow_unused=True)
+    ref = torch.autograd.grad(sum(t.square().sum() for t in slow), list(gat.parameters()), allow_unused=True)
+    assert all((g is None and r is None) or torch.allclose(g, r, atol=1e-12) for g, r in zip(grads, ref))
+
+
+def test_intervention_probs_equal_the_mask_network_on_the_concatenated_input() -> None:
+    cfg = ModelConfig.tiny()
+    transition = CausalVQ(cfg).transition.eval()
+    codes = torch.randint(0, cfg.codebook_size, (6, cfg.num_nodes))
+    action = torch.randint(0, cfg.num_actions, (6,))
+    X = F.one_hot(codes, cfg.codebook_size).float()
+    inp = torch.cat([F.one_hot(action, cfg.num_actions).float()[:, None].expand(6, cfg.num_nodes, -1),
+                     transition.pe.expand(6, -1, -1)], -1)
+    naive = (torch.sigmoid(transition.mask_net(inp)) * X).sum(-1)
+    assert torch.allclose(transition.intervention_probs(X, action), naive, atol=1e-6)
