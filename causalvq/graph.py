@@ -141,13 +141,40 @@ def gated_softmax(logits: torch.Tensor, edges: torch.Tensor, gate: torch.Tensor)
     j → i move i's output towards what the loss wants". The masked softmax gives no gradient to an absent edge,
     so the discoverers would learn only from the edges they happened to draw.
     """
-    eye = torch.eye(edges.shape[-1], dtype=torch.bool, device=edges.device)
-    g = torch.where(eye, torch.ones_like(gate), gate)  # self-loops: always drawn, no gradient
-    g = torch.where(edges, g, g - g.detach())[:, None]  # value 0 off the edges, gradient kept: (b, 1, t, s)
-    shift = logits.detach().masked_fill(~edges[:, None], float("-inf")).amax(-1, keepdim=True)  # over the edges
-    # drawn edges have logits - shift <= 0; the bound only keeps an absent edge's (gradient-only) term finite
-    weights = g * torch.exp((logits - shift).clamp(max=30.0))
-    return weights / weights.sum(-1, keepdim=True)
+    return _GatedSoftmax.apply(logits, edges, gate)
+
+
+class _GatedSoftmax(torch.autograd.Function):
+    """``gated_softmax`` with its gradient written out (two saved tensors instead of autograd's chain of ops).
+
+    With g = 1 on the edges and 0 elsewhere, Z_i = Σ_k g_ik·exp(s_ik) and q_ij = exp(s_ij) / Z_i over every pair
+    (q = α on the edges), the value is α = g·q and, with t = dα − Σ_k α_ik·dα_ik:
+    dL/ds = α·t (the masked softmax's gradient) and dL/dg = q·t summed over heads, 0 on the diagonal (self-loops
+    are always drawn). Logits are shifted by their maximum over the edges; an absent edge's exp is bounded by
+    e^30 so that its (gradient-only) term stays finite.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, edges: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        on = edges[:, None]  # (b, 1, t, s)
+        shift = logits.masked_fill(~on, float("-inf")).amax(-1, keepdim=True)
+        q = (logits - shift).clamp_(max=30.0).exp_()
+        alpha = q * on
+        scale = alpha.sum(-1, keepdim=True).reciprocal_()
+        q, alpha = q.mul_(scale), alpha.mul_(scale)
+        ctx.save_for_backward(alpha, q)
+        return alpha
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:  # noqa: D102
+        alpha, q = ctx.saved_tensors
+        t = grad - (alpha * grad).sum(-1, keepdim=True)
+        grad_logits = alpha * t if ctx.needs_input_grad[0] else None
+        grad_gate = None
+        if ctx.needs_input_grad[2]:
+            grad_gate = (q * t).sum(1)
+            grad_gate.diagonal(dim1=-2, dim2=-1).zero_()
+        return grad_logits, None, grad_gate
 
 
 class NodeTerms(NamedTuple):

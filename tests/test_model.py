@@ -232,6 +232,12 @@ def test_gated_attention_has_the_masked_values_and_the_relaxed_gradient() -> Non
     assert torch.allclose(grad, expected, atol=1e-10)
     absent = (graph.detach() == 0) & ~torch.eye(n, dtype=torch.bool)
     assert absent.any() and (grad[absent] != 0).all()
+    # in the logits: the masked softmax's gradient
+    logits.requires_grad_(True)
+    (grad,) = torch.autograd.grad((gated_softmax(logits, edges, graph) * weight).sum(), logits)
+    masked = logits.masked_fill(~edges[:, None], float("-inf")).softmax(-1)
+    (expected,) = torch.autograd.grad((masked * weight).sum(), logits)
+    assert torch.allclose(grad, expected, atol=1e-12)
 
 
 @pytest.mark.parametrize("gated", [False, True])
