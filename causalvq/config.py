@@ -52,6 +52,8 @@ class ModelConfig:
     c_beta: float = 0.4  # β_ct, KL regulariser of the edge probabilities
     delta: float = 0.01  # δ, graph-size (Frobenius norm) regulariser
     epsilon: float = 0.1  # ε, non-empty-row regulariser
+    change_weight: float = 0.0  # B20: extra weight λ of the action-mode CE on the nodes whose code changes from x
+    #                             to y (weights 1 + λ, normalised); 0 is the official plain mean over nodes
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
     overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"
@@ -132,7 +134,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.factor_names has duplicates: {self.factor_names}")
         if not 0.0 <= self.positional_dropout < 1.0:
             raise ValueError(f"ModelConfig.positional_dropout must be in [0, 1), got {self.positional_dropout}")
-        for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon"):
+        for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"ModelConfig.{name} must be a finite non-negative number, got {value}")

@@ -21,6 +21,15 @@ def code_cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return node_nll(probs, target).mean()
 
 
+def change_weighted_cross_entropy(probs: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
+                                  weight: float) -> torch.Tensor:
+    """CE(ŷ, c^y) with the nodes whose code changes (c^y_i ≠ c^x_i) weighted 1 + ``weight``, the others 1:
+    Σ_i w_i·NLL_i / Σ_i w_i over the batch (B20). ``source`` is c^x, long `(b, n)`; ``weight = 0`` is
+    ``code_cross_entropy``."""
+    w = 1.0 + weight * (target != source).to(probs.dtype)  # (b, n)
+    return (w * node_nll(probs, target)).sum() / w.sum()
+
+
 def kl_to_noise(edge_probs: torch.Tensor) -> torch.Tensor:
     """KL(softmax(ξ) ‖ softmax(vec C)), ξ ~ U(0, 1) drawn afresh, averaged over the batch (the official β_ct term)."""
     logq = edge_probs.flatten(1).log_softmax(-1)  # (b, n·n)

@@ -289,15 +289,22 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes))
 
     def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor) -> TransitionLosses:
-        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + δ·‖Gr‖_F + ε·‖v‖₂]."""
+        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + δ·‖Gr‖_F + ε·‖v‖₂].
+
+        With ``change_weight`` λ > 0 the CE inside the loss weights the nodes that change by 1 + λ (B20); ``ce``
+        still reports the plain mean CE.
+        """
         cfg = self.config
         nodes_x, nodes_y = self.flatten_codes(codes_x), self.flatten_codes(codes_y)
         action = self._check_actions(action, nodes_x.shape[0])
         out = self.transition(nodes_x, action, sample=True)
         ce = losses.code_cross_entropy(out.probs, nodes_y)
+        fit = ce if cfg.change_weight == 0 else losses.change_weighted_cross_entropy(out.probs, nodes_y, nodes_x,
+                                                                                     cfg.change_weight)
         reg = (cfg.c_beta * losses.kl_to_noise(out.edge_probs) + cfg.delta * losses.graph_size(out.graph)
                + cfg.epsilon * losses.empty_row_penalty(out.edge_probs))
-        return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes_y))
+        return TransitionLosses(loss=cfg.gamma * (fit + reg), ce=ce, regularizer=reg,
+                                accuracy=_accuracy(out, nodes_y))
 
     def retrieval_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor) -> RetrievalLosses:
         """Stage 2, retrieval: −log p(a* | x, y) over all A actions (weight 1; regularisers discarded)."""

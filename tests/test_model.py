@@ -313,6 +313,39 @@ def test_training_losses_backpropagate_to_the_transition_only(model: CausalVQ, i
     assert all(p.grad is not None for p in model.encoder.parameters())
 
 
+def test_change_weighted_cross_entropy() -> None:
+    """B20: weight 0 is the plain mean CE; a weight λ counts each changed node 1 + λ times, normalised."""
+    from causalvq import losses
+
+    torch.manual_seed(0)
+    probs = torch.rand(2, 5, 4).softmax(-1)
+    source = torch.tensor([[0, 1, 2, 3, 0], [1, 1, 1, 1, 1]])
+    target = torch.tensor([[0, 1, 3, 3, 2], [1, 1, 1, 1, 1]])  # nodes (0, 2) and (0, 4) change
+    nll = losses.node_nll(probs, target)
+    assert torch.allclose(losses.change_weighted_cross_entropy(probs, target, source, 0.0),
+                          losses.code_cross_entropy(probs, target))
+    expected = (nll.sum() + 3.0 * (nll[0, 2] + nll[0, 4])) / (10 + 3.0 * 2)
+    assert torch.allclose(losses.change_weighted_cross_entropy(probs, target, source, 3.0), expected)
+
+
+def test_change_weight_changes_the_optimised_loss_only() -> None:
+    """B20 reweights the loss the optimiser sees when codes change; the reported CE stays the plain mean."""
+    cx = torch.randint(0, 8, (3, 2, 4, 4), generator=torch.Generator().manual_seed(1))
+    cy = cx.clone()
+    cy[:, 0, 0] = (cy[:, 0, 0] + 1) % 8
+    actions = torch.tensor([0, 1, 2])
+    out = {}
+    for weight in (0.0, 4.0):
+        torch.manual_seed(0)
+        model = CausalVQ(ModelConfig.tiny(change_weight=weight)).train()
+        torch.manual_seed(1)
+        out[weight] = model.transition_losses(cx, cy, actions)
+    assert torch.equal(out[0.0].ce, out[4.0].ce)
+    assert not torch.allclose(out[0.0].loss, out[4.0].loss)
+    with pytest.raises(ValueError, match="change_weight"):
+        ModelConfig(change_weight=-1.0)
+
+
 def test_save_load_identical_outputs(model: CausalVQ, images: torch.Tensor, tmp_path) -> None:
     model.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
