@@ -208,7 +208,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         was_training = self.training
         self.eval()
         try:
-            X, P = self.transition.node_features(nodes)[:2]
+            features = self.transition.node_features(nodes)
+            X, P = features.onehot, features.features
             C = self.transition.discoverers(P, 0)
             if action is not None:
                 act = self._check_actions(torch.tensor([action]), 1).expand(nodes.shape[0])
