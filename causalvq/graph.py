@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from causalvq.pairwise import pairwise_score
+from causalvq.pairwise import attend, fused_attention_available, pairwise_score
 
 _P_MIN = 1e-4  # probabilities are clamped to [1e-4, 1 - 1e-4] before sampling, as in the official code
 
@@ -186,6 +186,8 @@ class NodeTerms(NamedTuple):
 
     def repeat_interleave(self, copies: int) -> NodeTerms:
         """Each node set ``copies`` times in a row (several graphs over the same nodes)."""
+        if copies == 1:
+            return self
         return NodeTerms(*(None if t is None else t.repeat_interleave(copies, 0) for t in self))
 
     def cat(self, other: NodeTerms) -> NodeTerms:
@@ -254,7 +256,8 @@ class DenseGATv2(nn.Module):
         """Propagate node features over a weighted graph.
 
         Args:
-            x: `(b, n, in)` node features, or their ``project``ion (computed once for several graphs).
+            x: `(b, n, in)` node features, or their ``project``ion: `(b / r, n, h, c)` each, one grid of node terms
+                for r consecutive graphs (computed once for several graphs over the same nodes).
             weights: `(b, n, n)` edge weights, row = source, column = target.
             edges: `(b, n, n)` bool, which entries are edges (the diagonal is ignored); None for the identity graph,
                 where each node's only in-edge is its self-loop (attention 1: no pairwise scores needed).
@@ -266,8 +269,8 @@ class DenseGATv2(nn.Module):
         Returns:
             `(b, n, k·out)` (all heads when ``heads`` is None), heads concatenated.
         """
-        xs, xt, root = x if isinstance(x, NodeTerms) else self.project(x, heads)  # (b, n, h, c) each
-        b, n = xs.shape[:2]
+        xs, xt, root = x if isinstance(x, NodeTerms) else self.project(x, heads)  # (b / r, n, h, c) each
+        n = xs.shape[1]
         if heads is None:
             e, att = self.lin_edge, self.att[None]
             bias = rearrange(self.bias, "(h c) -> 1 h c", h=self.heads)
@@ -279,12 +282,19 @@ class DenseGATv2(nn.Module):
         if edges is None:  # identity graph: every node attends to itself only, with weight 1
             out = xs + bias[:, None]
             return rearrange(out if root is None else out + root, "b n h c -> b n (h c)")
+        copies = weights.shape[0] // xs.shape[0]  # graphs per grid of node terms
         eye = torch.eye(n, dtype=torch.bool, device=xs.device)
         edges = edges & ~eye  # (b, n, n) without self-loops
         w = weights * edges
         loop_w = w.sum(1) / edges.sum(1).clamp_min(1)  # (b, n): mean incoming weight
         w = torch.where(eye, torch.diag_embed(loop_w), w)
         edges = edges | eye
+        if gate is None and fused_attention_available(xs):  # evaluation: logits, softmax and sum in one pass
+            out = attend(xt, xs, att, w.transpose(1, 2), e, edges.transpose(1, 2), bias, slope=0.2)  # (b, n, h, c)
+            if root is not None:
+                out = (out.unflatten(0, (-1, copies)) + root[:, None]).flatten(0, 1)
+            return out.flatten(2)
+        xs, xt, root = NodeTerms(xs, xt, root).repeat_interleave(copies)
         # attention of target i over source j: logits use the weight of edge j → i
         # (b, n_tgt, n_src, h): -inf off the graph, or every pair scored when the graph gates the attention
         logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2,

@@ -77,6 +77,33 @@ if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "1":
     use_fused_kernel()
 
 
+def fused_attention_available(x: torch.Tensor) -> bool:
+    """Whether ``attend`` can run: the kernel is loaded, ``x`` is on the CPU and no gradient is recorded."""
+    return _KERNEL is not None and x.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+def attend(xt: torch.Tensor, xs: torch.Tensor, att: torch.Tensor, w: torch.Tensor, e: torch.Tensor,
+           edges: torch.Tensor, bias: torch.Tensor, slope: float = 0.2) -> torch.Tensor:
+    """GATv2 attention over dense graphs in one fused pass, without gradients (``fused_attention_available``).
+
+    out[b, i, h] = bias[b, h] + Σ_{j: edges[b, i, j]} softmax_j(s[b, i, j, h]) · xs[b / r, j, h], with the
+    scores s of ``pairwise_score(xt, xs, att, w, e, slope)``: the masked softmax and the weighted sum of
+    ``DenseGATv2``'s torch path, without its `(b, h, n, m)` logits and attention tensors.
+
+    Args:
+        xt, xs: `(b / r, n, h, g)` target and source terms; each grid serves r consecutive graphs.
+        att, e, bias: `(b, h, g)` or broadcastable to it.
+        w: `(b, n, m)` edge weights, target-major (w[b, i, j] is the weight of edge j → i).
+        edges: bool `(b, n, m)`, target-major; every row needs at least one edge (the self-loop).
+    Returns:
+        `(b, n, h, g)`.
+    """
+    b, h, g = w.shape[0], xt.shape[2], xt.shape[3]
+    full = lambda t: t.expand(b, h, g).contiguous()  # noqa: E731
+    return _KERNEL.attend(xt.contiguous(), xs.contiguous(), full(att), w.contiguous(), full(e), edges.contiguous(),
+                          full(bias), float(slope))
+
+
 def _kernel_args(X, Y, a, w, e):
     b, _, h, g = X.shape
     empty = X.new_empty(0)

@@ -138,8 +138,7 @@ class CausalTransition(nn.Module):
         if copies > 1:
             if self.training and self.dropout.p > 0:
                 raise ValueError("copies > 1 shares one dropout draw between copies: use it in eval mode")
-            X, P, C = (t.repeat_interleave(copies, 0) for t in (X, P, C))  # (b·copies, ...)
-            terms = terms.repeat_interleave(copies)
+            X, P, C = (t.repeat_interleave(copies, 0) for t in (X, P, C))  # (b·copies, ...); terms stay per grid
         b, n = X.shape[:2]
         if action is None:
             p = m = torch.zeros(b, n, device=codes.device)
@@ -159,13 +158,14 @@ class CausalTransition(nn.Module):
         if self.action_embedding is not None and action is not None:
             # append the action node (index n): it sends an edge of weight m_i to every intervened node i
             a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).float())  # (b, v)
-            terms = terms.cat(self.gat1.project(a_node[:, None]))  # node features (b, n + 1, v)
+            terms = terms.repeat_interleave(copies).cat(self.gat1.project(a_node[:, None]))  # (b, n + 1, ...)
             append = lambda t: torch.cat([F.pad(t, (0, 1, 0, 1))[:, :n], F.pad(m, (0, 1))[:, None]], 1)  # noqa: E731
             W_all, gate = append(W), append(graph)  # (b, n + 1, n + 1)
             edges = W_all.detach() > 0
         # B19: with gradients, the sampled graph gates the attention, so edges that were not drawn learn too
         gate = gate if self.config.gated_attention and torch.is_grad_enabled() else None
-        hidden = F.leaky_relu(self.gat1(terms, W_all, edges, gate=gate))  # (b, n(+1), (A + 1)·G)
+        hidden = F.leaky_relu(self.gat1(terms, W_all, edges, gate=gate),  # (b, n(+1), (A + 1)·G)
+                              inplace=not torch.is_grad_enabled())
         heads = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
         if action is not None:
             heads = torch.cat([heads, action[:, None] + 1], 1)  # (b, 2): "unchanged" and "intervened by a"

@@ -96,3 +96,41 @@ def test_fused_kernel_training_step_matches_torch_path(fused) -> None:
     assert len(with_kernel) == len(plain)
     for a, b in zip(with_kernel, plain):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("with_heads", [False, True])
+def test_fused_attention_matches_torch_path(fused, residual, with_heads) -> None:
+    """Without gradients the GATv2 layer runs logits, masked softmax and weighted sum in one kernel pass; its
+    output equals the torch path's, with node terms shared by several graphs and with per-sample heads."""
+    from causalvq.graph import DenseGATv2
+
+    torch.manual_seed(0)
+    grids, copies, n, heads = 2, 3, 7, 4
+    layer = DenseGATv2(5, 6, heads, residual=residual).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(grids, n, 5, dtype=torch.double)
+    weights = torch.rand(grids * copies, n, n, dtype=torch.double)
+    edges = torch.rand(grids * copies, n, n) > 0.5
+    edges[0] = False  # a graph without edges: every node attends to its self-loop only
+    if with_heads:  # per-sample heads take per-sample node terms (no sharing between graphs)
+        chosen = torch.randint(0, heads, (grids * copies, 2))
+        args = (x.repeat_interleave(copies, 0), weights, edges)
+        kwargs = {"heads": chosen}
+    else:
+        args = (layer.project(x), weights, edges)
+        kwargs = {}
+    with torch.no_grad():
+        assert pairwise.fused_attention_available(x)
+        fused_out = layer(*args, **kwargs)
+    pairwise.disable_fused_kernel()
+    try:
+        with torch.no_grad():
+            plain_out = layer(*args, **kwargs)
+    finally:
+        assert pairwise.use_fused_kernel()
+    assert fused_out.shape == plain_out.shape == (grids * copies, n, (2 if with_heads else heads) * 6)
+    assert torch.allclose(fused_out, plain_out, atol=1e-12)
+    with torch.enable_grad():  # with gradients the torch path runs (the kernel has no backward)
+        assert layer(*args, **kwargs).requires_grad

@@ -13,6 +13,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
+#include <limits>
+#include <vector>
+
 namespace {
 
 template <typename T>
@@ -154,9 +158,85 @@ std::vector<torch::Tensor> pairwise_backward(torch::Tensor grad, torch::Tensor X
   return {dX, dY, da, dw, de};
 }
 
+
+// Attention without gradients (evaluation), fused: for every target i and head h, the GATv2 logits over the
+// sources j on the graph, their softmax and the weighted sum of the source terms, in one pass per row; the
+// (b, h, n, m) logits and attention never exist. Node terms may be shared by r consecutive graphs (retrieval
+// scores all A actions of one pair over the same nodes): graph b reads the terms of grid b / r.
+//
+//   out[b, i, h, :] = bias[b, h, :] + sum_{j : edges[b, i, j]} softmax_j(s[b, i, j, h]) * xs[b / r, j, h, :]
+//   s[b, i, j, h]   = sum_g att[b, h, g] * leaky_relu(xt[b / r, i, h, g] + xs[b / r, j, h, g] + w[b, i, j] * e[b, h, g])
+template <typename T>
+void attend_rows(const T* xt, const T* xs, const T* att, const T* w, const T* e, const bool* edges, const T* bias,
+                 T* out, int64_t begin, int64_t end, int64_t R, int64_t N, int64_t M, int64_t H, int64_t G, T slope) {
+  std::vector<T> score(M);
+  std::vector<int64_t> source(M);
+  for (int64_t bi_i = begin; bi_i < end; ++bi_i) {
+    const int64_t bi = bi_i / N, i = bi_i % N, grid = bi / R;
+    int64_t count = 0;
+    for (int64_t j = 0; j < M; ++j)
+      if (edges[bi_i * M + j]) source[count++] = j;
+    for (int64_t h = 0; h < H; ++h) {
+      const T* __restrict__ x = xt + ((grid * N + i) * H + h) * G;
+      const T* __restrict__ av = att + (bi * H + h) * G;
+      const T* __restrict__ ev = e + (bi * H + h) * G;
+      T top = std::numeric_limits<T>::lowest();  // not -inf: -ffast-math assumes finite values
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t j = source[k];
+        const T* __restrict__ y = xs + ((grid * M + j) * H + h) * G;
+        const T wij = w[bi_i * M + j];
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t g = 0; g < G; ++g) acc += av[g] * leaky(x[g] + y[g] + wij * ev[g], slope);
+        score[k] = acc;
+        top = acc > top ? acc : top;
+      }
+      T total = 0;
+      for (int64_t k = 0; k < count; ++k) {
+        score[k] = std::exp(score[k] - top);
+        total += score[k];
+      }
+      total = total > T(0) ? total : T(1);  // a row without edges (never: self-loops) gets the bias only
+      T* __restrict__ o = out + (bi_i * H + h) * G;
+      const T* __restrict__ bv = bias + (bi * H + h) * G;
+#pragma omp simd
+      for (int64_t g = 0; g < G; ++g) o[g] = T(0);
+      for (int64_t k = 0; k < count; ++k) {
+        const T alpha = score[k] / total;
+        const T* __restrict__ y = xs + ((grid * M + source[k]) * H + h) * G;
+#pragma omp simd
+        for (int64_t g = 0; g < G; ++g) o[g] += alpha * y[g];
+      }
+#pragma omp simd
+      for (int64_t g = 0; g < G; ++g) o[g] += bv[g];
+    }
+  }
+}
+
+torch::Tensor attend_forward(torch::Tensor xt, torch::Tensor xs, torch::Tensor att, torch::Tensor w, torch::Tensor e,
+                             torch::Tensor edges, torch::Tensor bias, double slope) {
+  const int64_t B = w.size(0), N = xt.size(1), H = xt.size(2), G = xt.size(3), M = xs.size(1);
+  TORCH_CHECK(B % xt.size(0) == 0 && xs.size(0) == xt.size(0), "attend_forward: graphs must repeat the node grids");
+  TORCH_CHECK(edges.scalar_type() == torch::kBool && edges.numel() == B * N * M, "attend_forward: bad edge mask");
+  const int64_t R = B / xt.size(0);
+  auto out = torch::empty({B, N, H, G}, xt.options());
+  AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "attend_forward", [&] {
+    const scalar_t *pt = xt.data_ptr<scalar_t>(), *ps = xs.data_ptr<scalar_t>(), *pa = att.data_ptr<scalar_t>(),
+                   *pw = w.data_ptr<scalar_t>(), *pe = e.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
+    const bool* pm = edges.data_ptr<bool>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    const scalar_t s = static_cast<scalar_t>(slope);
+    at::parallel_for(0, B * N, 1, [=](int64_t begin, int64_t end) {
+      attend_rows<scalar_t>(pt, ps, pa, pw, pe, pm, pb, po, begin, end, R, N, M, H, G, s);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &pairwise_forward, "pairwise additive score, forward");
   m.def("backward", &pairwise_backward, "pairwise additive score, backward");
+  m.def("attend", &attend_forward, "GATv2 attention over a dense graph, forward only");
 }
