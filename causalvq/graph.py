@@ -65,33 +65,39 @@ class _StraightThrough(torch.autograd.Function):
         return None, grad
 
 
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   index: torch.Tensor) -> torch.Tensor:
-    """Per-sample choice among H linear maps: ``x[s] @ weight[index[s]].T + bias[index[s]]``.
+def grouped_linear(x: torch.Tensor, maps: list[tuple[torch.Tensor, torch.Tensor | None]],
+                   index: torch.Tensor) -> list[torch.Tensor]:
+    """Per-sample choice among H linear maps, for several map families over the same input: for each
+    ``(weight, bias)`` of ``maps``, ``x[s] @ weight[index[s]].T + bias[index[s]]``.
 
     One matmul per distinct index over the samples that use it, instead of gathering a `(b, out, in)` copy of
-    the weights per sample (the memory and most of the time of the action heads at the paper's sizes).
+    the weights per sample (the memory and most of the time of the action heads at the paper's sizes). The
+    samples are grouped once for all the families (source and target projections, or a discoverer's halves).
 
     Args:
-        x: `(b, n, in)`; weight: `(H, out, in)`; bias: `(H, out)` or None; index: long `(b,)` in [0, H).
+        x: `(b, n, in)`; each weight: `(H, out, in)`; each bias: `(H, out)` or None; index: long `(b,)` in [0, H).
     Returns:
-        `(b, n, out)`.
+        one `(b, n, out)` tensor per map family.
     """
     if x.shape[0] == 0:
-        return x.new_zeros(0, x.shape[1], weight.shape[1])
+        return [x.new_zeros(0, x.shape[1], weight.shape[1]) for weight, _ in maps]
     lo, hi = int(index.min()), int(index.max())
     if lo == hi:  # one map for the whole batch
-        return F.linear(x, weight[lo], None if bias is None else bias[lo])
+        return [F.linear(x, weight[lo], None if bias is None else bias[lo]) for weight, bias in maps]
     # Samples sorted by map: as they come when they already are (retrieval's copies), else one gather. Gathers
     # are index_select (backward: an index_add; indexing would scatter with a sort) and the maps are unbound
     # views (backward: one stack; weight[h] would zero-fill a full copy of the weights per map used).
     order = None if bool((index[1:] >= index[:-1]).all()) else torch.argsort(index, stable=True)
     heads, counts = torch.unique_consecutive(index if order is None else index[order], return_counts=True)
-    weights = weight.unbind(0)
-    biases = [None] * len(weights) if bias is None else bias.unbind(0)
     rows = (x if order is None else x.index_select(0, order)).split(counts.tolist())
-    out = torch.cat([F.linear(r, weights[h], biases[h]) for h, r in zip(heads.tolist(), rows)])
-    return out if order is None else out.index_select(0, torch.argsort(order))
+    unsort = None if order is None else torch.argsort(order)
+    outputs = []
+    for weight, bias in maps:
+        weights = weight.unbind(0)
+        biases = [None] * len(weights) if bias is None else bias.unbind(0)
+        out = torch.cat([F.linear(r, weights[h], biases[h]) for h, r in zip(heads.tolist(), rows)])
+        outputs.append(out if unsort is None else out.index_select(0, unsort))
+    return outputs
 
 
 class GraphDiscoverers(nn.Module):
@@ -119,8 +125,8 @@ class GraphDiscoverers(nn.Module):
         """
         if isinstance(which, int):
             which = torch.full((P.shape[0],), which, dtype=torch.long, device=P.device)
-        U = grouped_linear(P, self.w1[..., : self.width], self.b1, which)  # (b, n, M): W1a·P_i + b1
-        V = grouped_linear(P, self.w1[..., self.width:], None, which)  # (b, n, M): W1b·P_j
+        # (b, n, M) each: W1a·P_i + b1 and W1b·P_j
+        U, V = grouped_linear(P, [(self.w1[..., : self.width], self.b1), (self.w1[..., self.width:], None)], which)
         w2, b2 = self.w2.index_select(0, which), self.b2.index_select(0, which)  # (b, M), (b,)
         if pairs is not None:
             pairs = pairs.expand(P.shape[0], P.shape[1], P.shape[1])
@@ -231,13 +237,13 @@ class DenseGATv2(nn.Module):
             return NodeTerms(split(self.lin_src(x)), split(self.lin_tgt(x)),
                              split(self.lin_root(x)) if self.lin_root is not None else None)
 
-        def project(lin: nn.Linear) -> torch.Tensor:  # one matmul per head used, no per-sample weight copies
-            W = rearrange(lin.weight, "(h c) i -> h c i", h=self.heads)  # (H, c, in)
-            B = None if lin.bias is None else rearrange(lin.bias, "(h c) -> h c", h=self.heads)
-            return torch.stack([grouped_linear(x, W, B, heads[:, s]) for s in range(heads.shape[1])], 2)
-
-        return NodeTerms(project(self.lin_src), project(self.lin_tgt),
-                         project(self.lin_root) if self.lin_root is not None else None)
+        # one matmul per head used and map, no per-sample weight copies
+        lins = [lin for lin in (self.lin_src, self.lin_tgt, self.lin_root) if lin is not None]
+        maps = [(rearrange(lin.weight, "(h c) i -> h c i", h=self.heads),  # (H, c, in)
+                 None if lin.bias is None else rearrange(lin.bias, "(h c) -> h c", h=self.heads)) for lin in lins]
+        slots = [grouped_linear(x, maps, heads[:, s]) for s in range(heads.shape[1])]  # [slot][map] (b, n, c)
+        terms = [torch.stack([slot[i] for slot in slots], 2) for i in range(len(maps))]  # (b, n, k, c) per map
+        return NodeTerms(*terms, None) if self.lin_root is None else NodeTerms(*terms)
 
     def project_onehot(self, codes: torch.Tensor, extra: torch.Tensor) -> NodeTerms:
         """``project(one_hot(codes) + extra)`` for codes `(b, n)` and ``extra`` `(n, in)` shared by the batch,

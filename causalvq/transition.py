@@ -164,8 +164,8 @@ class CausalTransition(nn.Module):
             edges = W_all.detach() > 0
         # B19: with gradients, the sampled graph gates the attention, so edges that were not drawn learn too
         gate = gate if self.config.gated_attention and torch.is_grad_enabled() else None
-        hidden = F.leaky_relu(self.gat1(terms, W_all, edges, gate=gate),  # (b, n(+1), (A + 1)·G)
-                              inplace=not torch.is_grad_enabled())
+        # in place: the backward keeps the activation only, which the second layer saves anyway
+        hidden = F.leaky_relu(self.gat1(terms, W_all, edges, gate=gate), inplace=True)  # (b, n(+1), (A + 1)·G)
         heads = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
         if action is not None:
             heads = torch.cat([heads, action[:, None] + 1], 1)  # (b, 2): "unchanged" and "intervened by a"

@@ -137,14 +137,17 @@ def test_grouped_linear_equals_per_sample_gathered_weights() -> None:
     torch.manual_seed(0)
     weight = torch.randn(4, 3, 5, dtype=torch.double, requires_grad=True)
     bias = torch.randn(4, 3, dtype=torch.double, requires_grad=True)
+    weight2 = torch.randn(4, 7, 5, dtype=torch.double, requires_grad=True)  # a second family, without bias
     x = torch.randn(6, 2, 5, dtype=torch.double, requires_grad=True)
     # unsorted (gathered), already sorted (taken as it comes), one map for all
     for index in (torch.tensor([2, 0, 3, 2, 0, 1]), torch.tensor([0, 0, 1, 3, 3, 3]), torch.full((6,), 3)):
-        out = grouped_linear(x, weight, bias, index)
+        out, out2 = grouped_linear(x, [(weight, bias), (weight2, None)], index)
         ref = torch.einsum("bni,boi->bno", x, weight[index]) + bias[index][:, None]
-        assert torch.allclose(out, ref, atol=1e-12)
-        grads = torch.autograd.grad(out.square().sum(), (x, weight, bias))
-        ref_grads = torch.autograd.grad(ref.square().sum(), (x, weight, bias))
+        ref2 = torch.einsum("bni,boi->bno", x, weight2[index])
+        assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(out2, ref2, atol=1e-12)
+        leaves = (x, weight, bias, weight2)
+        grads = torch.autograd.grad(out.square().sum() + out2.sin().sum(), leaves)
+        ref_grads = torch.autograd.grad(ref.square().sum() + ref2.sin().sum(), leaves)
         assert all(torch.allclose(g, r, atol=1e-12) for g, r in zip(grads, ref_grads))
 
 
