@@ -89,9 +89,20 @@ def grouped_linear(x: torch.Tensor, maps: list[tuple[torch.Tensor, torch.Tensor 
     # views (backward: one stack; weight[h] would zero-fill a full copy of the weights per map used).
     order = None if bool((index[1:] >= index[:-1]).all()) else torch.argsort(index, stable=True)
     heads, counts = torch.unique_consecutive(index if order is None else index[order], return_counts=True)
-    rows = (x if order is None else x.index_select(0, order)).split(counts.tolist())
+    grouped = x if order is None else x.index_select(0, order)
     unsort = None if order is None else torch.argsort(order)
     outputs = []
+    if len(heads) == hi - lo + 1 and int(counts.min()) == int(counts.max()):
+        # Every map of a range used by as many samples (retrieval: each action once per pair): one batched
+        # matmul over the range, a view of the weights.
+        rows = grouped.reshape(len(heads), -1, x.shape[-1])  # (maps used, samples per map · n, in)
+        for weight, bias in maps:
+            W = weight[lo:hi + 1].transpose(1, 2)  # (maps used, in, out)
+            out = torch.bmm(rows, W) if bias is None else torch.baddbmm(bias[lo:hi + 1, None], rows, W)
+            out = out.view(x.shape[0], x.shape[1], -1)
+            outputs.append(out if unsort is None else out.index_select(0, unsort))
+        return outputs
+    rows = grouped.split(counts.tolist())
     for weight, bias in maps:
         weights = weight.unbind(0)
         biases = [None] * len(weights) if bias is None else bias.unbind(0)

@@ -140,7 +140,9 @@ def test_grouped_linear_equals_per_sample_gathered_weights() -> None:
     weight2 = torch.randn(4, 7, 5, dtype=torch.double, requires_grad=True)  # a second family, without bias
     x = torch.randn(6, 2, 5, dtype=torch.double, requires_grad=True)
     # unsorted (gathered), already sorted (taken as it comes), one map for all
-    for index in (torch.tensor([2, 0, 3, 2, 0, 1]), torch.tensor([0, 0, 1, 3, 3, 3]), torch.full((6,), 3)):
+    # and a range of maps each used as often (one batched matmul), sorted or not
+    for index in (torch.tensor([2, 0, 3, 2, 0, 1]), torch.tensor([0, 0, 1, 3, 3, 3]), torch.full((6,), 3),
+                  torch.tensor([1, 1, 2, 2, 3, 3]), torch.tensor([2, 3, 1, 2, 3, 1])):
         out, out2 = grouped_linear(x, [(weight, bias), (weight2, None)], index)
         ref = torch.einsum("bni,boi->bno", x, weight[index]) + bias[index][:, None]
         ref2 = torch.einsum("bni,boi->bno", x, weight2[index])

@@ -22,35 +22,83 @@ namespace {
 template <typename T>
 inline T leaky(T p, T slope) { return p > T(0) ? p : slope * p; }
 
+// sum_g a[g] * leaky(x[g] + y[g] + w * e[g]) for one source y (kWeighted: with the edge term).
+template <typename T, bool kWeighted>
+inline T score_one(const T* __restrict__ x, const T* __restrict__ y, T w, const T* __restrict__ av,
+                   const T* __restrict__ ev, int64_t G, T slope) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t g = 0; g < G; ++g) acc += av[g] * leaky(x[g] + y[g] + (kWeighted ? w * ev[g] : T(0)), slope);
+  return acc;
+}
+
+// The same for four sources at once: x, a and e are loaded once for the four, and the four sums are
+// independent (about 1.5x the throughput of four score_one calls).
+template <typename T, bool kWeighted>
+inline void score_four(const T* __restrict__ x, const T* __restrict__ y0, const T* __restrict__ y1,
+                       const T* __restrict__ y2, const T* __restrict__ y3, const T* w, const T* __restrict__ av,
+                       const T* __restrict__ ev, T* out, int64_t G, T slope) {
+  const T w0 = kWeighted ? w[0] : T(0), w1 = kWeighted ? w[1] : T(0);
+  const T w2 = kWeighted ? w[2] : T(0), w3 = kWeighted ? w[3] : T(0);
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t g = 0; g < G; ++g) {
+    const T base = x[g], eg = kWeighted ? ev[g] : T(0), ag = av[g];
+    s0 += ag * leaky(base + y0[g] + w0 * eg, slope);
+    s1 += ag * leaky(base + y1[g] + w1 * eg, slope);
+    s2 += ag * leaky(base + y2[g] + w2 * eg, slope);
+    s3 += ag * leaky(base + y3[g] + w3 * eg, slope);
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+// Scores of row x against the sources listed in `source` (count of them), into score[0..count).
+template <typename T, bool kWeighted>
+inline void score_sources(const T* x, const T* Y, const int64_t* source, int64_t count, const T* w_row,
+                          const T* av, const T* ev, T* score, int64_t stride, int64_t G, T slope) {
+  int64_t k = 0;
+  T w4[4] = {0, 0, 0, 0};
+  for (; k + 4 <= count; k += 4) {
+    if (kWeighted)
+      for (int q = 0; q < 4; ++q) w4[q] = w_row[source[k + q]];
+    score_four<T, kWeighted>(x, Y + source[k] * stride, Y + source[k + 1] * stride, Y + source[k + 2] * stride,
+                             Y + source[k + 3] * stride, w4, av, ev, score + k, G, slope);
+  }
+  for (; k < count; ++k)
+    score[k] = score_one<T, kWeighted>(x, Y + source[k] * stride, kWeighted ? w_row[source[k]] : T(0), av, ev, G,
+                                       slope);
+}
+
 // The loops take every size and pointer by value (not captured by reference in a lambda): otherwise the
 // compiler must assume a store through dx/dy may change `slope` or a size and reloads them, and the g loop
 // runs ~30x slower.
 template <typename T>
 void forward_rows(const T* X, const T* Y, const T* a, const T* w, const T* e, const bool* mask, T* out,
                   int64_t begin, int64_t end, int64_t N, int64_t M, int64_t H, int64_t G, T slope) {
+  std::vector<int64_t> source(M);
+  std::vector<T> score(M);
   for (int64_t bi_i = begin; bi_i < end; ++bi_i) {
     const int64_t bi = bi_i / N, i = bi_i % N;
+    int64_t count = 0;
     for (int64_t j = 0; j < M; ++j) {
-      if (mask && !mask[bi_i * M + j]) {
+      if (!mask || mask[bi_i * M + j]) {
+        source[count++] = j;
+      } else {
         for (int64_t h = 0; h < H; ++h) out[((bi * H + h) * N + i) * M + j] = T(0);
-        continue;
       }
-      const T wij = w ? w[bi_i * M + j] : T(0);
-      for (int64_t h = 0; h < H; ++h) {
-        const T* __restrict__ x = X + (bi_i * H + h) * G;
-        const T* __restrict__ y = Y + ((bi * M + j) * H + h) * G;
-        const T* __restrict__ av = a + (bi * H + h) * G;
-        T acc = 0;
-        if (w) {
-          const T* __restrict__ ev = e + (bi * H + h) * G;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t g = 0; g < G; ++g) acc += av[g] * leaky(x[g] + y[g] + wij * ev[g], slope);
-        } else {
-#pragma omp simd reduction(+ : acc)
-          for (int64_t g = 0; g < G; ++g) acc += av[g] * leaky(x[g] + y[g], slope);
-        }
-        out[((bi * H + h) * N + i) * M + j] = acc;
+    }
+    for (int64_t h = 0; h < H; ++h) {
+      const T* x = X + (bi_i * H + h) * G;
+      const T* y = Y + (bi * M * H + h) * G;  // source j's terms at y + j * H * G
+      const T* av = a + (bi * H + h) * G;
+      if (w) {
+        score_sources<T, true>(x, y, source.data(), count, w + bi_i * M, av, e + (bi * H + h) * G, score.data(),
+                               H * G, G, slope);
+      } else {
+        score_sources<T, false>(x, y, source.data(), count, nullptr, av, nullptr, score.data(), H * G, G, slope);
       }
+      T* o = out + ((bi * H + h) * N + i) * M;
+      for (int64_t k = 0; k < count; ++k) o[source[k]] = score[k];
     }
   }
 }
@@ -180,19 +228,13 @@ void attend_rows(const T* xt, const T* xs, const T* att, const T* w, const T* e,
       const T* __restrict__ x = xt + ((grid * N + i) * H + h) * G;
       const T* __restrict__ av = att + (bi * H + h) * G;
       const T* __restrict__ ev = e + (bi * H + h) * G;
+      score_sources<T, true>(x, xs + (grid * M * H + h) * G, source.data(), count, w + bi_i * M, av, ev,
+                             score.data(), H * G, G, slope);
       T top = std::numeric_limits<T>::lowest();  // not -inf: -ffast-math assumes finite values
-      for (int64_t k = 0; k < count; ++k) {
-        const int64_t j = source[k];
-        const T* __restrict__ y = xs + ((grid * M + j) * H + h) * G;
-        const T wij = w[bi_i * M + j];
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t g = 0; g < G; ++g) acc += av[g] * leaky(x[g] + y[g] + wij * ev[g], slope);
-        score[k] = acc;
-        top = acc > top ? acc : top;
-      }
+      int64_t k;
+      for (k = 0; k < count; ++k) top = score[k] > top ? score[k] : top;
       T total = 0;
-      for (int64_t k = 0; k < count; ++k) {
+      for (k = 0; k < count; ++k) {
         score[k] = std::exp(score[k] - top);
         total += score[k];
       }
@@ -201,8 +243,19 @@ void attend_rows(const T* xt, const T* xs, const T* att, const T* w, const T* e,
       const T* __restrict__ bv = bias + (bi * H + h) * G;
 #pragma omp simd
       for (int64_t g = 0; g < G; ++g) o[g] = T(0);
-      for (int64_t k = 0; k < count; ++k) {
-        const T alpha = score[k] / total;
+      const T norm = T(1) / total;
+      k = 0;
+      for (; k + 4 <= count; k += 4) {  // four sources at a time: one load and store of the output per four
+        const T* __restrict__ y0 = xs + ((grid * M + source[k]) * H + h) * G;
+        const T* __restrict__ y1 = xs + ((grid * M + source[k + 1]) * H + h) * G;
+        const T* __restrict__ y2 = xs + ((grid * M + source[k + 2]) * H + h) * G;
+        const T* __restrict__ y3 = xs + ((grid * M + source[k + 3]) * H + h) * G;
+        const T a0 = score[k] * norm, a1 = score[k + 1] * norm, a2 = score[k + 2] * norm, a3 = score[k + 3] * norm;
+#pragma omp simd
+        for (int64_t g = 0; g < G; ++g) o[g] += a0 * y0[g] + a1 * y1[g] + a2 * y2[g] + a3 * y3[g];
+      }
+      for (; k < count; ++k) {
+        const T alpha = score[k] * norm;
         const T* __restrict__ y = xs + ((grid * M + source[k]) * H + h) * G;
 #pragma omp simd
         for (int64_t g = 0; g < G; ++g) o[g] += alpha * y[g];
