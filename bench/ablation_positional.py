@@ -54,7 +54,7 @@ def run(checkpoint: str, unit: bool, train: tuple, test: tuple, steps: int) -> d
     start = time.perf_counter()
     for step in range(steps):
         idx = torch.randint(0, len(cx), (32,), generator=gen)
-        grid = lambda nodes: model.unflatten_codes(nodes[idx])  # noqa: E731
+        grid = lambda nodes, idx=idx: model.unflatten_codes(nodes[idx])  # noqa: E731
         loss = (model.base_losses(grid(cx)) if step % 3 == 0
                 else model.transition_losses(grid(cx), grid(cy), act[idx])).loss
         opt.zero_grad()
