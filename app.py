@@ -570,10 +570,25 @@ def configure_threads() -> int:
     return threads
 
 
+def start_fused_kernel() -> threading.Thread | None:
+    """Load the fused C++ kernel in the background (built with the machine's compiler on a first start, about a
+    minute; cached after). The app serves on the plain-torch path until it is there, then on the kernel: the same
+    numbers, a transition pass about 3× faster. ``CAUSALVQ_FUSED_KERNEL=0`` keeps the torch path, and so does a
+    machine without a compiler or ninja."""
+    if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "0":
+        return None
+    from causalvq import pairwise
+
+    thread = threading.Thread(target=pairwise.use_fused_kernel, daemon=True, name="causalvq-fused-kernel")
+    thread.start()
+    return thread
+
+
 demo = load_demo()
 
 if __name__ == "__main__":
     configure_threads()
+    start_fused_kernel()
     for ex in demo.handlers.explorers.values():  # measure the in-domain error in the background
         threading.Thread(target=ex.domain_check, daemon=True).start()
     demo.launch(**LAUNCH_OPTIONS)

@@ -45,9 +45,9 @@ _KERNEL = None  # the compiled fused kernel, once ``use_fused_kernel`` has built
 def use_fused_kernel(verbose: bool = False) -> bool:
     """Build (first call: ~1 min, cached under ~/.cache/torch_extensions) and use the fused C++ kernel.
 
-    Opt-in: training and the benchmarks call it; the library, the tests and the app run on the plain-torch
-    path unless ``CAUSALVQ_FUSED_KERNEL=1``; ``CAUSALVQ_FUSED_KERNEL=0`` forbids it. Returns False (and keeps
-    the torch path) when it is forbidden or no compiler is there.
+    Opt-in: training, the benchmarks and the app (in a background thread at start-up) call it; the library and
+    the tests run on the plain-torch path unless ``CAUSALVQ_FUSED_KERNEL=1``; ``CAUSALVQ_FUSED_KERNEL=0`` forbids
+    it. Returns False (and keeps the torch path) when it is forbidden or no compiler is there.
     """
     global _KERNEL
     if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "0":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,48 @@ def test_fused_attention_matches_torch_path(fused, residual, with_heads) -> None
     assert torch.allclose(fused_out, plain_out, atol=1e-12)
     with torch.enable_grad():  # with gradients the torch path runs (the kernel has no backward)
         assert layer(*args, **kwargs).requires_grad
+
+
+def test_app_composes_sliders_the_same_on_the_kernel(fused) -> None:
+    """The app moves to the kernel once ``start_fused_kernel`` has loaded it: slider moves on the shipped
+    checkpoint give the same codes and images as on the plain-torch path."""
+    from pathlib import Path
+
+    from causalvq.explore import Explorer
+
+    shipped = Path(__file__).resolve().parent.parent / "assets" / "causalvq-shapes3d"
+    explorer = Explorer.from_checkpoint(str(shipped), fallback=None)
+    example = sorted((shipped.parent / "examples").glob("*.png"))[0]
+    codes = explorer.load_image(str(example)).codes
+    moves = [[0] * len(explorer.max_steps)] + [[(i + k) % (m + 1) - (m // 2) for k, m in enumerate(explorer.max_steps)]
+                                                for i in range(4)]
+
+    def compose() -> list:
+        explorer._cache.clear()
+        return [explorer.apply_sliders(codes, steps) for steps in moves]
+
+    assert pairwise._KERNEL is not None
+    on_kernel = compose()
+    pairwise.disable_fused_kernel()
+    try:
+        plain = compose()
+    finally:
+        assert pairwise.use_fused_kernel()
+    for a, b in zip(on_kernel, plain):
+        assert torch.equal(a.codes, b.codes)
+        assert np.array_equal(a.image, b.image)
+
+
+def test_app_loads_the_kernel_in_the_background_unless_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+
+    monkeypatch.setenv("CAUSALVQ_FUSED_KERNEL", "0")
+    assert app.start_fused_kernel() is None
+    monkeypatch.setenv("CAUSALVQ_FUSED_KERNEL", "")
+    pairwise.disable_fused_kernel()
+    try:
+        thread = app.start_fused_kernel()
+        thread.join(timeout=600)
+        assert not thread.is_alive() and pairwise._KERNEL is not None
+    finally:
+        pairwise.disable_fused_kernel()
