@@ -573,7 +573,7 @@ def configure_threads() -> int:
 def start_fused_kernel() -> threading.Thread | None:
     """Load the fused C++ kernel in the background (built with the machine's compiler on a first start, about a
     minute; cached after). The app serves on the plain-torch path until it is there, then on the kernel: the same
-    numbers, a transition pass about 3× faster. ``CAUSALVQ_FUSED_KERNEL=0`` keeps the torch path, and so does a
+    numbers, a transition pass about 2× faster. ``CAUSALVQ_FUSED_KERNEL=0`` keeps the torch path, and so does a
     machine without a compiler or ninja."""
     if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "0":
         return None
