@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -25,6 +26,16 @@ def fused():
     yield
     pairwise.disable_fused_kernel()
     mp.undo()
+
+
+@contextmanager
+def plain_torch():
+    """Inside: the plain-torch path; after: the kernel again."""
+    pairwise.disable_fused_kernel()
+    try:
+        yield
+    finally:
+        assert pairwise.use_fused_kernel()
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 6, 3, 4, True, 2), (2, 5, 6, 3, 4, True, 1), (3, 7, 7, 1, 9, False, 1)])
@@ -65,13 +76,9 @@ def test_fused_kernel_eval_passes_match_torch_path(fused) -> None:
         with torch.no_grad():
             fused_scores = model.retrieve_action_codes(codes_x, codes_y).scores
             fused_probs = model.transition_codes(codes_x, torch.tensor([0, 3, 5])).probs
-        pairwise.disable_fused_kernel()
-        try:
-            with torch.no_grad():
-                plain_scores = model.retrieve_action_codes(codes_x, codes_y).scores
-                plain_probs = model.transition_codes(codes_x, torch.tensor([0, 3, 5])).probs
-        finally:
-            assert pairwise.use_fused_kernel()
+        with plain_torch(), torch.no_grad():
+            plain_scores = model.retrieve_action_codes(codes_x, codes_y).scores
+            plain_probs = model.transition_codes(codes_x, torch.tensor([0, 3, 5])).probs
         assert torch.allclose(fused_scores, plain_scores, atol=1e-5)
         assert torch.allclose(fused_probs, plain_probs, atol=1e-6)
 
@@ -89,11 +96,8 @@ def test_fused_kernel_training_step_matches_torch_path(fused) -> None:
         return [p.grad.clone() for p in model.transition_parameters() if p.grad is not None]
 
     with_kernel = grads()
-    pairwise.disable_fused_kernel()
-    try:
+    with plain_torch():
         plain = grads()
-    finally:
-        assert pairwise.use_fused_kernel()
     assert len(with_kernel) == len(plain)
     for a, b in zip(with_kernel, plain):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
@@ -125,12 +129,8 @@ def test_fused_attention_matches_torch_path(fused, residual, with_heads) -> None
     with torch.no_grad():
         assert pairwise.fused_attention_available(x)
         fused_out = layer(*args, **kwargs)
-    pairwise.disable_fused_kernel()
-    try:
-        with torch.no_grad():
-            plain_out = layer(*args, **kwargs)
-    finally:
-        assert pairwise.use_fused_kernel()
+    with plain_torch(), torch.no_grad():
+        plain_out = layer(*args, **kwargs)
     assert fused_out.shape == plain_out.shape == (grids * copies, n, (2 if with_heads else heads) * 6)
     assert torch.allclose(fused_out, plain_out, atol=1e-12)
     with torch.enable_grad():  # with gradients the torch path runs (the kernel has no backward)
@@ -157,11 +157,8 @@ def test_app_composes_sliders_the_same_on_the_kernel(fused) -> None:
 
     assert pairwise._KERNEL is not None
     on_kernel = compose()
-    pairwise.disable_fused_kernel()
-    try:
+    with plain_torch():
         plain = compose()
-    finally:
-        assert pairwise.use_fused_kernel()
     for a, b in zip(on_kernel, plain):
         assert torch.equal(a.codes, b.codes)
         assert np.array_equal(a.image, b.image)
