@@ -83,7 +83,9 @@ class Adam:
         index = {saved_id: i for i, saved_id in enumerate(saved["params"])}
         self.state = {}
         for key, entries in state_dict["state"].items():
-            i = index[int(key)] if int(key) in index else int(key)
+            if int(key) not in index:
+                raise ValueError(f"optimizer state names parameter {key}, which its group does not list")
+            i = index[int(key)]
             p = self.params[i]
             moments = {name: torch.as_tensor(entries[name]) for name in ("exp_avg", "exp_avg_sq")}
             for name, value in moments.items():

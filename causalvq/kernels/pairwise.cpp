@@ -225,11 +225,12 @@ void attend_rows(const T* xt, const T* xs, const T* att, const T* w, const T* e,
     for (int64_t j = 0; j < M; ++j)
       if (edges[bi_i * M + j]) source[count++] = j;
     for (int64_t h = 0; h < H; ++h) {
-      const T* __restrict__ x = xt + ((grid * N + i) * H + h) * G;
-      const T* __restrict__ av = att + (bi * H + h) * G;
-      const T* __restrict__ ev = e + (bi * H + h) * G;
-      score_sources<T, true>(x, xs + (grid * M * H + h) * G, source.data(), count, w + bi_i * M, av, ev,
-                             score.data(), H * G, G, slope);
+      const T* x = xt + ((grid * N + i) * H + h) * G;
+      const T* y = xs + (grid * M * H + h) * G;  // source j's terms at y + j * H * G
+      const T* av = att + (bi * H + h) * G;
+      const T* ev = e + (bi * H + h) * G;
+      const int64_t stride = H * G;
+      score_sources<T, true>(x, y, source.data(), count, w + bi_i * M, av, ev, score.data(), stride, G, slope);
       T top = std::numeric_limits<T>::lowest();  // not -inf: -ffast-math assumes finite values
       int64_t k;
       for (k = 0; k < count; ++k) top = score[k] > top ? score[k] : top;
@@ -244,21 +245,20 @@ void attend_rows(const T* xt, const T* xs, const T* att, const T* w, const T* e,
 #pragma omp simd
       for (int64_t g = 0; g < G; ++g) o[g] = T(0);
       const T norm = T(1) / total;
-      k = 0;
-      for (; k + 4 <= count; k += 4) {  // four sources at a time: one load and store of the output per four
-        const T* __restrict__ y0 = xs + ((grid * M + source[k]) * H + h) * G;
-        const T* __restrict__ y1 = xs + ((grid * M + source[k + 1]) * H + h) * G;
-        const T* __restrict__ y2 = xs + ((grid * M + source[k + 2]) * H + h) * G;
-        const T* __restrict__ y3 = xs + ((grid * M + source[k + 3]) * H + h) * G;
+      for (k = 0; k + 4 <= count; k += 4) {  // four sources at a time: one load and store of the output per four
+        const T* __restrict__ y0 = y + source[k] * stride;
+        const T* __restrict__ y1 = y + source[k + 1] * stride;
+        const T* __restrict__ y2 = y + source[k + 2] * stride;
+        const T* __restrict__ y3 = y + source[k + 3] * stride;
         const T a0 = score[k] * norm, a1 = score[k + 1] * norm, a2 = score[k + 2] * norm, a3 = score[k + 3] * norm;
 #pragma omp simd
         for (int64_t g = 0; g < G; ++g) o[g] += a0 * y0[g] + a1 * y1[g] + a2 * y2[g] + a3 * y3[g];
       }
       for (; k < count; ++k) {
         const T alpha = score[k] * norm;
-        const T* __restrict__ y = xs + ((grid * M + source[k]) * H + h) * G;
+        const T* __restrict__ yk = y + source[k] * stride;
 #pragma omp simd
-        for (int64_t g = 0; g < G; ++g) o[g] += alpha * y[g];
+        for (int64_t g = 0; g < G; ++g) o[g] += alpha * yk[g];
       }
 #pragma omp simd
       for (int64_t g = 0; g < G; ++g) o[g] += bv[g];
