@@ -32,7 +32,6 @@ def _measure(kind: str, path: str, threads: int, repeats: int) -> dict:
     from causalvq import pairwise
     from causalvq.config import ModelConfig
     from causalvq.model import CausalVQ
-    from train.optim import Adam
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -55,7 +54,7 @@ def _measure(kind: str, path: str, threads: int, repeats: int) -> dict:
         model.train()
         model.requires_grad_(False)
         model.transition.requires_grad_(True)
-        opt = Adam(model.transition_parameters(), lr=5e-4)  # the trainer's optimiser (train.optim)
+        opt = torch.optim.Adam(model.transition_parameters(), lr=5e-4)  # the trainer's optimiser
         loss_fn = {"base": lambda: model.base_losses(cx), "action": lambda: model.transition_losses(cx, cy, actions),
                    "retrieval": lambda: model.retrieval_losses(cx, cy, actions)}[mode]
         for _ in range(repeats + 2):

@@ -22,15 +22,26 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim
     sched.step()
 
 
-def test_state_round_trip_continues_exactly(tmp_path):
+# The keys of the states written before the trainer used torch.optim (same layout, fewer entries).
+EARLIER_GROUP_KEYS = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "params"}
+EARLIER_SCHEDULER_KEYS = {"step_size", "gamma", "base_lrs", "last_epoch", "_last_lr"}
+
+
+@pytest.mark.parametrize("writer", ["torch.optim", "earlier trainer"])
+def test_state_round_trip_continues_exactly(tmp_path, writer):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     for _ in range(2):
         _step(model, opt, sched)
-    state = TrainState(stage=1, step=2, recipe={"seed": 0}, model=model.state_dict(), optimizer=opt.state_dict(),
-                       scheduler=sched.state_dict(), torch_rng=torch.get_rng_state(),
+    optimizer, scheduler = opt.state_dict(), sched.state_dict()
+    if writer == "earlier trainer":
+        optimizer["param_groups"] = [{k: v for k, v in g.items() if k in EARLIER_GROUP_KEYS}
+                                     for g in optimizer["param_groups"]]
+        scheduler = {k: v for k, v in scheduler.items() if k in EARLIER_SCHEDULER_KEYS}
+    state = TrainState(stage=1, step=2, recipe={"seed": 0}, model=model.state_dict(), optimizer=optimizer,
+                       scheduler=scheduler, torch_rng=torch.get_rng_state(),
                        numpy_rng=np.random.get_state(legacy=False))
     path = save_state(tmp_path / "resume" / "stage1.safetensors", state)
     assert [p.name for p in path.parent.iterdir()] == ["stage1.safetensors"]  # no temporary file left

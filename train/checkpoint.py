@@ -54,8 +54,8 @@ class TrainState:
     step: int  # completed optimiser steps
     recipe: dict[str, Any]  # Recipe.to_dict() of the run
     model: dict[str, torch.Tensor]  # bare module state dict
-    optimizer: dict[str, Any]  # train.optim.Adam.state_dict() (torch.optim.Adam's layout)
-    scheduler: dict[str, Any]  # train.optim.StepDecay.state_dict() (StepLR's layout)
+    optimizer: dict[str, Any]  # torch.optim.Adam.state_dict()
+    scheduler: dict[str, Any]  # torch.optim.lr_scheduler.StepLR.state_dict()
     torch_rng: torch.Tensor | None = None  # torch.get_rng_state()
     numpy_rng: dict[str, Any] | None = None  # np.random.get_state(legacy=False)
 

@@ -38,7 +38,6 @@ from train import distributed
 from train.checkpoint import TrainState, load_state, save_state
 from train.distributed import Context
 from train.monitor import MetricsLog, WindowMeans
-from train.optim import Adam, StepDecay
 from train.recipes import RESUMABLE_KEYS, Recipe, StageRecipe
 
 STREAM_SHARED, STREAM_LOCAL, STREAM_TORCH = 1, 2, 3  # a step's generators: all ranks / per rank / torch seed
@@ -137,8 +136,8 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
     With ``resume`` and a state at ``state_path``, continue from it (a finished stage returns at once).
     """
     settings, stage = spec.settings, spec.stage
-    optimizer = Adam(spec.parameters, lr=settings.lr)  # torch.optim.Adam's update, without torch.optim's imports
-    scheduler = StepDecay(optimizer, step_size=settings.lr_decay_every, gamma=settings.lr_decay)
+    optimizer = torch.optim.Adam(spec.parameters, lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_decay_every, gamma=settings.lr_decay)
     start = 0
     if resume and state_path.is_file():
         state = load_state(state_path)
@@ -214,7 +213,8 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
     return settings.steps
 
 
-def _state(stage: int, step: int, recipe: Recipe, model: CausalVQ, optimizer: Adam, scheduler: StepDecay) -> TrainState:
+def _state(stage: int, step: int, recipe: Recipe, model: CausalVQ, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler) -> TrainState:
     return TrainState(stage=stage, step=step, recipe=recipe.to_dict(), model=model.state_dict(),
                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                       torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(legacy=False))
