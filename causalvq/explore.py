@@ -599,7 +599,7 @@ class Explorer:
         constant code grids, or for ``codes`` `(1, k, h, w)` when given."""
         self._check_action(action)
         with torch.inference_mode():
-            return self.model.causal_graph(action, codes).numpy()
+            return self.model.causal_graph(action, codes).adjacency.numpy()
 
     def intervened_nodes(self, action: int, codes: torch.Tensor | None = None) -> np.ndarray:
         """bool `(n,)`: nodes ``action`` intervenes on for ``codes`` (or, without codes, on average over the

@@ -66,6 +66,13 @@ class Retrieval:
 
 
 @dataclass(frozen=True)
+class Graph:
+    adjacency: torch.Tensor  # (n, n) edge probabilities C averaged over the code grids (row = source)
+    mask: torch.Tensor  # (n,) fraction of the grids in which the action intervenes on each node: exactly 0/1 for
+    #                     one grid, 0 without an action
+
+
+@dataclass(frozen=True)
 class DoResult:
     codes: torch.Tensor  # (b, k, h, w) codes after do(node = code) and propagation
     changed: torch.Tensor  # (b, n) bool, nodes whose code differs from the input
@@ -194,30 +201,27 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         return DoResult(codes=self.unflatten_codes(new), changed=new != self.flatten_codes(codes))
 
     @torch.no_grad()
-    def causal_graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
-        """Learned adjacency `(n, n)` (row = source): edge probabilities C averaged over code grids.
+    def causal_graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> Graph:
+        """The learned graph for no action or ``action``, from the transition's own edge function (``edges``,
+        the one its forward pass uses), deterministic (no dropout, thresholds at 0.5) and averaged over code
+        grids.
 
         Without ``codes`` the average runs over every node taking each of its codes in turn (codebook entry j
-        everywhere, j = 0..N−1); with ``codes`` `(b, k, h, w)` over those grids. Deterministic (no dropout).
+        everywhere, j = 0..N−1); with ``codes`` `(b, k, h, w)` over those grids.
         """
         if codes is None:
             v = self.config.codebook_size
             codes = torch.arange(v, device=self.device)[:, None].expand(v, self.config.num_nodes)
             codes = self.unflatten_codes(codes)
         nodes = self.flatten_codes(codes)
+        act = None if action is None else self._check_actions(torch.tensor([action]), 1).expand(nodes.shape[0])
         was_training = self.training
         self.eval()
         try:
-            features = self.transition.node_features(nodes)
-            X, P = features.onehot, features.features
-            C = self.transition.discoverers(P, 0)
-            if action is not None:
-                act = self._check_actions(torch.tensor([action]), 1).expand(nodes.shape[0])
-                m = (self.transition.intervention_probs(X, act) > 0.5).float()
-                C = self.transition.blend_edges(C, self.transition.discoverers(P, act + 1), m)
+            edges = self.transition.edges(self.transition.node_features(nodes), act, sample=False)
         finally:
             self.train(was_training)
-        return C.mean(0)
+        return Graph(adjacency=edges.probs.mean(0), mask=edges.mask.mean(0))
 
     # --- image level ---
     def reconstruct(self, x: torch.Tensor) -> Reconstruction:

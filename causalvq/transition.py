@@ -58,6 +58,14 @@ class NodeFeatures(NamedTuple):
     #                                  dropout_on_codes, where P = drop(X + PE) has no such split
 
 
+class Edges(NamedTuple):
+    """The intervention mask and the edge probabilities of a batch of grids under their actions."""
+
+    probs: torch.Tensor  # C (b, n, n), row = source, column = target
+    mask: torch.Tensor  # m (b, n), exactly 0/1 (straight-through gradient); 0 without an action
+    mask_probs: torch.Tensor  # p (b, n), probability that each node is intervened on
+
+
 class CausalTransition(nn.Module):
     """The CT layer over the L = K·h·w code nodes of an MCQ-VAE."""
 
@@ -114,6 +122,26 @@ class CausalTransition(nn.Module):
         """Edge probabilities `(b, n, n)` under mask `m (b, n)`: the action discoverer's where ``rewired``."""
         return C + self.rewired(m) * (C_action - C)
 
+    def edges(self, nodes: NodeFeatures, action: torch.Tensor | None, sample: bool, copies: int = 1) -> Edges:
+        """The intervention mask m of ``action`` and the edge probabilities C under it (``Edges``), `(b, n)` and
+        `(b, n, n)`; ``copies`` as in ``forward``. The one edge function of the layer: the forward pass and
+        ``CausalVQ.causal_graph`` both call it."""
+        X, P = nodes.onehot, nodes.features
+        C = self.discoverers(P, 0)  # (b, n, n)
+        if copies > 1:
+            if self.training and self.dropout.p > 0:
+                raise ValueError("copies > 1 shares one dropout draw between copies: use it in eval mode")
+            X, P, C = (t.repeat_interleave(copies, 0) for t in (X, P, C))  # (b·copies, ...)
+        if action is None:
+            p = m = torch.zeros(X.shape[:2], device=X.device)
+            return Edges(C, m, p)
+        p = self.intervention_probs(X, action)
+        m = bernoulli_st(p, sample)  # (b, n)
+        # Without gradients only the rewired entries of the action discoverer are scored (exact: the blend
+        # ignores the rest); training needs them all, for the straight-through gradient of m.
+        pairs = None if torch.is_grad_enabled() else self.rewired(m) > 0
+        return Edges(self.blend_edges(C, self.discoverers(P, action + 1, pairs=pairs), m), m, p)
+
     def forward(self, codes: torch.Tensor, action: torch.Tensor | None = None, *, sample: bool = True,
                 identity_graph: bool = False, copies: int = 1) -> TransitionOutput:
         """One CT pass.
@@ -130,25 +158,11 @@ class CausalTransition(nn.Module):
                 between copies.
         """
         nodes = self.node_features(codes)
-        X, P = nodes.onehot, nodes.features
         terms = self.project_nodes(nodes)  # first-layer node terms: the same for every graph over these nodes
         if identity_graph and action is None:
             return self._identity_pass(terms)
-        C = self.discoverers(P, 0)  # (b, n, n)
-        if copies > 1:
-            if self.training and self.dropout.p > 0:
-                raise ValueError("copies > 1 shares one dropout draw between copies: use it in eval mode")
-            X, P, C = (t.repeat_interleave(copies, 0) for t in (X, P, C))  # (b·copies, ...); terms stay per grid
-        b, n = X.shape[:2]
-        if action is None:
-            p = m = torch.zeros(b, n, device=codes.device)
-        else:
-            p = self.intervention_probs(X, action)
-            m = bernoulli_st(p, sample)  # (b, n)
-            # Without gradients only the rewired entries of the action discoverer are scored (exact: the blend
-            # ignores the rest); training needs them all, for the straight-through gradient of m.
-            pairs = None if torch.is_grad_enabled() else self.rewired(m) > 0
-            C = self.blend_edges(C, self.discoverers(P, action + 1, pairs=pairs), m)  # (b, n, n)
+        C, m, p = self.edges(nodes, action, sample, copies)  # (b, n, n), (b, n), (b, n)
+        b, n = m.shape
         if identity_graph:
             graph = torch.eye(n, device=codes.device).expand(b, n, n)
         else:

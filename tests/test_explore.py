@@ -254,7 +254,7 @@ def test_graph_and_intervened_nodes(explorer: Explorer, loaded) -> None:
     adj = explorer.graph(None)
     assert adj.shape == (n, n) and 0 <= adj.min() and adj.max() <= 1
     with torch.inference_mode():
-        assert np.allclose(adj, explorer.model.causal_graph(None).numpy())
+        assert np.allclose(adj, explorer.model.causal_graph(None).adjacency.numpy())
         p = explorer.model.intervention_probs(loaded.codes, torch.tensor([3]))[0]
     assert explorer.graph(3, loaded.codes).shape == (n, n)
     assert np.array_equal(explorer.intervened_nodes(3, loaded.codes), (p > 0.5).numpy())

@@ -51,7 +51,7 @@ def test_public_method_shapes(model: CausalVQ, images: torch.Tensor) -> None:
     ret = model.retrieve_action(images, images.flip(0))
     assert ret.probs.shape == (B, a) and ret.action.shape == (B,)
     assert torch.allclose(ret.probs.sum(-1), torch.ones(B))
-    assert model.causal_graph().shape == (n, n) and model.causal_graph(action=2).shape == (n, n)
+    assert model.causal_graph().adjacency.shape == (n, n) and model.causal_graph(action=2).mask.shape == (n,)
     assert model.intervention_probs(codes, actions).shape == (B, n)
     d = model.do(codes, node=5, code=1)
     assert d.codes.shape == codes.shape and d.changed.shape == (B, n)
@@ -112,6 +112,24 @@ def test_nodes_outside_the_mask_use_the_no_action_head(model: CausalVQ) -> None:
     assert m.any() and (~m).any()
     expected = torch.where(m[..., None], out.head_logits[:, :, 1], out.head_logits[:, :, 0]).softmax(-1)
     assert torch.allclose(out.probs, expected, atol=1e-6)
+
+
+def test_causal_graph_is_the_forward_pass_graph(model: CausalVQ) -> None:
+    """``causal_graph`` on one grid gives the edge probabilities and the mask of the evaluation pass itself;
+    on several grids their means."""
+    codes = model.unflatten_codes(torch.randint(0, model.config.codebook_size, (B, model.config.num_nodes)))
+    nodes = model.flatten_codes(codes)
+    with torch.no_grad():
+        out = model.transition(nodes, torch.tensor([2] * B), sample=False)
+        plain = model.transition(nodes, None, sample=False)
+    for i in range(B):
+        graph = model.causal_graph(2, codes[i:i + 1])
+        assert torch.equal(graph.mask, out.mask[i])  # (batch size moves the float rounding of C only)
+        assert torch.allclose(graph.adjacency, out.edge_probs[i], atol=1e-6)
+    graph = model.causal_graph(2, codes)
+    assert torch.allclose(graph.adjacency, out.edge_probs.mean(0)) and torch.allclose(graph.mask, out.mask.mean(0))
+    graph = model.causal_graph(None, codes)
+    assert torch.allclose(graph.adjacency, plain.edge_probs.mean(0)) and not graph.mask.any()
 
 
 def test_factorised_discoverer_equals_naive_concatenated_mlp() -> None:
