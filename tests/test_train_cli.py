@@ -88,14 +88,6 @@ def test_evaluate_command_and_push_to_hub(tiny_run, tmp_path, monkeypatch):
     assert {"config.json", "model.safetensors", "README.md"} <= set(calls[1][2])
 
 
-def test_evaluate_falls_back_without_the_metrics_module(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("train.evaluate._library", lambda: None)
-    assert cli("evaluate", "--checkpoint", tiny_run / "model", "--out", tmp_path, *FAST_EVAL) == 0
-    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert 0 <= report["retrieval_accuracy"] <= 1 and report["reconstruction_mse"] > 0
-    assert "| reconstruction.psnr_db |" in (tmp_path / "eval" / "eval.md").read_text()
-
-
 def test_earlier_results_need_resume(tiny_run, capsys):
     before = snapshot(tiny_run)
     assert cli("stage1", "--recipe", "tiny", "--out", tiny_run) == 2

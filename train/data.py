@@ -1,8 +1,8 @@
-"""Training data: the dataset of a recipe, per-step generators, image batches and the stage-2 code pool.
+"""Training data: the dataset of a recipe, image batches and the stage-2 code pool.
 
-Every step draws its data from ``step_rng(seed, stage, step, rank)``, a numpy generator seeded by those four
-numbers, so a step's batch depends on nothing but the recipe, the seed, the step and the process rank: a resumed
-run draws exactly what an uninterrupted one would have drawn, and each torchrun rank draws different data.
+Each step's batch is drawn (``train.stages``) from the two generators that ``train.loop.step_generators`` derives
+from (seed, stage, step, rank), so a resumed run draws what an uninterrupted one would have; the stage-2 code pool
+is drawn once, from its own generator ``[seed, 2, CODE_POOL_TAG]``.
 
 Axis legend: ``b`` batch, ``c`` channels, ``S`` image side, ``k`` codebooks, ``h w`` latent grid, ``p`` pairs.
 """
@@ -56,16 +56,6 @@ def make_sampler(dataset: FactorDataset, data: DataRecipe, split: str) -> Transi
         return TransitionSampler(dataset, split=split, **data.sampler_options())
     except ValueError as err:
         raise RecipeError(f"[data]: {err}") from err
-
-
-def step_rng(seed: int, stage: int, step: int, rank: int = 0) -> np.random.Generator:
-    """The generator of one step's data: a pure function of ``(seed, stage, step, rank)``."""
-    return np.random.default_rng([seed, stage, step, rank])
-
-
-def step_torch_seed(rng: np.random.Generator) -> int:
-    """A torch seed for the step's in-model randomness (Gumbel noise, dropout), drawn from its generator."""
-    return int(rng.integers(0, 2**63 - 1))
 
 
 def images_of(dataset: FactorDataset, factors: np.ndarray, image_size: int) -> torch.Tensor:

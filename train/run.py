@@ -28,6 +28,7 @@ import torch
 from causalvq.config import ModelConfig
 from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
+from causalvq.metrics.evaluation import write_report
 from causalvq.model import CausalVQ
 from train import distributed
 from train import evaluate as evaluation
@@ -286,7 +287,7 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
 
 def _evaluate_into(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, out: Path, card: Path | None) -> None:
     report = evaluation.evaluate(model, dataset, recipe)
-    evaluation.write(report, out / "eval")
+    write_report(report, out / "eval")
     if card is not None:
         set_card_evaluation(card, evaluation.markdown_table(report))
 
