@@ -97,12 +97,7 @@ class ModelConfig:
         return action_names(self.factor_names)
 
     def __post_init__(self) -> None:
-        # JSON gives lists where tuples are declared: normalise before checking.
-        for name in ("hidden_dims", "factor_names", "factor_sizes"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        _check_types(self)
+        _check_types(self)  # JSON gives lists where tuples are declared: they become tuples
         positive = ("in_channels", "image_size", "num_residual", "embedding_dim", "num_codebooks",
                     "codebook_size", "discoverer_width", "graph_width")
         for name in positive:
@@ -190,30 +185,60 @@ class ModelConfig:
 
 
 def _check_types(config: ModelConfig) -> None:
-    """Reject ill-typed fields (e.g. a string where an int belongs), naming the field."""
+    """Reject ill-typed fields (e.g. a string where an int belongs), naming the field; store the typed values."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        hint = hints[f.name]
-        origin = typing.get_origin(hint)
-        if hint is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif hint is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if ok:
-                try:
-                    object.__setattr__(config, f.name, float(value))
-                except OverflowError:  # an int beyond float range (JSON integers are unbounded)
-                    ok = False
-        elif hint is bool:
-            ok = isinstance(value, bool)
-        elif origin is tuple:
-            (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-            ok = isinstance(value, tuple) and all(
-                isinstance(v, item) and not isinstance(v, bool) for v in value)
-        elif origin is Literal:
-            ok = value in typing.get_args(hint)
-        else:
-            ok = True
-        if not ok:
-            raise ValueError(f"ModelConfig.{f.name} has an ill-typed value {value!r} (expected {hint})")
+        try:
+            object.__setattr__(config, f.name, check_type(getattr(config, f.name), hints[f.name]))
+        except TypeError as err:
+            raise ValueError(f"ModelConfig.{f.name} has an ill-typed value: it {err}") from None
+
+
+def check_type(value: Any, hint: Any) -> Any:
+    """``value`` as the annotation ``hint`` declares it, for configs read from JSON or TOML.
+
+    An int where a float belongs becomes a float, a list where ``tuple[X, ...]`` belongs a tuple (its items checked
+    the same way); a bool is never a number; a ``Literal`` takes only its values; ``Any`` takes anything. The
+    model config and the training recipes check their fields with it and name the field in their errors.
+
+    Raises:
+        TypeError: ``"must be <type>, got <value> (<its type>)"``, for the caller to prefix with the field's name.
+    """
+    ok, typed = _typed(value, hint)
+    if not ok:
+        raise TypeError(f"must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return typed
+
+
+def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(whether value fits hint, value converted to it)``."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_typed(v, item) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if origin is Literal:
+        return value in typing.get_args(hint), value
+    if hint is int or hint is float:
+        number = isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+        if hint is int or not number:
+            return number, value
+        try:
+            return True, float(value)
+        except OverflowError:  # an int beyond float range (JSON and TOML integers are unbounded)
+            return False, value
+    if hint in (bool, str, dict) or origin is dict:
+        return isinstance(value, origin or hint), value
+    return True, value
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return "list of numbers" if item is float else f"list of {item.__name__}"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(origin or hint, "__name__", str(hint))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from causalvq.config import ModelConfig
+from causalvq.config import ModelConfig, check_type
 from causalvq.data import DATASETS
 
 if sys.version_info >= (3, 11):
@@ -307,36 +307,16 @@ def _build(cls: type, values: dict[str, Any], section: str, source: str) -> Any:
         raise RecipeError(f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
                           f"[{section}] accepts {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
-    checked = {key: _check_type(value, hints[key], f"{section}.{key}", source) for key, value in values.items()}
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = check_type(value, hints[key])
+        except TypeError as err:
+            raise RecipeError(f"{source}: {section}.{key} {err}") from None
     try:
         return cls(**checked)
     except ValueError as err:
         raise RecipeError(f"{source}: {err}") from err
-
-
-def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Return ``value`` converted to ``hint`` (int → float, list → tuple) or raise naming ``key``."""
-    origin = typing.get_origin(hint)
-    ok, out = True, value
-    if hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        out = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    elif hint is bool:
-        ok = isinstance(value, bool)
-    elif origin is tuple:
-        ok = isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        out = tuple(float(v) for v in value) if ok else value
-    elif origin is dict:
-        ok = isinstance(value, dict)
-    if not ok:
-        expected = getattr(hint, "__name__", str(hint)).replace("tuple", "list of numbers")
-        raise RecipeError(f"{source}: {key} must be {expected}, got {value!r} ({type(value).__name__})")
-    return out
 
 
 def _set_dotted(table: dict[str, Any], key: str, value: Any, where: str) -> None:
