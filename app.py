@@ -1,6 +1,6 @@
 """CT-VAE explorer: a Gradio app over a CausalVQ checkpoint (the repo root is a Hugging Face Space).
 
-This file only wires widgets to ``causalvq.explore.Explorer``; every computation lives there. The model loads
+This file only wires widgets to ``causalvq.explore``: the ``Explorer`` computes, ``drawing`` draws. The model loads
 once, at import: ``$CAUSALVQ_CHECKPOINT`` (a folder or a Hub repo id), else the shipped
 ``assets/causalvq-shapes3d``; without either the page opens with a notice. See docs/app.md.
 
@@ -27,18 +27,10 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 
-from causalvq.explore import (  # noqa: E402
-    EXAMPLES_DIR,
-    Explorer,
-    InputError,
-    LoadedInput,
-    checkpoint_choices,
-    display_image,
-    draw_code_grid,
-    load_model,
-    node_label,
-    read_image_file,
-)
+from causalvq.explore import drawing  # noqa: E402
+from causalvq.explore.checkpoints import EXAMPLES_DIR, checkpoint_choices, load_model  # noqa: E402
+from causalvq.explore.explorer import Explorer, LoadedInput  # noqa: E402
+from causalvq.explore.images import InputError, display_image, read_image_file  # noqa: E402
 
 TITLE = "CT-VAE explorer: causal interventions on VQ codes"
 MIN_SLOTS = 8  # factor sliders / menus laid out (extra ones hidden), so a checkpoint switch can relabel them
@@ -133,7 +125,7 @@ class Handlers:
         return [int(round(float(s))) for s in steps]
 
     def _grid(self, ex: Explorer, codes: Any, changed: Any = None, marked: Any = None) -> np.ndarray:
-        return draw_code_grid(codes, ex.config.codebook_size, changed, marked)
+        return drawing.draw_code_grid(codes, ex.config.codebook_size, changed, marked)
 
     def _loaded(self, session: Session, ex: Explorer, inp: LoadedInput) -> tuple:
         """Outputs of every input-loading event (see ``build_demo``'s ``load_outputs``)."""
@@ -251,8 +243,8 @@ class Handlers:
         adj = ex.graph(act, codes if over == GRAPH_OVER[1] else None)
         marked = ex.intervened_nodes(act, codes) if act is not None else None
         name = "no action" if act is None else f"action “{ex.action_names[act]}”"
-        heat = ex.graph_heatmap(adj, marked, title=f"adjacency, {name}")
-        net = ex.graph_network(adj, float(threshold), marked, codes)
+        heat = drawing.graph_heatmap(adj, ex.config, marked, title=f"adjacency, {name}")
+        net = drawing.graph_network(adj, ex.config, float(threshold), marked, codes)
         text = f"{name}: {int((adj > threshold).sum() - (np.diag(adj) > threshold).sum())} edges above " \
                f"{float(threshold):.2f} (mean edge probability {adj.mean():.3f})."
         if marked is not None:
@@ -269,7 +261,7 @@ class Handlers:
         marked = np.zeros(ex.config.num_nodes, bool)
         marked[v.node] = True
         others = np.flatnonzero(v.changed)
-        text = (f"do({node_label(v.node, ex.config)} = {v.code}): "
+        text = (f"do({drawing.node_label(v.node, ex.config)} = {v.code}): "
                 + (f"{len(others)} other node(s) changed: {', '.join(map(str, others))}." if len(others)
                    else "no other node changed."))
         return display_image(v.image), self._grid(ex, v.codes, v.changed, marked), text
@@ -299,7 +291,7 @@ class Handlers:
         name, p = v.ranking[0]
         text = (f"Most probable action: **{name}** (p = {p:.2f}); it intervenes on "
                 f"{int(v.intervened.sum())} node(s). {int(v.changed.sum())} code(s) differ between x and y.")
-        return ex.retrieval_figure(v), self._grid(ex, v.codes_x, v.changed, v.intervened), text
+        return drawing.retrieval_figure(v), self._grid(ex, v.codes_x, v.changed, v.intervened), text
 
     @_friendly
     def retrieve_files(self, session: Session, x: dict | None, y: dict | None) -> tuple:
@@ -321,8 +313,8 @@ class Handlers:
         """Per factor, −k..+k applications of its actions: a grid image, its PNG and an animated GIF."""
         ex, inp = self.explorer(session), self._input(session)
         t = ex.traverse(inp.codes, int(round(float(steps))))
-        png, gif = ex.save_traversal(t)
-        return ex.traversal_grid(t), str(png), str(gif)
+        png, gif = drawing.save_traversal(t)
+        return drawing.traversal_grid(t), str(png), str(gif)
 
     # --- checkpoint ---
     @_friendly
@@ -386,7 +378,7 @@ def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
              for f in range(slots)]
     return WidgetSpecs(
         sliders=sliders, menus=menus,
-        node=dict(choices=[(node_label(i, cfg), i) for i in range(cfg.num_nodes)], value=0),
+        node=dict(choices=[(drawing.node_label(i, cfg), i) for i in range(cfg.num_nodes)], value=0),
         code=dict(maximum=cfg.codebook_size - 1, value=0),
         action=dict(choices=[("no action", NO_ACTION), *[(n, i) for i, n in enumerate(ex.action_names)]],
                     value=NO_ACTION),

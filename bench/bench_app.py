@@ -133,7 +133,7 @@ def main() -> None:
 
     from app import Handlers, Session, configure_threads, start_fused_kernel
     from causalvq import pairwise
-    from causalvq.explore import Explorer
+    from causalvq.explore.explorer import Explorer
 
     configure_threads()  # as `python app.py` does
     loader = start_fused_kernel()  # as `python app.py` does; waited for here

@@ -172,7 +172,7 @@ def client_loop(url: str, example: int, path: Path, max_steps: list[int], slots:
 def model_side(checkpoint: str, examples: list[Path]):
     """The handlers and each example's loaded input, in this process (as the app computes them)."""
     from app import MIN_SLOTS, Handlers, configure_threads
-    from causalvq.explore import Explorer
+    from causalvq.explore.explorer import Explorer
 
     configure_threads()  # as `python app.py` does: the same threads give the same numbers
     explorer = Explorer.from_checkpoint(checkpoint, fallback=None)
@@ -183,7 +183,7 @@ def model_side(checkpoint: str, examples: list[Path]):
 
 
 def expected_sizes(handlers, inputs) -> dict[str, tuple]:
-    from causalvq.explore import display_image
+    from causalvq.explore.images import display_image
 
     ex = handlers.explorer(handlers.new_session())
     image = display_image(inputs[0].reconstruction)
@@ -195,7 +195,7 @@ def check_pixels(handlers, inputs, answers: list[Answer]) -> list[str]:
     """Compare answers with the model-side result of the same input and slider values; returns the mismatches."""
     from PIL import Image
 
-    from causalvq.explore import display_image
+    from causalvq.explore.images import display_image
 
     ex = handlers.explorer(handlers.new_session())
     F = ex.config.num_factors

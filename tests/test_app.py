@@ -17,7 +17,7 @@ from PIL import Image
 
 import app
 from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
-from causalvq.explore import Explorer
+from causalvq.explore.explorer import Explorer
 from causalvq.model import CausalVQ
 
 ENDPOINTS = {"/load_image", "/sample_random", "/sample_factors", "/slide", "/ground_truth", "/reset", "/graph",

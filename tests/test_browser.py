@@ -114,7 +114,7 @@ def app_url(tmp_path: Path):
 
     import app
     from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
-    from causalvq.explore import Explorer
+    from causalvq.explore.explorer import Explorer
     from causalvq.model import CausalVQ
 
     torch.manual_seed(0)

@@ -20,20 +20,18 @@ from PIL import Image
 
 import app
 from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
-from causalvq.explore import (
-    DomainCheck,
-    Explorer,
-    InputError,
+from causalvq.explore.checkpoints import find_dataset, load_model, render_examples
+from causalvq.explore.drawing import (
     code_colors,
-    display_image,
     draw_code_grid,
-    find_dataset,
-    load_model,
-    read_image_file,
-    render_examples,
-    to_model_input,
-    to_uint8_image,
+    graph_heatmap,
+    graph_network,
+    retrieval_figure,
+    save_traversal,
+    traversal_grid,
 )
+from causalvq.explore.explorer import DomainCheck, Explorer
+from causalvq.explore.images import InputError, display_image, read_image_file, to_model_input, to_uint8_image
 from causalvq.imaging import to_tensor, to_uint8
 from causalvq.model import CausalVQ
 
@@ -263,11 +261,11 @@ def test_graph_and_intervened_nodes(explorer: Explorer, loaded) -> None:
         explorer.graph(2 * F)
     marked = np.zeros(n, bool)
     marked[:3] = True
-    assert isinstance(explorer.graph_heatmap(adj, marked), Figure)
-    net = explorer.graph_network(adj, threshold=0.5, marked=marked, codes=loaded.codes)
+    assert isinstance(graph_heatmap(adj, explorer.config, marked), Figure)
+    net = graph_network(adj, explorer.config, threshold=0.5, marked=marked, codes=loaded.codes)
     edges = int((adj > 0.5).sum() - (np.diag(adj) > 0.5).sum())
     assert net.axes[0].get_title().startswith(f"{min(edges, 600)} edges")
-    assert explorer.graph_network(adj, threshold=1.0).axes[0].get_title().startswith("0 edges")
+    assert graph_network(adj, explorer.config, threshold=1.0).axes[0].get_title().startswith("0 edges")
 
 
 def test_do_matches_model_do(explorer: Explorer, loaded) -> None:
@@ -300,7 +298,7 @@ def test_retrieval_ranking(explorer: Explorer, loaded) -> None:
     assert view.intervened.shape == view.changed.shape == (explorer.config.num_nodes,)
     same = explorer.retrieve(loaded.codes, loaded.codes)  # code grids work too
     assert not same.changed.any()
-    assert isinstance(Explorer.retrieval_figure(view), Figure)
+    assert isinstance(retrieval_figure(view), Figure)
 
 
 # --- traversals ---
@@ -315,9 +313,9 @@ def test_traversal_columns_are_slider_results(explorer: Explorer, loaded, tmp_pa
         steps = [0] * F
         steps[f] = s
         assert np.array_equal(t.images[f, k + s], explorer.apply_sliders(loaded.codes, steps).image)
-    grid = Explorer.traversal_grid(t)
+    grid = traversal_grid(t)
     assert grid.ndim == 3 and grid.shape[0] > F * S and grid.shape[1] > (2 * k + 1) * S
-    png, gif = Explorer.save_traversal(t, tmp_path)
+    png, gif = save_traversal(t, tmp_path)
     assert Image.open(png).size == (grid.shape[1], grid.shape[0])
     with Image.open(gif) as g:
         assert g.n_frames == 2 * (2 * k + 1) - 2 and g.info.get("loop") == 0

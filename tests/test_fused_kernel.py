@@ -142,7 +142,7 @@ def test_app_composes_sliders_the_same_on_the_kernel(fused) -> None:
     checkpoint give the same codes and images as on the plain-torch path."""
     from pathlib import Path
 
-    from causalvq.explore import Explorer
+    from causalvq.explore.explorer import Explorer
 
     shipped = Path(__file__).resolve().parent.parent / "assets" / "causalvq-shapes3d"
     explorer = Explorer.from_checkpoint(str(shipped), fallback=None)

@@ -30,7 +30,8 @@ from PIL import Image
 
 import app
 from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
-from causalvq.explore import Explorer, display_image
+from causalvq.explore.explorer import Explorer
+from causalvq.explore.images import display_image
 from causalvq.model import CausalVQ
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,7 +278,8 @@ MEMORY_PROBE = """
 import sys
 import numpy as np, torch
 from causalvq.config import ModelConfig
-from causalvq.explore import Explorer, InputError
+from causalvq.explore.explorer import Explorer
+from causalvq.explore.images import InputError
 from causalvq.model import CausalVQ
 
 def kib(field):  # VmRSS / VmHWM of this process (ru_maxrss would carry the parent's peak across exec)

@@ -1,0 +1,248 @@
+"""Pictures of what the explorer computes: code grids, the learned graph, retrieval bars, traversals, GIFs.
+
+Plain functions of numpy arrays, code grids and the ``Explorer``'s result dataclasses; they return ``uint8``
+images (PIL drawing) or matplotlib ``Figure`` objects (never pyplot, so nothing global is touched). Nodes are
+laid out as the model numbers them: node i = k·h·w + y·w + x, codebooks side by side.
+
+Axis legend: ``S`` model image side, ``C`` image channels, ``k`` codebooks, ``h w`` latent grid, ``n`` nodes,
+``v`` codebook size, ``F`` factors.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from causalvq.config import ModelConfig
+from causalvq.imaging import image_grid
+
+if TYPE_CHECKING:
+    from causalvq.explore.explorer import RetrievalView, Traversal
+
+
+# --- code grids ------------------------------------------------------------------------------------------------
+def code_colors(codebook_size: int) -> np.ndarray:
+    """A fixed colour per code, neighbouring indices far apart on the hue circle: ``uint8 (v, 3)``."""
+    rgb = [colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.45 + 0.3 * (i % 3) / 2, 0.95 - 0.2 * (i % 2))
+           for i in range(codebook_size)]
+    return np.round(np.asarray(rgb) * 255).astype(np.uint8).reshape(codebook_size, 3)
+
+
+_FONTS: dict[int, ImageFont.ImageFont] = {}
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    if size not in _FONTS:
+        try:
+            _FONTS[size] = ImageFont.load_default(size=size)
+        except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+            _FONTS[size] = ImageFont.load_default()
+    return _FONTS[size]
+
+
+def draw_code_grid(codes: torch.Tensor | np.ndarray, codebook_size: int, changed: np.ndarray | None = None,
+                   marked: np.ndarray | None = None, cell: int | None = None) -> np.ndarray:
+    """Picture of code indices: one panel per codebook, each cell coloured by its code with the index in it.
+
+    Args:
+        codes: `(k, h, w)` or `(1, k, h, w)` code indices.
+        codebook_size: v, for the colours.
+        changed: optional bool `(n,)`: nodes drawn with a thick black-and-white outline.
+        marked: optional bool `(n,)`: nodes with a black triangle in the top-left corner (intervened on).
+        cell: cell side in pixels (default: panels about 320 px wide).
+
+    Returns:
+        ``uint8 (H, W, 3)``.
+    """
+    c = np.asarray(codes.cpu() if isinstance(codes, torch.Tensor) else codes).astype(np.int64)
+    c = c.reshape(c.shape[-3:])  # (k, h, w)
+    k, h, w = c.shape
+    cell = cell or int(np.clip(min(320 // w, 720 // (k * w)), 16, 48))  # about 320 px a panel, 720 in all
+    gap, title = cell // 2, (max(14, cell // 2) if k > 1 else 0)
+    colors = code_colors(codebook_size)
+    width = k * w * cell + (k - 1) * gap
+    img = Image.new("RGB", (width, title + h * cell), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font, small = _font(max(9, int(cell * 0.42))), _font(max(9, title - 4))
+    changed = np.zeros(k * h * w, bool) if changed is None else np.asarray(changed, bool).reshape(-1)
+    marked = np.zeros(k * h * w, bool) if marked is None else np.asarray(marked, bool).reshape(-1)
+    for q in range(k):
+        x0 = q * (w * cell + gap)
+        if k > 1:
+            draw.text((x0, 1), f"codebook {q}", fill=(60, 60, 60), font=small)
+        for y in range(h):
+            for x in range(w):
+                node = q * h * w + y * w + x
+                code = int(c[q, y, x])
+                box = (x0 + x * cell, title + y * cell, x0 + (x + 1) * cell - 1, title + (y + 1) * cell - 1)
+                rgb = tuple(int(v) for v in colors[code % codebook_size])
+                draw.rectangle(box, fill=rgb, outline=(255, 255, 255))
+                luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+                ink = (0, 0, 0) if luma > 140 else (255, 255, 255)
+                draw.text(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), str(code), fill=ink, font=font,
+                          anchor="mm")
+                if changed[node]:
+                    t = max(2, cell // 12)
+                    draw.rectangle(box, outline=(0, 0, 0), width=t)
+                    inner = (box[0] + t, box[1] + t, box[2] - t, box[3] - t)
+                    draw.rectangle(inner, outline=(255, 255, 255), width=max(1, t // 2))
+                if marked[node]:
+                    s = max(5, cell // 3)
+                    draw.polygon([(box[0], box[1]), (box[0] + s, box[1]), (box[0], box[1] + s)], fill=(0, 0, 0),
+                                 outline=(255, 255, 255))
+    return np.asarray(img)
+
+
+def node_label(node: int, config: ModelConfig) -> str:
+    """``"node 12 (codebook 0, row 1, col 4)"``."""
+    g = config.grid_size
+    q, rest = divmod(node, g * g)
+    y, x = divmod(rest, g)
+    return f"node {node} (codebook {q}, row {y}, col {x})"
+
+
+# --- causal graph ---
+def graph_heatmap(adjacency: np.ndarray, config: ModelConfig, marked: np.ndarray | None = None,
+                  title: str = "") -> Figure:
+    """Heat map of the adjacency (row = source, column = target); marked nodes get red ticks on both axes."""
+    n = adjacency.shape[0]
+    fig = Figure(figsize=(5.2, 4.4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(adjacency, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="edge probability")
+    ax.set_xlabel("target node")
+    ax.set_ylabel("source node")
+    hw = config.grid_size ** 2
+    for b in range(hw, n, hw):  # codebook boundaries
+        ax.axhline(b - 0.5, color="white", lw=0.8)
+        ax.axvline(b - 0.5, color="white", lw=0.8)
+    if marked is not None and marked.any():
+        idx = np.flatnonzero(marked)
+        ax.plot(idx, np.full(len(idx), n - 0.5), "r^", ms=5, clip_on=False)
+        ax.plot(np.full(len(idx), -0.5), idx, "r>", ms=5, clip_on=False)
+    ax.set_title(title or "learned adjacency", fontsize=10)
+    return fig
+
+
+def graph_network(adjacency: np.ndarray, config: ModelConfig, threshold: float = 0.5, marked: np.ndarray | None = None,
+                  codes: torch.Tensor | None = None, max_edges: int = 600, title: str = "") -> Figure:
+    """Node–link drawing on the code grid: an arrow source → target for each edge above ``threshold``
+    (the ``max_edges`` strongest), opacity = probability; marked nodes circled in red."""
+    cfg = config
+    g, k, n = cfg.grid_size, cfg.num_codebooks, cfg.num_nodes
+    node = np.arange(n)
+    q, rest = np.divmod(node, g * g)
+    ys, xs = np.divmod(rest, g)
+    px, py = xs + q * (g + 1.5), ys.astype(float)  # codebooks side by side
+    adj = np.array(adjacency, dtype=np.float64)
+    np.fill_diagonal(adj, 0.0)
+    src, dst = np.nonzero(adj > threshold)
+    w = adj[src, dst]
+    order = np.argsort(-w)[:max_edges]
+    src, dst, w = src[order], dst[order], w[order]
+    fig = Figure(figsize=(min(9.0, max(4.5, 2.6 * k + 2.0)), 4.4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    if len(src):
+        colors = np.zeros((len(w), 4))
+        colors[:, 2], colors[:, 3] = 0.55, 0.15 + 0.75 * w
+        ax.quiver(px[src], py[src], px[dst] - px[src], py[dst] - py[src], angles="xy", scale_units="xy",
+                  scale=1.0, color=colors, width=0.004, headwidth=4, headlength=5, zorder=1)
+    if codes is not None:
+        face = code_colors(cfg.codebook_size)[codes.reshape(-1).cpu().numpy()] / 255.0
+    else:
+        face = np.full((n, 3), 0.85)
+    ax.scatter(px, py, s=120, c=face, edgecolors="0.3", linewidths=0.6, zorder=2)
+    if marked is not None and marked.any():
+        ax.scatter(px[marked], py[marked], s=260, facecolors="none", edgecolors="red", linewidths=2, zorder=3)
+    ax.set_xlim(px.min() - 0.8, px.max() + 0.8)
+    ax.set_ylim(py.max() + 0.8, py.min() - 0.8)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"{len(src)} edges with probability > {threshold:.2f}", fontsize=10)
+    return fig
+
+
+# --- action retrieval ---
+def retrieval_figure(view: RetrievalView, top: int = 12) -> Figure:
+    """Horizontal bar chart of the ``top`` most probable actions, the first in orange."""
+    names = [n for n, _ in view.ranking[:top]][::-1]
+    probs = [p for _, p in view.ranking[:top]][::-1]
+    fig = Figure(figsize=(5.0, 0.3 * len(names) + 1.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    colors = ["#4c72b0"] * (len(names) - 1) + ["#dd8452"]
+    ax.barh(names, probs, color=colors)
+    for i, p in enumerate(probs):
+        ax.text(min(p + 0.01, 0.9), i, f"{p:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("p(action | x, y)")
+    return fig
+
+
+# --- traversals ---
+def traversal_grid(traversal: Traversal, scale: int | None = None) -> np.ndarray:
+    """One labelled grid image: a row per factor (name on the left), columns −steps..+steps (header)."""
+    F, T, S = traversal.images.shape[:3]
+    scale = scale or max(1, 96 // S)
+    tiles = traversal.images.reshape(F * T, S, S, -1)
+    tiles = np.repeat(np.repeat(tiles, scale, axis=1), scale, axis=2)
+    if tiles.shape[-1] == 1:
+        tiles = np.repeat(tiles, 3, axis=-1)
+    grid = image_grid(tiles, nrow=T, pad=2, pad_value=255)
+    font = _font(13)
+    label_w = 8 + max(int(font.getlength(n)) for n in traversal.factor_names)
+    head = 20
+    canvas = Image.new("RGB", (label_w + grid.shape[1], head + grid.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (label_w, head))
+    draw = ImageDraw.Draw(canvas)
+    cell = S * scale + 2
+    for t in range(T):
+        s = t - traversal.steps
+        draw.text((label_w + 2 + t * cell + cell / 2, head / 2), f"{s:+d}" if s else "0", fill=(0, 0, 0),
+                  font=font, anchor="mm")
+    for f, name in enumerate(traversal.factor_names):
+        draw.text((4, head + 2 + f * cell + cell / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.asarray(canvas)
+
+
+def save_traversal(traversal: Traversal, folder: str | os.PathLike | None = None,
+                   frame_ms: int = 250) -> tuple[Path, Path]:
+    """Write ``traversal.png`` (the grid) and ``traversal.gif`` (all factors move together, −k → +k → −k)
+    into ``folder`` (a fresh temporary folder by default); returns both paths."""
+    out = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="causalvq-traversal-"))
+    out.mkdir(parents=True, exist_ok=True)
+    png, gif = out / "traversal.png", out / "traversal.gif"
+    Image.fromarray(traversal_grid(traversal)).save(png)
+    T = traversal.images.shape[1]
+    frames = [_gif_frame(traversal, t) for t in [*range(T), *range(T - 2, 0, -1)]]  # ping-pong
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return png, gif
+
+
+def _gif_frame(traversal: Traversal, t: int, scale: int | None = None) -> Image.Image:
+    """One GIF frame: every factor's image at column ``t``, side by side, names above, the step on the left."""
+    F, _, S = traversal.images.shape[:3]
+    scale = scale or max(1, 96 // S)
+    tiles = traversal.images[:, t]  # (F, S, S, C)
+    tiles = np.repeat(np.repeat(tiles, scale, axis=1), scale, axis=2)
+    if tiles.shape[-1] == 1:
+        tiles = np.repeat(tiles, 3, axis=-1)
+    cell = S * scale + 4
+    font = _font(11)
+    canvas = Image.new("RGB", (F * cell + 4, cell + 36), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for f in range(F):
+        canvas.paste(Image.fromarray(tiles[f]), (4 + f * cell, 18))
+        draw.text((4 + f * cell + cell / 2 - 2, 9), traversal.factor_names[f][:14], fill=(0, 0, 0), font=font,
+                  anchor="mm")
+    s = t - traversal.steps
+    draw.text((4, cell + 20), f"step {s:+d}" if s else "step 0 (reconstruction)", fill=(0, 0, 0), font=font)
+    return canvas.convert("P", palette=Image.Palette.ADAPTIVE)

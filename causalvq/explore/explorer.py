@@ -1,0 +1,391 @@
+"""The ``Explorer``: one loaded ``CausalVQ`` and the computations behind each panel of the app (``app.py``).
+
+An ``Explorer`` wraps the model and, when one matches the checkpoint's factors, the procedural dataset it was
+trained on. Its methods are plain functions of images and code grids that return numpy images or frozen
+dataclasses (below); ``causalvq.explore.drawing`` turns those into pictures, and ``app.py`` only wires them to
+widgets. Nothing here imports gradio: bad input raises ``InputError`` with a sentence the app shows.
+
+Panels and the methods behind them:
+
+1. input: ``load_image`` (any array / PIL image / file, converted to the model input), ``sample`` (from the
+   dataset, random or by factor values), ``domain_check`` (reconstruction error against in-domain samples);
+2. codes: the encoded input's code grid (``LoadedInput.codes``);
+3. atomic interventions: ``apply_sliders`` — slider ``s_f`` applies action ``"<factor f> +"`` (``s_f > 0``) or
+   ``"<factor f> -"`` (``s_f < 0``) ``|s_f|`` times, factors composed in factor order (f = 0 first);
+4. causal graph: ``graph``, ``intervened_nodes``; hard intervention ``do`` (``model.do``: do(node = code), then
+   one no-action pass of the learned graph);
+5. action retrieval: ``retrieve``;
+6. traversals: ``traverse``.
+
+Axis legend: ``S`` model image side, ``C`` image channels, ``k`` codebooks, ``h w`` latent grid, ``n`` nodes
+(L = K·h·w, node i = k·h·w + y·w + x), ``v`` codebook size, ``f`` factors (F), ``a`` actions (A = 2F).
+Images are ``uint8 (S, S, C)`` numpy arrays unless stated; code grids are long tensors ``(1, k, h, w)``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from causalvq.config import ModelConfig
+from causalvq.data import FactorDataset
+from causalvq.explore.checkpoints import ENV_CHECKPOINT, SHIPPED_CHECKPOINT, find_dataset, load_model
+from causalvq.explore.images import InputError, read_image_file, to_model_input
+from causalvq.imaging import to_uint8
+from causalvq.model import CausalVQ
+
+DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
+
+
+# --- results ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DomainCheck:
+    typical: float  # median per-pixel MSE of the reconstruction on in-domain samples
+    threshold: float  # above this an input is flagged as far from the training domain
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """An input as the model sees it, with everything the panels reuse (kept in the app's ``gr.State``)."""
+
+    image: np.ndarray  # uint8 (S, S, C), the model input
+    codes: torch.Tensor  # long (1, k, h, w)
+    reconstruction: np.ndarray  # uint8 (S, S, C)
+    error: float  # per-pixel MSE between input and reconstruction, in [0, 1] units
+    factors: tuple[int, ...] | None  # dataset factors when sampled, else None
+    notice: str  # "" or a warning (far from the training domain, unknown domain)
+
+
+@dataclass(frozen=True)
+class SliderResult:
+    image: np.ndarray  # uint8 (S, S, C), decoded codes after all slider actions
+    codes: torch.Tensor  # long (1, k, h, w)
+    changed: np.ndarray  # bool (n,), codes that differ from the input's
+    intervened: np.ndarray  # bool (n,), nodes any applied action intervened on
+    actions: tuple[int, ...]  # the applied action sequence, in order
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    image: np.ndarray  # uint8 (S, S, C): the dataset image at the moved factors
+    factors: tuple[int, ...]  # the factors rendered (clipped into range)
+    clipped: bool  # whether a slider went past the end of its factor
+
+
+@dataclass(frozen=True)
+class DoView:
+    image: np.ndarray  # uint8 (S, S, C) after do(node = code) and propagation
+    codes: torch.Tensor  # long (1, k, h, w)
+    changed: np.ndarray  # bool (n,), nodes other than ``node`` whose code changed
+    node: int
+    code: int
+
+
+@dataclass(frozen=True)
+class RetrievalView:
+    ranking: tuple[tuple[str, float], ...]  # (action name, p(a | x, y)), most probable first
+    action: int  # the most probable action
+    intervened: np.ndarray  # bool (n,), nodes the most probable action intervenes on, on x's codes
+    changed: np.ndarray  # bool (n,), nodes whose code differs between x and y
+    codes_x: torch.Tensor  # long (1, k, h, w)
+    codes_y: torch.Tensor  # long (1, k, h, w)
+
+
+@dataclass(frozen=True)
+class Traversal:
+    images: np.ndarray  # uint8 (F, 2·steps + 1, S, S, C), column ``steps`` is the reconstruction
+    steps: int
+    factor_names: tuple[str, ...]
+
+
+# --- the explorer ----------------------------------------------------------------------------------------------
+class Explorer:
+    """A loaded CausalVQ, its matching procedural dataset, and the computations behind each panel.
+
+    Args:
+        model: the loaded model (put in eval mode here).
+        dataset: the procedural dataset to sample from; ``None`` looks for one matching the checkpoint's factor
+            names (``find_dataset``); pass ``False`` to disable sampling.
+        source: where the model came from (shown in the app).
+        notice: a message about loading to show in the app ("" for none).
+        calibration_samples: in-domain samples measured for the out-of-domain notice.
+        cache_size: code grids kept by the slider cache (one per applied action prefix).
+    """
+
+    def __init__(self, model: CausalVQ, dataset: FactorDataset | None | bool = None, source: str = "",
+                 notice: str = "", calibration_samples: int = 32, cache_size: int = 4096) -> None:
+        self.model = model.eval()
+        cfg = model.config
+        if dataset is None:
+            dataset = find_dataset(cfg)
+        self.dataset: FactorDataset | None = dataset or None
+        self.source, self.notice = source, notice
+        self.calibration_samples = calibration_samples
+        self._domain: DomainCheck | None = None
+        self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._domain_lock = threading.Lock()
+        if self.dataset is None and dataset is not False:
+            self.notice = (f"{notice} " if notice else "") + (
+                "No procedural dataset has this checkpoint's factors "
+                f"({', '.join(cfg.factor_names)}): sampling is disabled, upload an image instead.")
+
+    @classmethod
+    def from_checkpoint(cls, choice: str | None = None, fallback: Path | None = SHIPPED_CHECKPOINT,
+                        calibration_samples: int = 32) -> Explorer | None:
+        """Load ``choice`` (default ``$CAUSALVQ_CHECKPOINT``) or the shipped checkpoint; ``None`` if neither."""
+        loaded = load_model(choice if choice is not None else os.environ.get(ENV_CHECKPOINT), fallback)
+        if loaded.model is None:
+            return None
+        return cls(loaded.model, source=loaded.source, notice=loaded.notice, calibration_samples=calibration_samples)
+
+    # --- names and sizes ---
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        return self.config.factor_names
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return self.config.action_names
+
+    @property
+    def max_steps(self) -> tuple[int, ...]:
+        """Slider range k_f per factor: enough steps to cross the whole factor (size − 1)."""
+        return tuple(s - 1 for s in self.config.factor_sizes)
+
+    def factor_value_labels(self, f: int) -> list[str]:
+        """Readable labels of factor ``f``'s values (``"2: sphere"``, ``"3: 0.30"``) for the sampling menus."""
+        size = self.config.factor_sizes[f]
+        name = self.factor_names[f]
+        ds = self.dataset
+        if ds is not None and name == "shape" and hasattr(ds, "shape_names"):
+            names = ds.shape_names
+            return [f"{i}: {names[i]}" if i < len(names) else str(i) for i in range(size)]
+        values = getattr(ds, "factor_values", None)
+        if values is not None:
+            return [f"{i}: {float(values[f][i]):.3g}" for i in range(size)]
+        return [str(i) for i in range(size)]
+
+    # --- input ---
+    def domain_check(self) -> DomainCheck | None:
+        """Reconstruction error on in-domain samples (computed once, lazily); ``None`` without a dataset."""
+        if self.dataset is None:
+            return None
+        with self._domain_lock:
+            if self._domain is None:
+                rng = np.random.default_rng(0)
+                factors = self.dataset.sample_factors(self.calibration_samples, rng)
+                x = self._prepare(self.dataset.render(factors))
+                with torch.inference_mode():
+                    err = ((self.model.reconstruct(x).image - x) ** 2).mean((1, 2, 3)).numpy()
+                q95 = float(np.quantile(err, 0.95))
+                self._domain = DomainCheck(typical=float(np.median(err)), threshold=max(DOMAIN_FACTOR * q95, 1e-4))
+        return self._domain
+
+    def _prepare(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 dataset images `(n, H, W, C)` → model input `(n, c, S, S)`."""
+        cfg = self.config
+        return torch.cat([to_model_input(im, cfg.image_size, cfg.in_channels) for im in images])
+
+    def load_image(self, image: np.ndarray | Image.Image | str | os.PathLike,
+                   factors: Sequence[int] | None = None) -> LoadedInput:
+        """Convert any image (array, PIL image, or file path) to the model input, encode and reconstruct it.
+
+        Raises:
+            InputError: unreadable file, or an array that is not an image.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image_file(image)
+        cfg = self.config
+        x = to_model_input(image, cfg.image_size, cfg.in_channels)  # (1, c, S, S)
+        with torch.inference_mode():
+            rec = self.model.reconstruct(x)
+            error = float(((rec.image - x) ** 2).mean())
+        notice = ""
+        check = self.domain_check() if factors is None else None
+        if check is not None and error > check.threshold:
+            notice = (f"This image looks far from the training domain: its reconstruction error is {error:.4f}, "
+                      f"against {check.typical:.4f} on typical {self.dataset.name} samples (threshold "
+                      f"{check.threshold:.4f}). Interventions on it may not mean much.")
+        elif self.dataset is None and factors is None:
+            notice = "No in-domain dataset for this checkpoint: cannot say whether this image is in its domain."
+        return LoadedInput(image=to_uint8(x)[0], codes=rec.codes, reconstruction=to_uint8(rec.image)[0],
+                           error=error, factors=None if factors is None else tuple(int(v) for v in factors),
+                           notice=notice)
+
+    def sample(self, factors: Sequence[int] | None = None, seed: int | None = None) -> LoadedInput:
+        """Render one dataset image, at ``factors`` or at random (``seed``), and load it."""
+        if self.dataset is None:
+            raise InputError("Sampling is disabled: no procedural dataset matches this checkpoint's factors.")
+        if factors is None:
+            factors = self.dataset.sample_factors(1, np.random.default_rng(seed))[0]
+        try:
+            f = self.dataset.check_factors(np.asarray([factors]))
+        except ValueError as err:
+            raise InputError(f"Invalid factor values: {err}") from None
+        return self.load_image(self.dataset.render(f)[0], factors=f[0].tolist())
+
+    # --- atomic interventions ---
+    def slider_actions(self, steps: Sequence[int]) -> tuple[int, ...]:
+        """The action sequence of slider values: factor order, ``|s_f|`` times ``f + F·(s_f < 0)`` each.
+
+        Raises:
+            InputError: wrong number of sliders, non-integer, or out of the range ±k_f.
+        """
+        F = self.config.num_factors
+        if len(steps) != F:
+            raise InputError(f"Expected {F} slider values ({', '.join(self.factor_names)}), got {len(steps)}.")
+        out: list[int] = []
+        for f, s in enumerate(steps):
+            if s is None or float(s) != int(float(s)):
+                raise InputError(f"The slider for {self.factor_names[f]} must be a whole number, got {s}.")
+            s = int(float(s))
+            if abs(s) > self.max_steps[f]:
+                raise InputError(f"The slider for {self.factor_names[f]} goes from {-self.max_steps[f]} to "
+                                 f"{self.max_steps[f]}, got {s}.")
+            out += [f + F * int(s < 0)] * abs(s)
+        return tuple(out)
+
+    @torch.inference_mode()
+    def apply_actions(self, codes: torch.Tensor, actions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply an action sequence to code grids `(1, k, h, w)`: the codes and the bool `(1, n)` intervened mask.
+
+        Every prefix of the sequence is cached (keyed on the input codes), so moving one slider by one step
+        costs one transition.
+        """
+        base = codes.cpu().numpy().tobytes()
+        actions = tuple(int(a) for a in actions)
+        start, cur = 0, (codes, torch.zeros(codes.shape[0], self.config.num_nodes, dtype=torch.bool))
+        with self._lock:
+            for t in range(len(actions), 0, -1):
+                hit = self._cache.get((base, actions[:t]))
+                if hit is not None:
+                    self._cache.move_to_end((base, actions[:t]))
+                    start, cur = t, hit
+                    break
+        c, mask = cur
+        for t in range(start, len(actions)):
+            tr = self.model.transition_codes(c, torch.tensor([actions[t]]))
+            c, mask = tr.codes, mask | tr.mask
+            with self._lock:
+                self._cache[(base, actions[:t + 1])] = (c, mask)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return c, mask
+
+    @torch.inference_mode()
+    def apply_sliders(self, codes: torch.Tensor, steps: Sequence[int]) -> SliderResult:
+        """The slider panel: compose all sliders (factor order) on ``codes`` and decode."""
+        actions = self.slider_actions(steps)
+        out, mask = self.apply_actions(codes, actions)
+        image = to_uint8(self.model.decode_codes(out))[0]
+        changed = (self.model.flatten_codes(out) != self.model.flatten_codes(codes))[0].numpy()
+        return SliderResult(image=image, codes=out, changed=changed, intervened=mask[0].numpy(), actions=actions)
+
+    def ground_truth(self, factors: Sequence[int], steps: Sequence[int]) -> GroundTruth | None:
+        """The dataset image with each factor moved by its slider (clipped into range); ``None`` without one."""
+        if self.dataset is None:
+            return None
+        self.slider_actions(steps)  # validates
+        f = np.asarray(factors, dtype=np.int64) + np.asarray([int(float(s)) for s in steps])
+        clipped = np.clip(f, 0, np.asarray(self.config.factor_sizes) - 1)
+        image = to_uint8(self._prepare(self.dataset.render(clipped[None])))[0]
+        return GroundTruth(image=image, factors=tuple(int(v) for v in clipped), clipped=bool((f != clipped).any()))
+
+    # --- causal graph ---
+    def graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> np.ndarray:
+        """Learned adjacency ``float (n, n)`` (row = source) for no action or ``action``; averaged over all
+        constant code grids, or for ``codes`` `(1, k, h, w)` when given."""
+        self._check_action(action)
+        with torch.inference_mode():
+            return self.model.causal_graph(action, codes).adjacency.numpy()
+
+    def intervened_nodes(self, action: int, codes: torch.Tensor | None = None) -> np.ndarray:
+        """bool `(n,)`: nodes ``action`` intervenes on for ``codes`` (or, without codes, on average over the
+        constant code grids, probability > 0.5)."""
+        self._check_action(action)
+        v = self.config.codebook_size
+        if codes is None:
+            codes = self.model.unflatten_codes(torch.arange(v)[:, None].expand(v, self.config.num_nodes))
+        with torch.inference_mode():
+            p = self.model.intervention_probs(codes, torch.full((codes.shape[0],), action))
+        return (p.mean(0) > 0.5).numpy()
+
+    def _check_action(self, action: int | None) -> None:
+        if action is not None and not 0 <= action < self.config.num_actions:
+            raise InputError(f"Unknown action {action}: choose one of {', '.join(self.action_names)}.")
+
+    @torch.inference_mode()
+    def do(self, codes: torch.Tensor, node: int, code: int) -> DoView:
+        """Hard intervention: do(node = code) via ``model.do``, decoded; which other nodes changed."""
+        n, v = self.config.num_nodes, self.config.codebook_size
+        if not 0 <= int(node) < n:
+            raise InputError(f"Choose a node between 0 and {n - 1}, got {node}.")
+        if not 0 <= int(code) < v:
+            raise InputError(f"Choose a codebook entry between 0 and {v - 1}, got {code}.")
+        res = self.model.do(codes, int(node), int(code))
+        changed = res.changed[0].numpy().copy()
+        changed[int(node)] = False
+        return DoView(image=to_uint8(self.model.decode_codes(res.codes))[0], codes=res.codes, changed=changed,
+                      node=int(node), code=int(code))
+
+    # --- action retrieval ---
+    @torch.inference_mode()
+    def retrieve(self, x: np.ndarray | Image.Image | torch.Tensor, y: np.ndarray | Image.Image | torch.Tensor
+                 ) -> RetrievalView:
+        """Which action turns image x into image y: all actions ranked by p(a | x, y).
+
+        ``x`` and ``y`` are images (any size or mode) or code grids `(1, k, h, w)`.
+        """
+        cx, cy = self._codes_of(x), self._codes_of(y)
+        r = self.model.retrieve_action_codes(cx, cy)
+        probs = r.probs[0].numpy()
+        order = np.argsort(-probs, kind="stable")
+        top = int(order[0])
+        return RetrievalView(
+            ranking=tuple((self.action_names[i], float(probs[i])) for i in order), action=top,
+            intervened=(self.model.intervention_probs(cx, torch.tensor([top]))[0] > 0.5).numpy(),
+            changed=(self.model.flatten_codes(cx) != self.model.flatten_codes(cy))[0].numpy(),
+            codes_x=cx, codes_y=cy)
+
+    def _codes_of(self, image: np.ndarray | Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, torch.Tensor) and not image.is_floating_point():
+            return image
+        cfg = self.config
+        return self.model.encode_codes(to_model_input(image, cfg.image_size, cfg.in_channels))
+
+    # --- traversals ---
+    @torch.inference_mode()
+    def traverse(self, codes: torch.Tensor, steps: int = 3) -> Traversal:
+        """For each factor, −steps..+steps applications of its actions to ``codes`` `(1, k, h, w)`, decoded.
+
+        All 2F action chains advance together in one batched transition per step.
+        """
+        if not 1 <= int(steps) <= 32:
+            raise InputError(f"Choose between 1 and 32 traversal steps, got {steps}.")
+        steps, F = int(steps), self.config.num_factors
+        actions = torch.arange(2 * F)  # (2F,): "f +" for f < F, then "f -"
+        cur = codes.expand(2 * F, -1, -1, -1)  # (2F, k, h, w)
+        chain = []
+        for _ in range(steps):
+            cur = self.model.transition_codes(cur, actions).codes
+            chain.append(cur)
+        stacked = torch.cat([codes, *chain])  # (1 + steps·2F, k, h, w)
+        images = to_uint8(self.model.decode_codes(stacked))  # (1 + steps·2F, S, S, C)
+        centre, moved = images[0], rearrange(images[1:], "(t d f) H W C -> f d t H W C", t=steps, d=2)
+        rows = [np.concatenate([moved[f, 1, ::-1], centre[None], moved[f, 0]]) for f in range(F)]
+        return Traversal(images=np.stack(rows), steps=steps, factor_names=self.factor_names)
