@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.recipes import RecipeError, builtin_recipes, load_recipe, parse_override, recipe_from_toml
+from train.recipes import RecipeError, builtin_recipes, check_resumable, load_recipe, parse_override, recipe_from_toml
 
 SHAPES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 
@@ -91,3 +91,10 @@ def test_dataset_fields_come_from_the_data():
     clash = load_recipe("tiny", ["model.in_channels=3"])
     with pytest.raises(RecipeError, match="model.in_channels"):
         clash.model_config((16, 16, 1), ("a", "b"), (3, 4))
+
+
+def test_resuming_allows_only_the_keys_that_do_not_change_a_step():
+    saved = load_recipe("tiny")
+    check_resumable(saved, load_recipe("tiny", ["stage1.steps=99", "eval.num_pairs=3", "data.prefetch=2"]), "x")
+    with pytest.raises(RecipeError, match=r"cannot resume x: .*\(model\.codebook_size, stage1\.lr differ\)"):
+        check_resumable(saved, load_recipe("tiny", ["stage1.lr=0.5", "model.codebook_size=16"]), "x")

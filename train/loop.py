@@ -38,13 +38,13 @@ from train import distributed
 from train.checkpoint import TrainState, load_state, save_state
 from train.distributed import Context
 from train.monitor import MetricsLog, WindowMeans
-from train.recipes import RESUMABLE_KEYS, Recipe, StageRecipe
+from train.recipes import Recipe, StageRecipe, check_resumable, recipe_from_dict
 
 STREAM_SHARED, STREAM_LOCAL, STREAM_TORCH = 1, 2, 3  # a step's generators: all ranks / per rank / torch seed
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (diverged loss, a resume state that does not fit, ranks out of sync)."""
+    """Training cannot go on (diverged loss, a resume state of another stage, ranks out of sync)."""
 
 
 @dataclass(frozen=True)
@@ -118,17 +118,6 @@ def batches(spec: StageSpec, seed: int, rank: int, start: int, prefetch: int) ->
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def check_resumable(saved: dict[str, Any], recipe: Recipe, path: Path) -> None:
-    """Refuse to resume a state written with a recipe that computes different steps."""
-    from train.recipes import recipe_from_dict
-
-    differences = [k for k in recipe.differences(recipe_from_dict(saved, source=str(path)))
-                   if k not in RESUMABLE_KEYS]
-    if differences:
-        raise TrainingError(f"cannot resume {path}: it was written with a different recipe "
-                            f"({', '.join(differences)} differ); use the same recipe or another --out")
-
-
 def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, state_path: Path, log: MetricsLog,
               resume: bool, progress: bool = True) -> int:
     """Train one stage to ``spec.settings.steps`` completed steps; returns that number.
@@ -143,7 +132,7 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
         state = load_state(state_path)
         if state.stage != stage:
             raise TrainingError(f"{state_path} holds a stage-{state.stage} state, not stage {stage}")
-        check_resumable(state.recipe, recipe, state_path)
+        check_resumable(recipe_from_dict(state.recipe, source=str(state_path)), recipe, state_path)
         model.load_state_dict(state.model, strict=True)
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)

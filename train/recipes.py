@@ -211,6 +211,19 @@ class Recipe:
         return _diff(resolved(self), resolved(other))
 
 
+
+def check_resumable(saved: Recipe, recipe: Recipe, where: str | Path) -> None:
+    """Refuse to continue, under ``recipe``, a run that ``saved`` wrote (at ``where``) if they compute different
+    steps; only ``RESUMABLE_KEYS`` may differ.
+
+    Raises:
+        RecipeError: other keys differ (the message lists them).
+    """
+    differences = [k for k in recipe.differences(saved) if k not in RESUMABLE_KEYS]
+    if differences:
+        raise RecipeError(f"cannot resume {where}: it was written with a different recipe "
+                          f"({', '.join(differences)} differ); use the same recipe or another --out")
+
 # --- loading ---
 def builtin_recipes() -> tuple[str, ...]:
     """Names of the recipes shipped in ``train/recipes/``."""

@@ -35,9 +35,9 @@ from train import evaluate as evaluation
 from train.checkpoint import atomic_write_text, load_state
 from train.data import code_pool_key, encode_pool, load_or_encode_pool, make_sampler, open_dataset
 from train.distributed import Context
-from train.loop import TrainingError, check_resumable, run_stage
+from train.loop import run_stage
 from train.monitor import MetricsLog, plot_stage
-from train.recipes import Recipe, RecipeError, load_recipe
+from train.recipes import Recipe, RecipeError, check_resumable, load_recipe
 from train.release import push_to_hub, set_card_evaluation, write_release
 from train.stages import check_image_model, load_image_model, stage1_spec, stage2_spec
 
@@ -110,8 +110,8 @@ def check_out_dir(run: RunDir, recipe: Recipe, stages: tuple[int, ...], resume: 
         raise RunError(f"--out {run.root} exists and is not a folder")
     if run.recipe.is_file():
         try:
-            check_resumable(load_recipe(str(run.recipe)).to_dict(), recipe, run.recipe)
-        except (TrainingError, RecipeError) as err:
+            check_resumable(load_recipe(str(run.recipe)), recipe, run.recipe)
+        except RecipeError as err:
             raise RunError(f"{run.root} holds a run of another recipe ({err}); choose another --out") from None
     if not resume:
         found = [name for stage in stages for name in run.artifacts(stage)]
