@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,9 +29,10 @@ from causalvq import pairwise
 from train.distributed import DeviceError
 from train.loop import TrainingError
 from train.recipes import RecipeError, builtin_recipes, load_recipe
-from train.run import Options, RunError, command_all, command_evaluate, command_stage1, command_stage2, default_out
+from train.run import Options, RunError, command_all, command_evaluate, command_stage, default_out
 
-COMMANDS = {"stage1": command_stage1, "stage2": command_stage2, "all": command_all, "evaluate": command_evaluate}
+COMMANDS = {"stage1": partial(command_stage, stage=1), "stage2": partial(command_stage, stage=2), "all": command_all,
+            "evaluate": command_evaluate}
 HELP = {
     "stage1": "train the image model (encoder, quantizer, decoder)",
     "stage2": "train the causal-transition layer on a stage-1 checkpoint",

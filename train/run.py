@@ -158,31 +158,23 @@ def build_model(config: ModelConfig, seed: int, device: torch.device) -> CausalV
 
 
 # --- commands ---
-def command_stage1(opts: Options) -> Path:
-    """``python -m train stage1``: the image model; returns the stage-1 release folder."""
-    with _session(opts) as ctx:
-        run = RunDir(opts.out)
-        dataset, sampler, config = dataset_and_config(opts.recipe)
-        _prepare(ctx, run, opts, (1,))
-        _stage1(ctx, run, opts, dataset, sampler, config)
-        if ctx.is_main and opts.push_to_hub:
-            _push(run.stage1, opts.push_to_hub)
-        return run.stage1
-
-
-def command_stage2(opts: Options) -> Path:
-    """``python -m train stage2``: the causal-transition layer on a stage-1 release; returns ``model/``."""
+def command_stage(opts: Options, stage: int) -> Path:
+    """``python -m train stage1`` (the image model) or ``stage2`` (the causal-transition layer on a stage-1
+    release); returns the stage's release folder (``stage1/`` or ``model/``)."""
     with _session(opts) as ctx:
         run = RunDir(opts.out)
         dataset, sampler, config = dataset_and_config(opts.recipe)
         source = None
-        if not (opts.resume and run.state(2).is_file()):
+        if stage == 2 and not (opts.resume and run.state(2).is_file()):
             source = read_stage1(opts.checkpoint or run.stage1, config)
-        _prepare(ctx, run, opts, (2,))
-        _stage2(ctx, run, opts, dataset, sampler, config, source)
+        _prepare(ctx, run, opts, (stage,))
+        if stage == 1:
+            _stage1(ctx, run, opts, dataset, sampler, config)
+        else:
+            _stage2(ctx, run, opts, dataset, sampler, config, source)
         if ctx.is_main and opts.push_to_hub:
-            _push(run.model, opts.push_to_hub)
-        return run.model
+            _push(run.release(stage), opts.push_to_hub)
+        return run.release(stage)
 
 
 def command_all(opts: Options) -> Path:
