@@ -54,6 +54,10 @@ class ModelConfig:
     epsilon: float = 0.1  # ε, non-empty-row regulariser
     change_weight: float = 0.0  # B20: extra weight λ of the action-mode CE on the nodes whose code changes from x
     #                             to y (weights 1 + λ, normalised); 0 is the official plain mean over nodes
+    mask_weight: float = 0.0  # B21: weight μ of the action-mode mask loss BCE(p_i, [c^x_i ≠ c^y_i]), which
+    #                           teaches the mask the nodes a step changes; 0 is the official (no such term)
+    mask_hidden: int = 0  # B22: hidden width of a mask network p(a, PE_i)[c_i] with one hidden layer, so the
+    #                       action and the position interact; 0 is the official single linear layer
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
     overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"
@@ -129,7 +133,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.factor_names has duplicates: {self.factor_names}")
         if not 0.0 <= self.positional_dropout < 1.0:
             raise ValueError(f"ModelConfig.positional_dropout must be in [0, 1), got {self.positional_dropout}")
-        for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight"):
+        if not 0 <= self.mask_hidden <= MAX_SIZE:
+            raise ValueError(f"ModelConfig.mask_hidden must be in [0, {MAX_SIZE}], got {self.mask_hidden}")
+        for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight", "mask_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"ModelConfig.{name} must be a finite non-negative number, got {value}")

@@ -30,6 +30,14 @@ def change_weighted_cross_entropy(probs: torch.Tensor, target: torch.Tensor, sou
     return (w * node_nll(probs, target)).sum() / w.sum()
 
 
+def mask_supervision(mask_probs: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE(p_i, [c^x_i ≠ c^y_i]) averaged over the b·n nodes (B21): the intervention probability of each node
+    against whether the step changes its code. ``mask_probs`` `(b, n)`; ``source`` c^x and ``target`` c^y, long
+    `(b, n)`. The mask is still predicted from x and the action alone; y only supervises it in training."""
+    changed = (source != target).to(mask_probs.dtype)  # (b, n)
+    return F.binary_cross_entropy(mask_probs.clamp(_P_MIN, 1 - _P_MIN), changed)
+
+
 def kl_to_noise(edge_probs: torch.Tensor) -> torch.Tensor:
     """KL(softmax(ξ) ‖ softmax(vec C)), ξ ~ U(0, 1) drawn afresh, averaged over the batch (the official β_ct term)."""
     logq = edge_probs.flatten(1).log_softmax(-1)  # (b, n·n)

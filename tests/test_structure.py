@@ -1,0 +1,115 @@
+"""Structure: the mask loss (B21), the mask network with a hidden layer (B22) and the structure metrics, each on
+hand-built cases whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from causalvq import losses
+from causalvq.config import ModelConfig
+from causalvq.metrics.structure import in_degree, mask_scores, propagation_scores
+from causalvq.model import CausalVQ
+
+
+# --- the mask loss ---------------------------------------------------------------------------------------------
+def test_mask_supervision_is_the_bce_against_the_changed_nodes() -> None:
+    source = torch.tensor([[0, 1, 2, 3]])
+    target = torch.tensor([[0, 5, 2, 6]])  # nodes 1 and 3 change
+    exact = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    assert float(losses.mask_supervision(exact, source, target)) == pytest.approx(-math.log(1 - 1e-4), rel=1e-3)
+    half = torch.full((1, 4), 0.5)
+    assert float(losses.mask_supervision(half, source, target)) == pytest.approx(math.log(2), rel=1e-6)
+    p = torch.full((1, 4), 0.5, requires_grad=True)
+    losses.mask_supervision(p, source, target).backward()
+    assert (p.grad[0, [1, 3]] < 0).all() and (p.grad[0, [0, 2]] > 0).all()  # up where it changes, down elsewhere
+
+
+def test_transition_loss_includes_the_mask_term_only_when_weighted() -> None:
+    torch.manual_seed(0)
+    model = CausalVQ(ModelConfig.tiny(positional_dropout=0.0))
+    k, h = model.config.num_codebooks, model.config.grid_size
+    cx = torch.randint(0, 8, (4, k, h, h))
+    cy = cx.clone()
+    cy[:, 0, 0, 0] = (cy[:, 0, 0, 0] + 1) % 8
+    a = torch.tensor([0, 1, 2, 3])
+
+    def regularizer(weight: float) -> float:
+        model.config = model.transition.config = model.config.replace(mask_weight=weight)
+        torch.manual_seed(1)
+        return float(model.transition_losses(cx, cy, a).regularizer.detach())
+
+    base, weighted = regularizer(0.0), regularizer(2.0)
+    torch.manual_seed(1)
+    p = model.transition(model.flatten_codes(cx), a, sample=True).mask_probs
+    expected = 2.0 * float(losses.mask_supervision(p, model.flatten_codes(cx), model.flatten_codes(cy)))
+    assert weighted - base == pytest.approx(expected, rel=1e-4)
+
+
+def test_config_checks_the_mask_fields() -> None:
+    with pytest.raises(ValueError, match="mask_weight"):
+        ModelConfig.tiny(mask_weight=-1.0)
+    with pytest.raises(ValueError, match="mask_hidden"):
+        ModelConfig.tiny(mask_hidden=-2)
+
+
+# --- the metrics -----------------------------------------------------------------------------------------------
+def test_mask_scores_on_known_masks() -> None:
+    changed = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    perfect = mask_scores(changed, changed)
+    assert (perfect.precision, perfect.recall, perfect.size_ratio, perfect.empty_share) == (1.0, 1.0, 1.0, 0.0)
+    everything = mask_scores(torch.ones_like(changed), changed)
+    assert everything.precision == pytest.approx(5 / 12) and everything.recall == 1.0
+    assert everything.size_ratio == pytest.approx(12 / 5) and everything.mask_nodes == 4.0
+    mask = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    s = mask_scores(mask, changed)
+    assert s.precision == pytest.approx(3 / 4) and s.recall == pytest.approx(3 / 5)
+    assert s.size_ratio == pytest.approx(4 / 5) and s.empty_share == pytest.approx(1 / 3)
+    nothing = mask_scores(torch.zeros_like(changed), changed)
+    assert nothing.precision is None and nothing.recall == 0.0 and nothing.empty_share == 1.0
+    with pytest.raises(ValueError):
+        mask_scores(mask, changed[:, :3])
+
+
+def test_in_degree_excludes_self_loops() -> None:
+    n = 4
+    eye = torch.eye(n, dtype=torch.bool)[None]
+    assert float(in_degree(eye)) == 0.0
+    full = torch.ones(1, n, n, dtype=torch.bool)
+    assert float(in_degree(full)) == n - 1
+    chain = torch.zeros(1, n, n)
+    chain[0, 0, 1] = chain[0, 1, 2] = chain[0, 2, 3] = 1.0  # 0 → 1 → 2 → 3: three edges over four nodes
+    assert float(in_degree(chain > 0.5)) == pytest.approx(3 / 4)
+
+
+def test_propagation_scores_on_known_interventions() -> None:
+    before = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])
+    reference = torch.tensor([[5, 6, 0, 0], [1, 2, 1, 1]])
+    node = torch.tensor([0, 1])
+    # first: do(0 = 5) also moves node 1 to the reference code 6 and node 3 to a wrong code; second: nothing else
+    after = torch.tensor([[5, 6, 0, 7], [1, 2, 1, 1]])
+    s = propagation_scores(before, after, node, reference)
+    assert s.propagating_share == 0.5 and s.changed_nodes == 1.0 and s.agreement == 0.5
+    none = propagation_scores(before, before.clone().index_put_((torch.arange(2), node), torch.tensor([5, 2])),
+                              node, reference)
+    assert none.propagating_share == 0.0 and none.agreement is None
+
+
+def test_mask_network_with_a_hidden_layer_equals_the_mlp_on_the_concatenated_input() -> None:
+    torch.manual_seed(0)
+    model = CausalVQ(ModelConfig.tiny(mask_hidden=5, positional_dropout=0.0)).eval()
+    tr, cfg = model.transition, model.config
+    codes = torch.randint(0, cfg.codebook_size, (3, cfg.num_nodes))
+    action = torch.tensor([0, 3, 5])
+    X = F.one_hot(codes, cfg.codebook_size).float()
+    inp = torch.cat([F.one_hot(action, cfg.num_actions).float()[:, None].expand(-1, cfg.num_nodes, -1),
+                     tr.pe.expand(3, -1, -1)], -1)  # (b, n, A + v)
+    expected = torch.sigmoid(tr.mask_out(F.leaky_relu(tr.mask_net(inp)))).gather(-1, codes[..., None])
+    assert torch.allclose(tr.intervention_probs(X, action), expected[..., 0], atol=1e-6)
+    assert set(model.state_dict()) >= {"transition.mask_out.weight", "transition.mask_net.weight"}
+    official = CausalVQ(ModelConfig.tiny())  # without the switch: the official single layer, same keys as before
+    assert "transition.mask_out.weight" not in official.state_dict()
+    assert official.transition.mask_net.weight.shape == (cfg.codebook_size, cfg.num_actions + cfg.codebook_size)
