@@ -3,8 +3,9 @@
 folder that is or becomes read-only, and an infinite stage-2 loss. After each, the last complete checkpoint
 reads back, and ``--resume`` ends with the bytes of an uninterrupted run.
 
-Kill points inside a write use the test-only hook ``$CAUSALVQ_TEST_KILL_AT`` of ``train.checkpoint``; the
-full-disk and read-only cases mount a small tmpfs (root only; skipped elsewhere). tests/test_train_resume.py
+Kill points inside a write run the CLI under ``KILL_HOOK``, which wraps ``os.replace`` (the rename that ends
+every atomic write) to SIGKILL the process there; the full-disk and read-only cases mount a small tmpfs (root only;
+skipped elsewhere). tests/test_train_resume.py
 holds the basic kill-and-resume case, tests/test_train_cli.py the NaN stage-1 loss and a folder under a file;
 docs/reliability_app_train.md §3 lists the cases and results.
 """
@@ -25,7 +26,7 @@ import pytest
 import torch
 
 from causalvq.model import CausalVQ
-from train.checkpoint import ENV_KILL_AT, load_state
+from train.checkpoint import load_state
 from train.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,14 +35,41 @@ ARGS = ["all", "--recipe", "tiny", "--no-progress", "--threads", "1", "--kernel"
         "--set", "stage2.steps=12", "--set", "stage2.checkpoint_every=3", "--set", "stage2.log_every=1",
         "--set", "eval.num_images=4", "--set", "eval.num_pairs=4", "--set", "eval.max_steps=0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-ENV.pop(ENV_KILL_AT, None)
 OUTPUTS = ("stage1/model.safetensors", "model/model.safetensors", "model/README.md", "stage2_codes.safetensors")
+
+
+# The CLI, killed with SIGKILL during the n-th atomic write of a file (``train.checkpoint.atomic_write_bytes``):
+# its first argument is "<file name>:<n>:<phase>", the phase one of "partial" (half the bytes in the temporary
+# file), "written" (the temporary file complete and fsynced, not yet renamed) or "renamed" (renamed, the folder
+# not yet fsynced).
+KILL_HOOK = """
+import os, signal, sys
+name, n, phase = sys.argv.pop(1).rsplit(":", 2)
+writes, replace = [], os.replace
+
+def replace_then_die(src, dst, *args, **kwargs):
+    if os.path.basename(dst) != name:
+        return replace(src, dst, *args, **kwargs)
+    writes.append(dst)
+    if len(writes) != int(n):
+        return replace(src, dst, *args, **kwargs)
+    if phase == "partial":
+        os.truncate(src, os.path.getsize(src) // 2)
+    if phase == "renamed":
+        replace(src, dst, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace_then_die
+from train.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 # --- helpers ---
 def start(out: Path, *extra: str, kill_at: str | None = None) -> subprocess.Popen:
-    env = {**ENV, ENV_KILL_AT: kill_at} if kill_at else ENV
-    return subprocess.Popen([sys.executable, "-m", "train", *ARGS, "--out", str(out), *extra], cwd=REPO, env=env,
+    """``python -m train`` with ARGS, or the same under ``KILL_HOOK`` with ``kill_at``."""
+    command = ["-c", KILL_HOOK, kill_at] if kill_at else ["-m", "train"]
+    return subprocess.Popen([sys.executable, *command, *ARGS, "--out", str(out), *extra], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -52,7 +80,7 @@ def run(out: Path, *extra: str, kill_at: str | None = None) -> tuple[int, str]:
 
 
 def killed_at(out: Path, point: str, resume: bool = True) -> None:
-    """Run with the kill hook set to ``point``; it must die by SIGKILL there."""
+    """Run under ``KILL_HOOK`` at ``point``; it must die by SIGKILL there."""
     code, output = run(out, *(["--resume"] if resume else []), kill_at=point)
     assert code == -signal.SIGKILL, f"not killed at {point} (rc {code}):\n{output}"
 

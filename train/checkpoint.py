@@ -11,11 +11,6 @@ It is a safetensors file, so reading it never unpickles anything. Writes go to a
 folder, are flushed and fsynced, then ``os.replace``-d over the old file and the folder is fsynced: a crash at
 any moment leaves either the old or the new checkpoint, never a torn one. The release checkpoint
 (``save_pretrained``: ``config.json`` + ``model.safetensors``) is separate; see ``train.release``.
-
-Fault injection, for tests only: with ``$CAUSALVQ_TEST_KILL_AT`` set to ``<file name>:<n>:<phase>`` the process
-SIGKILLs itself during its n-th atomic write of a file of that name, at ``partial`` (half the bytes in the
-temporary file), ``written`` (the temporary file complete and fsynced, not yet renamed) or ``renamed`` (renamed,
-the folder not yet fsynced). tests/test_hardening_train.py uses it; unset, nothing happens.
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +29,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
 FORMAT = "causalvq-train-state/1"
-ENV_KILL_AT = "CAUSALVQ_TEST_KILL_AT"  # tests only: "<file name>:<n>:<phase>", see the module docstring
-_writes: dict[str, int] = {}  # atomic writes per file name in this process, counted while ENV_KILL_AT is set
 
 
 def _file_mode() -> int:
@@ -68,23 +60,6 @@ def write_error(path: str | os.PathLike, err: Exception) -> OSError:
     return OSError(errno, message) if errno is not None else OSError(message)
 
 
-def _kill_phase(path: Path) -> str | None:
-    """The phase at which this write kills the process (``$CAUSALVQ_TEST_KILL_AT``, tests only), else ``None``."""
-    target = os.environ.get(ENV_KILL_AT)
-    if not target:
-        return None
-    name, n, phase = target.rsplit(":", 2)
-    if name != path.name:
-        return None
-    _writes[name] = _writes.get(name, 0) + 1
-    return phase if _writes[name] == int(n) else None
-
-
-def _kill_if(phase: str, kill_at: str | None) -> None:
-    if phase == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
 
@@ -93,7 +68,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             file is left as it was.
     """
     path = Path(path)
-    kill_at = _kill_phase(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a kill mid-write (one writer
@@ -104,21 +78,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
-            if kill_at == "partial":
-                fh.write(data[:len(data) // 2])
-                fh.flush()
-                _kill_if("partial", kill_at)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        _kill_if("written", kill_at)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise write_error(path, err) from err
         raise
-    _kill_if("renamed", kill_at)
     fsync_dir(path.parent)
     return path
 
