@@ -118,11 +118,10 @@ class Handlers:
             raise gr.Error("Load an image first: upload one, sample one, or pick an example.")
         return session.input
 
-    def _steps(self, ex: Explorer, sliders: Sequence[float]) -> list[int]:
-        steps = list(sliders[:ex.config.num_factors])
-        if any(s is None for s in steps):
-            raise gr.Error("Every factor slider needs a value.")
-        return [int(round(float(s))) for s in steps]
+    @staticmethod
+    def _steps(ex: Explorer, sliders: Sequence[float | None]) -> Sequence[float | None]:
+        """The sliders of the checkpoint's factors (the slots past them are hidden); the Explorer checks them."""
+        return sliders[:ex.config.num_factors]
 
     def _grid(self, ex: Explorer, codes: Any, changed: Any = None, marked: Any = None) -> np.ndarray:
         return drawing.draw_code_grid(codes, ex.config.codebook_size, changed, marked)
@@ -240,8 +239,8 @@ class Handlers:
         codes = session.input.codes if session.input is not None else None
         if over == GRAPH_OVER[1] and codes is None:
             raise gr.Error("Load an image first to see the graph of this input, or choose 'all codes'.")
-        adj = ex.graph(act, codes if over == GRAPH_OVER[1] else None)
-        marked = ex.intervened_nodes(act, codes) if act is not None else None
+        g = ex.graph(act, codes if over == GRAPH_OVER[1] else None)
+        adj, marked = g.adjacency, g.intervened
         name = "no action" if act is None else f"action “{ex.action_names[act]}”"
         heat = drawing.graph_heatmap(adj, ex.config, marked, title=f"adjacency, {name}")
         net = drawing.graph_network(adj, ex.config, float(threshold), marked, codes)

@@ -205,8 +205,12 @@ def test_code_grid_picture() -> None:
 def test_slider_actions_order_and_validation(explorer: Explorer) -> None:
     assert explorer.slider_actions([0] * F) == ()
     assert explorer.slider_actions([2, 0, -1, 0, 0, 1]) == (0, 0, 2 + F, 5)  # factor order; "f -" = f + F
-    for bad in ([0] * (F - 1), [100, 0, 0, 0, 0, 0], [0.5, 0, 0, 0, 0, 0]):
-        with pytest.raises(InputError):
+    assert explorer.slider_steps([2.0, 0, -1, 0, 0, 1]) == (2, 0, -1, 0, 0, 1)  # whole floats, as sliders send
+    cases = (([0] * (F - 1), "Expected 6 slider values"), ([100, 0, 0, 0, 0, 0], "floor_hue goes from -9 to 9"),
+             ([0.5, 0, 0, 0, 0, 0], "whole number"), ([float("nan"), 0, 0, 0, 0, 0], "whole number"),
+             ([0, "two", 0, 0, 0, 0], "whole number"), ([0, 0, None, 0, 0, 0], "object_hue needs a value"))
+    for bad, message in cases:
+        with pytest.raises(InputError, match=message):
             explorer.slider_actions(bad)
 
 
@@ -249,14 +253,17 @@ def test_ground_truth_moves_and_clips(explorer: Explorer, loaded) -> None:
 # --- causal graph and do ---
 def test_graph_and_intervened_nodes(explorer: Explorer, loaded) -> None:
     n = explorer.config.num_nodes
-    adj = explorer.graph(None)
-    assert adj.shape == (n, n) and 0 <= adj.min() and adj.max() <= 1
+    g = explorer.graph(None)
+    adj = g.adjacency
+    assert adj.shape == (n, n) and 0 <= adj.min() and adj.max() <= 1 and g.intervened is None
     with torch.inference_mode():
         assert np.allclose(adj, explorer.model.causal_graph(None).adjacency.numpy())
-        p = explorer.model.intervention_probs(loaded.codes, torch.tensor([3]))[0]
-    assert explorer.graph(3, loaded.codes).shape == (n, n)
-    assert np.array_equal(explorer.intervened_nodes(3, loaded.codes), (p > 0.5).numpy())
-    assert explorer.intervened_nodes(3).shape == (n,)
+        step = explorer.model.transition_codes(loaded.codes, torch.tensor([3]))
+        over_all = explorer.model.causal_graph(3).mask
+    one = explorer.graph(3, loaded.codes)
+    assert one.adjacency.shape == (n, n)
+    assert np.array_equal(one.intervened, step.mask[0].numpy())  # the mask of the forward pass itself
+    assert np.array_equal(explorer.graph(3).intervened, (over_all > 0.5).numpy())  # in most constant grids
     with pytest.raises(InputError, match="Unknown action"):
         explorer.graph(2 * F)
     marked = np.zeros(n, bool)
@@ -371,6 +378,11 @@ def test_handlers_refuse_bad_input(handlers: app.Handlers, explorer: Explorer, t
         app.Handlers(None).sample_random(app.Session(checkpoint=""))
     # sliders before any input do nothing (no error toast while the first image loads)
     assert handlers.slide(_session(handlers, explorer), *([1] * handlers.slots)) == (gr.skip(), gr.skip())
+    loaded = _session(handlers, explorer, explorer.sample([0] * F))
+    with pytest.raises(gr.Error, match="The slider for wall_hue needs a value"):
+        handlers.slide(loaded, 0, None, *([0] * (handlers.slots - 2)))
+    with pytest.raises(gr.Error, match="The slider for floor_hue goes from -9 to 9, got 10"):
+        handlers.ground_truth(loaded, 10, *([0] * (handlers.slots - 1)))
 
 
 def test_handlers_intervention_events(handlers: app.Handlers, explorer: Explorer, loaded) -> None:
@@ -390,8 +402,14 @@ def test_handlers_graph_do_retrieval_traversal(handlers: app.Handlers, explorer:
     session = _session(handlers, explorer, loaded)
     heat, net, text = handlers.graph(session, app.NO_ACTION, 0.5, app.GRAPH_OVER[0])
     assert isinstance(heat, Figure) and isinstance(net, Figure) and "no action" in text
-    heat, net, text = handlers.graph(session, 2, 0.3, app.GRAPH_OVER[1])
-    assert "Intervened nodes" in text
+    calls = []
+    original = explorer.model.causal_graph
+    with pytest.MonkeyPatch.context() as mp:  # one model call per graph event
+        mp.setattr(explorer.model, "causal_graph", lambda *a, **k: calls.append(1) or original(*a, **k))
+        heat, net, text = handlers.graph(session, 2, 0.3, app.GRAPH_OVER[1])
+    assert "Intervened nodes" in text and len(calls) == 1
+    marked = explorer.graph(2, loaded.codes).intervened
+    assert text.endswith(f"Intervened nodes (red): {', '.join(map(str, np.flatnonzero(marked))) or 'none'}.")
     with pytest.raises(gr.Error, match="Load an image first"):
         handlers.graph(app.Session(checkpoint=explorer.source), 2, 0.3, app.GRAPH_OVER[1])
     image, grid, text = handlers.do(session, 3, 1)

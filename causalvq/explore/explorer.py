@@ -12,8 +12,8 @@ Panels and the methods behind them:
 2. codes: the encoded input's code grid (``LoadedInput.codes``);
 3. atomic interventions: ``apply_sliders`` — slider ``s_f`` applies action ``"<factor f> +"`` (``s_f > 0``) or
    ``"<factor f> -"`` (``s_f < 0``) ``|s_f|`` times, factors composed in factor order (f = 0 first);
-4. causal graph: ``graph``, ``intervened_nodes``; hard intervention ``do`` (``model.do``: do(node = code), then
-   one no-action pass of the learned graph);
+4. causal graph: ``graph`` (adjacency and intervened nodes); hard intervention ``do`` (``model.do``:
+   do(node = code), then one no-action pass of the learned graph);
 5. action retrieval: ``retrieve``;
 6. traversals: ``traverse``.
 
@@ -79,6 +79,13 @@ class GroundTruth:
     image: np.ndarray  # uint8 (S, S, C): the dataset image at the moved factors
     factors: tuple[int, ...]  # the factors rendered (clipped into range)
     clipped: bool  # whether a slider went past the end of its factor
+
+
+@dataclass(frozen=True)
+class GraphView:
+    adjacency: np.ndarray  # float (n, n) edge probabilities (row = source), averaged over the code grids
+    intervened: np.ndarray | None  # bool (n,): nodes the action intervenes on (in most grids: the model's mask
+    #                                averaged, > 0.5; for one grid exactly the mask); None without an action
 
 
 @dataclass(frozen=True)
@@ -240,23 +247,36 @@ class Explorer:
         return self.load_image(self.dataset.render(f)[0], factors=f[0].tolist())
 
     # --- atomic interventions ---
-    def slider_actions(self, steps: Sequence[int]) -> tuple[int, ...]:
-        """The action sequence of slider values: factor order, ``|s_f|`` times ``f + F·(s_f < 0)`` each.
+    def slider_steps(self, values: Sequence[float | None]) -> tuple[int, ...]:
+        """Check slider values, one per factor, and return them as ints: the one check they get on the way down.
 
         Raises:
-            InputError: wrong number of sliders, non-integer, or out of the range ±k_f.
+            InputError: wrong number of sliders, a missing or non-integer value, or one out of the range ±k_f.
         """
         F = self.config.num_factors
-        if len(steps) != F:
-            raise InputError(f"Expected {F} slider values ({', '.join(self.factor_names)}), got {len(steps)}.")
+        if len(values) != F:
+            raise InputError(f"Expected {F} slider values ({', '.join(self.factor_names)}), got {len(values)}.")
+        out = []
+        for name, k, s in zip(self.factor_names, self.max_steps, values):
+            if s is None:
+                raise InputError(f"The slider for {name} needs a value.")
+            try:
+                v = float(s)
+            except (TypeError, ValueError):
+                v = float("nan")
+            if not v.is_integer():  # also NaN and ±inf
+                raise InputError(f"The slider for {name} must be a whole number, got {s}.")
+            if abs(v) > k:
+                raise InputError(f"The slider for {name} goes from {-k} to {k}, got {int(v)}.")
+            out.append(int(v))
+        return tuple(out)
+
+    def slider_actions(self, values: Sequence[float | None]) -> tuple[int, ...]:
+        """The action sequence of slider values (checked by ``slider_steps``): factor order, ``|s_f|`` times
+        ``f + F·(s_f < 0)`` each."""
+        F = self.config.num_factors
         out: list[int] = []
-        for f, s in enumerate(steps):
-            if s is None or float(s) != int(float(s)):
-                raise InputError(f"The slider for {self.factor_names[f]} must be a whole number, got {s}.")
-            s = int(float(s))
-            if abs(s) > self.max_steps[f]:
-                raise InputError(f"The slider for {self.factor_names[f]} goes from {-self.max_steps[f]} to "
-                                 f"{self.max_steps[f]}, got {s}.")
+        for f, s in enumerate(self.slider_steps(values)):
             out += [f + F * int(s < 0)] * abs(s)
         return tuple(out)
 
@@ -288,7 +308,7 @@ class Explorer:
         return c, mask
 
     @torch.inference_mode()
-    def apply_sliders(self, codes: torch.Tensor, steps: Sequence[int]) -> SliderResult:
+    def apply_sliders(self, codes: torch.Tensor, steps: Sequence[float | None]) -> SliderResult:
         """The slider panel: compose all sliders (factor order) on ``codes`` and decode."""
         actions = self.slider_actions(steps)
         out, mask = self.apply_actions(codes, actions)
@@ -296,38 +316,28 @@ class Explorer:
         changed = (self.model.flatten_codes(out) != self.model.flatten_codes(codes))[0].numpy()
         return SliderResult(image=image, codes=out, changed=changed, intervened=mask[0].numpy(), actions=actions)
 
-    def ground_truth(self, factors: Sequence[int], steps: Sequence[int]) -> GroundTruth | None:
+    def ground_truth(self, factors: Sequence[int], steps: Sequence[float | None]) -> GroundTruth | None:
         """The dataset image with each factor moved by its slider (clipped into range); ``None`` without one."""
         if self.dataset is None:
             return None
-        self.slider_actions(steps)  # validates
-        f = np.asarray(factors, dtype=np.int64) + np.asarray([int(float(s)) for s in steps])
+        f = np.asarray(factors, dtype=np.int64) + np.asarray(self.slider_steps(steps))
         clipped = np.clip(f, 0, np.asarray(self.config.factor_sizes) - 1)
         image = to_uint8(self._prepare(self.dataset.render(clipped[None])))[0]
         return GroundTruth(image=image, factors=tuple(int(v) for v in clipped), clipped=bool((f != clipped).any()))
 
     # --- causal graph ---
-    def graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> np.ndarray:
-        """Learned adjacency ``float (n, n)`` (row = source) for no action or ``action``; averaged over all
-        constant code grids, or for ``codes`` `(1, k, h, w)` when given."""
-        self._check_action(action)
-        with torch.inference_mode():
-            return self.model.causal_graph(action, codes).adjacency.numpy()
+    def graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> GraphView:
+        """The learned graph for no action or ``action`` (one ``model.causal_graph`` call): its adjacency and the
+        nodes the action intervenes on, averaged over all constant code grids, or for ``codes`` `(1, k, h, w)`.
 
-    def intervened_nodes(self, action: int, codes: torch.Tensor | None = None) -> np.ndarray:
-        """bool `(n,)`: nodes ``action`` intervenes on for ``codes`` (or, without codes, on average over the
-        constant code grids, probability > 0.5)."""
-        self._check_action(action)
-        v = self.config.codebook_size
-        if codes is None:
-            codes = self.model.unflatten_codes(torch.arange(v)[:, None].expand(v, self.config.num_nodes))
-        with torch.inference_mode():
-            p = self.model.intervention_probs(codes, torch.full((codes.shape[0],), action))
-        return (p.mean(0) > 0.5).numpy()
-
-    def _check_action(self, action: int | None) -> None:
+        Raises:
+            InputError: an action index out of range.
+        """
         if action is not None and not 0 <= action < self.config.num_actions:
             raise InputError(f"Unknown action {action}: choose one of {', '.join(self.action_names)}.")
+        with torch.inference_mode():
+            g = self.model.causal_graph(action, codes)
+        return GraphView(adjacency=g.adjacency.numpy(), intervened=None if action is None else (g.mask > 0.5).numpy())
 
     @torch.inference_mode()
     def do(self, codes: torch.Tensor, node: int, code: int) -> DoView:
