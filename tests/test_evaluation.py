@@ -262,7 +262,9 @@ def test_wrong_factors_or_split_refused(model, dataset):
 def full_report(dataset) -> EvalReport:
     torch.manual_seed(0)
     model = CausalVQ(ModelConfig.tiny(factor_names=NAMES, factor_sizes=SIZES))
-    sizes = DisentanglementSizes(num_train=24, num_test=12, group_size=4, num_variance=16, importance="extra_trees")
+    sizes = DisentanglementSizes(num_train=24, num_test=12, dci_num_train=24, dci_num_test=12, dci_stages=5,
+                                 factor_vae_train=24, factor_vae_eval=12, group_size=4, num_variance=16,
+                                 importance="extra_trees")
     return evaluate_model(model, dataset, num_images=8, num_pairs=16, max_steps=2, disentanglement_sizes=sizes)
 
 

@@ -8,7 +8,7 @@ intervention, disentanglement) lives in the library.
 from __future__ import annotations
 
 from causalvq.data import FactorDataset
-from causalvq.metrics.evaluation import DisentanglementSizes, EvalReport, evaluate_model, metric_table
+from causalvq.metrics.evaluation import EvalReport, evaluate_model, metric_table
 from causalvq.model import CausalVQ
 from train.data import make_sampler
 from train.recipes import Recipe
@@ -21,7 +21,7 @@ def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe) -> EvalRep
         model, dataset, split="test", sampler=make_sampler(dataset, recipe.data, "test"), seed=settings.seed,
         num_images=settings.num_images, num_pairs=settings.num_pairs, max_steps=settings.max_steps,
         disentanglement=settings.disentanglement,
-        disentanglement_sizes=DisentanglementSizes(importance=settings.importance), batch_size=settings.batch_size)
+        disentanglement_sizes=settings.sizes(), batch_size=settings.batch_size)
 
 
 def markdown_table(report: EvalReport) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 from causalvq.config import ModelConfig, check_type
 from causalvq.data import DATASETS
+from causalvq.metrics.disentanglement import SIZE_PRESETS, DisentanglementSizes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +44,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "stage1.steps", "stage1.log_every", "stage1.checkpoint_every",
     "stage2.steps", "stage2.log_every", "stage2.checkpoint_every", "stage2.encode_batch_size",
     "eval.num_images", "eval.num_pairs", "eval.max_steps", "eval.disentanglement", "eval.importance",
-    "eval.batch_size", "eval.seed", "data.path", "data.prefetch",
+    "eval.disentanglement_sizes", "eval.dci_stages", "eval.batch_size", "eval.seed", "data.path", "data.prefetch",
 })
 
 
@@ -148,6 +149,9 @@ class EvalRecipe:
     max_steps: int = 5  # intervention accuracy for k = 1 .. max_steps applications of an action
     disentanglement: bool = True  # DCI / MIG / SAP / FactorVAE (the slowest part)
     importance: str = "gbt"  # DCI classifier: "gbt" (disentanglement_lib) or "extra_trees" (faster)
+    disentanglement_sizes: str = "cpu"  # named sizes (causalvq.metrics.SIZE_PRESETS): "library"
+    # (disentanglement_lib's; hours for a model on 2 cores) or "cpu" (minutes; the noise baseline shows the effect)
+    dci_stages: int = 0  # DCI boosting stages per factor; 0: those of the named sizes (library 100, cpu 20)
     batch_size: int = 64  # images per model call
     seed: int = 0  # seed of the evaluation draws
 
@@ -160,6 +164,16 @@ class EvalRecipe:
                 raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         if self.importance not in ("gbt", "extra_trees"):
             raise ValueError(f"eval.importance must be 'gbt' or 'extra_trees', got {self.importance!r}")
+        if self.disentanglement_sizes not in SIZE_PRESETS:
+            raise ValueError(f"eval.disentanglement_sizes must be one of {', '.join(SIZE_PRESETS)}, got "
+                             f"{self.disentanglement_sizes!r}")
+        if self.dci_stages < 0:
+            raise ValueError(f"eval.dci_stages must be >= 0 (0: the named sizes' own), got {self.dci_stages}")
+
+    def sizes(self) -> DisentanglementSizes:
+        """The ``DisentanglementSizes`` of these settings: the named sizes, this DCI classifier and stage count."""
+        stages = {"dci_stages": self.dci_stages} if self.dci_stages else {}
+        return DisentanglementSizes.named(self.disentanglement_sizes, importance=self.importance, **stages)
 
 
 @dataclass(frozen=True)

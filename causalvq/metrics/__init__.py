@@ -1,7 +1,9 @@
 """Evaluation metrics (paper §10): disentanglement scores of a representation against ground-truth factors."""
 
 from causalvq.metrics.disentanglement import (
+    SIZE_PRESETS,
     DCIResult,
+    DisentanglementSizes,
     FactorVAEResult,
     completeness_score,
     dci,
@@ -14,13 +16,17 @@ from causalvq.metrics.disentanglement import (
     factor_vae_votes,
     histogram_discretize,
     mig,
+    noise_baseline,
+    noise_representation,
     prune_dims,
     sap,
     sap_score_matrix,
 )
 
 __all__ = [
+    "SIZE_PRESETS",
     "DCIResult",
+    "DisentanglementSizes",
     "FactorVAEResult",
     "completeness_score",
     "dci",
@@ -33,6 +39,8 @@ __all__ = [
     "factor_vae_votes",
     "histogram_discretize",
     "mig",
+    "noise_baseline",
+    "noise_representation",
     "prune_dims",
     "sap",
     "sap_score_matrix",

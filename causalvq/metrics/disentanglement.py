@@ -9,19 +9,25 @@ Axis legend (this module): `n` points, `d` representation dimensions (any float 
 continuous encoder output, one-hot codes, ...), `f` factors (F), `g` FactorVAE groups, `b` points per group.
 
 - ``codes`` are float `(n, d)` arrays, ``factors`` integer `(n, f)` arrays of factor values (any labels).
-- A constant representation dimension is uninformative: it gets zero importance, zero mutual information, a
-  zero SAP score, and is pruned from the FactorVAE argmin; no metric returns NaN on it.
+- A constant representation dimension is uninformative: it gets zero importance, zero mutual information, the
+  SAP score of a constant prediction (as a classifier fitted on it would reach), and is pruned from the FactorVAE
+  argmin; no metric returns NaN on it.
 - Sampling wrappers take ``sample_fn(n, rng) -> factors (n, f)`` and ``represent_fn(factors) -> codes (n, d)``
   (the representation of the images rendered from those factors) and a ``numpy.random.Generator``.
 
 Scores are in [0, 1], higher is better. DCI's informativeness is the mean classification *accuracy* over
 factors, as in disentanglement_lib (Eastwood & Williams report a prediction error instead).
+
+Small samples inflate several scores of wide representations (a tree ensemble fitted on a few hundred points of
+thousands of noise dims still concentrates its importance on a few of them), so :func:`noise_baseline` scores a
+random representation of the same width at the same sizes: a score means something only well above it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -155,7 +161,7 @@ def dci_importance(
     factors_test: np.ndarray,
     *,
     importance: Importance = "gbt",
-    n_estimators: int = 20,
+    n_estimators: int = 100,
     seed: int = 0,
 ) -> tuple[np.ndarray, float, float]:
     """Fit one tree-ensemble classifier per factor and read its feature importances.
@@ -163,14 +169,14 @@ def dci_importance(
     Args:
         codes_train: float `(n_train, d)`; factors_train: int `(n_train, f)` labels 0..K-1.
         codes_test: float `(n_test, d)`; factors_test: int `(n_test, f)` labels 0..K-1.
-        importance: ``"gbt"`` (sklearn GradientBoostingClassifier with its defaults, disentanglement_lib's
-            choice) or ``"extra_trees"`` (ExtraTreesClassifier over all dims, leaves of >= 5 points: random
-            split thresholds, about 10x faster on wide representations; not comparable with published DCI).
-            GBT costs about stages x classes x n log n x d: roughly 40 s per 10-valued factor at n = 1280,
-            d = 1024 and 20 stages on one core, so prefer ``"extra_trees"`` (or fewer dims) for the 8192-dim
-            encoder output.
-        n_estimators: trees (boosting stages) per factor. disentanglement_lib uses 100; the default 20 trades
-            a little accuracy for a 5x speed-up.
+        importance: ``"gbt"`` (sklearn GradientBoostingClassifier, disentanglement_lib's choice: its defaults
+            but ``n_estimators``) or ``"extra_trees"`` (ExtraTreesClassifier over all dims, leaves of >= 5 points:
+            random split thresholds, about 10x faster on wide representations; not comparable with published
+            DCI). GBT fits one tree per stage and class (one per stage for a two-valued factor), each costing
+            about n x d: on one core about 60 ms a tree at n = 500, d = 4096, so 100 stages over the 57 classes
+            of Shapes3D take about 6 minutes.
+        n_estimators: boosting stages (trees per class) per factor; 100 as disentanglement_lib and disent. Fewer
+            stages are a faster setting, not the libraries' DCI: name it where it is reported.
         seed: random state of the classifiers.
 
     Returns:
@@ -204,7 +210,7 @@ def dci(
     *,
     train_fraction: float = 2 / 3,
     importance: Importance = "gbt",
-    n_estimators: int = 20,
+    n_estimators: int = 100,
     seed: int = 0,
 ) -> DCIResult:
     """DCI disentanglement, completeness and informativeness (Eastwood & Williams 2018, disentanglement_lib).
@@ -215,7 +221,7 @@ def dci(
         train_fraction: share of the points (a seeded random split) used to fit the classifiers; the rest
             measures test accuracy. 2/3 matches the paper's 20·B train / 10·B test points.
         importance: ``"gbt"`` or ``"extra_trees"``, see :func:`dci_importance`.
-        n_estimators: trees per factor (disentanglement_lib: 100 boosting stages; default here 20).
+        n_estimators: boosting stages per factor (100, as disentanglement_lib), see :func:`dci_importance`.
         seed: seed of the split and of the classifiers.
     """
     codes, labels = _check(codes, factors)
@@ -332,9 +338,15 @@ def sap_score_matrix(
 
     ``continuous=False`` (disentanglement_lib's default): test accuracy of a ``LinearSVC(C=0.01,
     class_weight="balanced")`` fitted on the one code dim (unscaled, as in disentanglement_lib) over a seeded
-    train/test split of the points. ``continuous=True``: squared correlation of the code dim with the factor
-    value over all points. Constant code dims score 0 without a fit (treated as uninformative; a fit would
-    only reach the chance accuracy of a constant prediction). Labels are the factor values' ranks.
+    train/test split of the points. A constant code dim is not fitted: it scores the test accuracy of the
+    constant prediction of the training majority (ties: the smallest label). disentanglement_lib fits it, and
+    the fit predicts one class for every point: the same accuracy, since on a constant input the balanced
+    one-vs-rest problems differ only by solver tolerance and the fit settles on the majority (except on near
+    ties, where it picks another class by solver noise). Scoring it 0 instead would put every factor's
+    runner-up below chance, so that a single noise dim next to constant ones reads as informative.
+
+    ``continuous=True``: squared correlation of the code dim with the factor value over all points; a constant
+    dim scores 0, as in disentanglement_lib. Labels are the factor values' ranks.
     """
     codes, labels = _check(codes, factors)
     d, f = codes.shape[1], labels.shape[1]
@@ -358,6 +370,7 @@ def sap_score_matrix(
         y_train, y_test = labels[train, j], labels[test, j]
         if np.unique(y_train).size < 2:
             continue  # nothing to classify: no dim is informative about a factor constant in training
+        scores[constant, j] = np.mean(y_test == np.bincount(y_train).argmax())  # a constant prediction
         for i in np.flatnonzero(~constant):
             clf = LinearSVC(C=0.01, class_weight="balanced")
             clf.fit(codes[train, i, None], y_train)
@@ -398,6 +411,7 @@ class FactorVAEResult:
     train_accuracy: float  # accuracy on the votes it was fitted on
     eval_accuracy: float  # accuracy on fresh votes: the reported score (chance ≈ 1/f)
     num_active_dims: int  # code dims kept after pruning
+    tied_votes: float = 0.0  # share of the votes whose lowest normalised variance several dims shared
 
 
 def prune_dims(global_variances: np.ndarray, threshold: float = 0.05) -> np.ndarray:
@@ -408,13 +422,26 @@ def prune_dims(global_variances: np.ndarray, threshold: float = 0.05) -> np.ndar
     return (np.sqrt(global_variances) >= threshold) & (global_variances > _CONSTANT_VAR)
 
 
+def _argbest(values: np.ndarray, rng: np.random.Generator | None, lowest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `(r, c)` values: the column of the lowest (or highest) value and whether several columns share
+    it `(r,)`, `(r,)`. Ties go to a column drawn uniformly among the tied ones, or to the first with ``rng=None``
+    (numpy's argmin / argmax, as disentanglement_lib)."""
+    best = values.min(axis=1, keepdims=True) if lowest else values.max(axis=1, keepdims=True)
+    tied = values == best  # (r, c)
+    several = tied.sum(axis=1) > 1  # (r,)
+    if rng is None:
+        return tied.argmax(axis=1), several
+    return np.where(tied, rng.random(values.shape), -1.0).argmax(axis=1), several
+
+
 def factor_vae_votes(
     group_codes: np.ndarray,
     fixed_factors: np.ndarray,
     num_factors: int,
     global_variances: np.ndarray,
     active: np.ndarray,
-) -> np.ndarray:
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, int]:
     """Votes of g groups, each a batch of points that share the value of one factor.
 
     Args:
@@ -423,10 +450,14 @@ def factor_vae_votes(
         num_factors: f.
         global_variances: float `(d,)` variance of each dim over the whole data.
         active: bool `(d,)` mask from :func:`prune_dims`; must not be empty.
+        rng: breaks ties of the lowest normalised variance at random; ``None`` takes the first tied dim, as
+            disentanglement_lib's ``np.argmin`` (then the score depends on the order of the dims).
 
     Returns:
-        int `(f, d)`: entry ``[k, i]`` counts the groups with factor k fixed whose lowest normalised variance
-        (local variance / global variance, over active dims) is in dim i.
+        ``(votes, tied)``: int `(f, d)`, entry ``[k, i]`` counting the groups with factor k fixed whose lowest
+        normalised variance (local variance / global variance, over active dims) is in dim i; and how many of
+        the g groups had that lowest value in several dims (exact ties: discrete codes, such as one-hot dims
+        that stay constant within a group).
     """
     group_codes = np.asarray(group_codes, dtype=np.float64)
     fixed_factors = np.asarray(fixed_factors)
@@ -436,16 +467,25 @@ def factor_vae_votes(
         raise ValueError("no active dims: every dim is below the pruning threshold")
     local = group_codes.var(axis=1, ddof=1)  # (g, d)
     cols = np.flatnonzero(active)  # (d',)
-    argmin = cols[np.argmin(local[:, cols] / global_variances[cols], axis=1)]  # (g,)
+    lowest, tied = _argbest(local[:, cols] / global_variances[cols], rng, lowest=True)  # (g,), (g,)
     votes = np.zeros((num_factors, group_codes.shape[2]), dtype=np.int64)  # (f, d)
-    np.add.at(votes, (fixed_factors, argmin), 1)
-    return votes
+    np.add.at(votes, (fixed_factors, cols[lowest]), 1)
+    return votes, int(tied.sum())
 
 
-def factor_vae_core(train_votes: np.ndarray, eval_votes: np.ndarray, num_active_dims: int) -> FactorVAEResult:
+def factor_vae_core(
+    train_votes: np.ndarray,
+    eval_votes: np.ndarray,
+    num_active_dims: int,
+    rng: np.random.Generator | None = None,
+) -> FactorVAEResult:
     """Majority-vote classifier: each code dim predicts the factor that most often had its lowest variance in
-    ``train_votes (f, d)``; accuracies on ``train_votes`` and ``eval_votes (f, d)``. No votes score 0."""
-    classifier = np.argmax(train_votes, axis=0)  # (d,) the factor each dim votes for
+    ``train_votes (f, d)``; accuracies on ``train_votes`` and ``eval_votes (f, d)``. No votes score 0.
+
+    A dim whose training votes tie between factors (a dim no training group chose ties between all f) predicts
+    one of them drawn with ``rng``, or the first with ``rng=None`` (disentanglement_lib's ``np.argmax``).
+    """
+    classifier, _ = _argbest(train_votes.T, rng, lowest=False)  # (d,) the factor each dim votes for
     dims = np.arange(train_votes.shape[1])
 
     def accuracy(votes: np.ndarray) -> float:
@@ -475,18 +515,25 @@ def factor_vae(
     represent_fn: RepresentFn,
     rng: np.random.Generator,
     batch_size: int = 64,
-    num_train: int = 800,
-    num_eval: int = 400,
-    num_variance: int = 5000,
+    num_train: int = 10_000,
+    num_eval: int = 5_000,
+    num_variance: int = 10_000,
     prune_threshold: float = 0.05,
     points_per_call: int = 4096,
 ) -> FactorVAEResult:
-    """FactorVAE score (Kim & Mnih 2018), sampling as disentanglement_lib does.
+    """FactorVAE score (Kim & Mnih 2018), sampling as disentanglement_lib does (its sizes are the defaults).
 
     Global variances come from ``num_variance`` sampled points; dims with a global std below
     ``prune_threshold`` are dropped. Each vote draws a factor k, samples ``batch_size`` points, sets factor k
     of all of them to the first point's value, and records (k, argmin over active dims of local / global
     variance). ``num_train`` votes fit the majority-vote classifier, ``num_eval`` fresh votes score it.
+
+    Ties are broken at random, with a generator spawned from ``rng`` (so the draws of points do not depend on
+    them): the dim of a vote whose lowest normalised variance several dims share, and the factor of a dim whose
+    training votes tie. disentanglement_lib takes the first dim instead, which makes the score of discrete codes
+    depend on the order of the dims (on one-hot codes, where most groups tie, a permutation of the dims moved it
+    between 0.19 and 0.33). The share of tied votes is reported as ``tied_votes``: where it is large, the score
+    says little about the representation.
 
     Args:
         sample_fn: ``(n, rng) -> int (n, f)`` factor values.
@@ -494,11 +541,13 @@ def factor_vae(
             is no event); disentanglement_lib draws k among all factors.
         represent_fn: ``int (n, f) -> float (n, d)``, the representation of the points with these factors.
         rng: source of all randomness.
-        batch_size: points per group (b).
-        num_train, num_eval: votes (groups) for fitting and for scoring.
-        num_variance: points for the global variance estimate.
+        batch_size: points per group (b); disentanglement_lib: 64.
+        num_train, num_eval: votes (groups) for fitting and for scoring; disentanglement_lib: 10,000 and 5,000.
+        num_variance: points for the global variance estimate; disentanglement_lib: 10,000.
         prune_threshold: see :func:`prune_dims`.
         points_per_call: groups are represented in chunks of about this many points per ``represent_fn`` call.
+
+    ``represent_fn`` sees (num_train + num_eval) x batch_size + num_variance points: 970,000 at the defaults.
     """
     if batch_size < 2 or num_train < 1 or num_eval < 1 or num_variance < 2:
         raise ValueError("need batch_size >= 2, num_train >= 1, num_eval >= 1 and num_variance >= 2")
@@ -507,6 +556,7 @@ def factor_vae(
     if movable.size == 0:
         raise ValueError(f"every factor has a single value: {tuple(factor_sizes)}")
     num_factors = sizes.size
+    (ties,) = rng.spawn(1)
 
     global_variances = _represent(represent_fn, _sample(sample_fn, num_variance, rng, factor_sizes)).var(
         axis=0, ddof=1
@@ -516,8 +566,10 @@ def factor_vae(
         return FactorVAEResult(0.0, 0.0, 0)
 
     groups_per_call = max(1, points_per_call // batch_size)
+    tied = 0
 
     def votes(num_groups: int) -> np.ndarray:
+        nonlocal tied
         total = np.zeros((num_factors, global_variances.size), dtype=np.int64)  # (f, d)
         for start in range(0, num_groups, groups_per_call):
             g = min(groups_per_call, num_groups - start)
@@ -526,12 +578,15 @@ def factor_vae(
             factors[np.arange(g), :, fixed] = factors[np.arange(g), 0, fixed][:, None]  # hold k fixed per group
             codes = _represent(represent_fn, rearrange(factors, "g b f -> (g b) f"))  # (g·b, d)
             group_codes = rearrange(codes, "(g b) d -> g b d", g=g)
-            total += factor_vae_votes(group_codes, fixed, num_factors, global_variances, active)
+            chunk, chunk_tied = factor_vae_votes(group_codes, fixed, num_factors, global_variances, active, ties)
+            total += chunk
+            tied += chunk_tied
         return total
 
     train_votes = votes(num_train)
     eval_votes = votes(num_eval)
-    return factor_vae_core(train_votes, eval_votes, int(active.sum()))
+    result = factor_vae_core(train_votes, eval_votes, int(active.sum()), ties)
+    return dataclasses.replace(result, tied_votes=tied / (num_train + num_eval))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -539,43 +594,135 @@ def factor_vae(
 # --------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DisentanglementSizes:
+    """Sample sizes and classifier settings of :func:`evaluate_representation`.
+
+    The defaults (``"library"``) are disentanglement_lib's sizes for MIG, SAP and FactorVAE, and 100 boosting
+    stages for DCI, as disentanglement_lib and disent; DCI runs on fewer points than the libraries' 10,000 +
+    5,000: 500 + 250 is about the most that fits a few minutes on a 2-core machine for a 4096-dim representation
+    (GBT on one core, about 6 minutes over Shapes3D's 57 factor classes; see :func:`dci_importance`).
+    ``SIZE_PRESETS`` holds the named settings; :attr:`name` says which one a value is (``"custom"``: none).
+    """
+
+    num_train: int = 10_000  # MIG and SAP points (MIG uses only these)
+    num_test: int = 5_000  # SAP test points
+    dci_num_train: int = 500  # DCI training points: the first of the num_train (at most num_train)
+    dci_num_test: int = 250  # DCI test points: the first of the num_test (at most num_test)
+    dci_stages: int = 100  # DCI boosting stages per factor (libraries: 100); fewer is a faster setting
+    importance: Importance = "gbt"  # DCI classifier: "gbt" as disentanglement_lib, "extra_trees" faster
+    factor_vae_train: int = 10_000  # FactorVAE votes fitting its majority-vote classifier
+    factor_vae_eval: int = 5_000  # FactorVAE votes scoring it
+    group_size: int = 64  # FactorVAE points per vote
+    num_variance: int = 10_000  # FactorVAE points for the global variances
+    num_bins: int = 20  # MIG histogram bins per code dim
+
+    def __post_init__(self) -> None:
+        positive = ("num_train", "num_test", "dci_num_test", "dci_stages", "factor_vae_train", "factor_vae_eval",
+                    "num_bins")  # fmt: skip
+        if (
+            any(getattr(self, k) < 1 for k in positive)
+            or min(self.dci_num_train, self.group_size, self.num_variance) < 2
+        ):
+            raise ValueError(
+                f"DisentanglementSizes needs dci_num_train, group_size and num_variance >= 2 and "
+                f"every other size >= 1, got {self}"
+            )
+        if self.dci_num_train > self.num_train or self.dci_num_test > self.num_test:
+            raise ValueError(
+                f"DCI runs on a subset of the MIG / SAP points: dci_num_train <= num_train and "
+                f"dci_num_test <= num_test, got {self}"
+            )
+        if self.importance not in ("gbt", "extra_trees"):
+            raise ValueError(f"DisentanglementSizes.importance must be 'gbt' or 'extra_trees', got {self.importance!r}")
+
+    @property
+    def name(self) -> str:
+        """The ``SIZE_PRESETS`` name of these settings, or ``"custom"``."""
+        return next((name for name, preset in SIZE_PRESETS.items() if preset == self), "custom")
+
+    @classmethod
+    def named(cls, name: str, **changes: object) -> DisentanglementSizes:
+        """A ``SIZE_PRESETS`` entry with some fields replaced (``changes``: field values)."""
+        if name not in SIZE_PRESETS:
+            raise ValueError(f"unknown disentanglement sizes {name!r}; named settings: {', '.join(SIZE_PRESETS)}")
+        return dataclasses.replace(SIZE_PRESETS[name], **changes)
+
+
+SIZE_PRESETS: dict[str, DisentanglementSizes] = {
+    # disentanglement_lib's sizes (DCI: see DisentanglementSizes); hours for a model on 2 CPU cores
+    "library": DisentanglementSizes(),
+    # minutes for the two representations of the CPU model and their noise baselines on 2 cores: MIG and SAP on a
+    # tenth of the library's points, DCI with 20 stages on 160 + 80 of them, FactorVAE with 160 + 80 votes
+    "cpu": DisentanglementSizes(
+        num_train=1000,
+        num_test=500,
+        dci_num_train=160,
+        dci_num_test=80,
+        dci_stages=20,
+        factor_vae_train=160,
+        factor_vae_eval=80,
+        num_variance=2000,
+    ),
+}
+
+
 def evaluate_representation(
     represent_fn: RepresentFn,
     sample_fn: SampleFn,
     factor_sizes: Sequence[int],
     rng: np.random.Generator,
-    num_train: int = 1280,
-    num_test: int = 640,
-    batch_size: int = 64,
-    num_variance: int = 512,
-    num_bins: int = 20,
-    importance: Importance = "gbt",
+    sizes: DisentanglementSizes = DisentanglementSizes(),
 ) -> dict[str, float]:
-    """DCI, MIG, SAP and FactorVAE of one representation on freshly sampled points (paper §10.4 protocol).
+    """DCI, MIG, SAP and FactorVAE of one representation on freshly sampled points (paper §10.4).
 
-    Defaults follow the official implementation with B = 64: 20·B train and 10·B test points (one sample,
-    split in that ratio, for DCI and the discrete SAP; MIG on the train points), FactorVAE with
-    ``num_train`` / ``num_test`` votes of ``batch_size`` points and 512 points for the variances. FactorVAE
-    calls ``represent_fn`` on (num_train + num_test)·batch_size points: the costly part.
+    One sample of ``num_train + num_test`` points, split at random in that ratio, serves MIG (on the train
+    points), the discrete SAP and DCI (on the first ``dci_num_train`` / ``dci_num_test`` of each side);
+    FactorVAE draws its own groups. ``sizes`` defaults to disentanglement_lib's (``SIZE_PRESETS["library"]``).
 
     Returns:
         ``{"dci.disentanglement", "dci.completeness", "dci.informativeness_train", "dci.informativeness_test",
-        "mig", "sap", "factor_vae.train_accuracy", "factor_vae.eval_accuracy", "factor_vae.num_active_dims"}``
-        as floats.
+        "mig", "sap", "factor_vae.train_accuracy", "factor_vae.eval_accuracy", "factor_vae.num_active_dims",
+        "factor_vae.tied_votes"}`` as floats.
     """
-    n = num_train + num_test
+    n = sizes.num_train + sizes.num_test
     factors = _sample(sample_fn, n, rng, factor_sizes)
     codes = _represent(represent_fn, factors)
     seed = int(rng.integers(2**31))
-    fraction = num_train / n
-    scores = dci(codes, factors, train_fraction=fraction, importance=importance, seed=seed)
-    out = {f"dci.{k}": v for k, v in asdict(scores).items()}
-    train, _ = _split(n, fraction, seed)
-    out["mig"] = mig(codes[train], factors[train], num_bins)
+    fraction = sizes.num_train / n
+    train, test = _split(n, fraction, seed)
+    dci_points = np.concatenate([train[: sizes.dci_num_train], test[: sizes.dci_num_test]])
+    scores = dci(codes[dci_points], factors[dci_points], seed=seed, importance=sizes.importance,
+                 train_fraction=sizes.dci_num_train / dci_points.size, n_estimators=sizes.dci_stages)  # fmt: skip
+    out = {f"dci.{k}": v for k, v in dataclasses.asdict(scores).items()}
+    out["mig"] = mig(codes[train], factors[train], sizes.num_bins)
     out["sap"] = sap(codes, factors, train_fraction=fraction, seed=seed)
     fv = factor_vae(
-        sample_fn, factor_sizes, represent_fn, rng,
-        batch_size=batch_size, num_train=num_train, num_eval=num_test, num_variance=num_variance,
+        sample_fn, factor_sizes, represent_fn, rng, batch_size=sizes.group_size, num_train=sizes.factor_vae_train,
+        num_eval=sizes.factor_vae_eval, num_variance=sizes.num_variance,
     )  # fmt: skip
-    out.update({f"factor_vae.{k}": float(v) for k, v in asdict(fv).items()})
+    out.update({f"factor_vae.{k}": float(v) for k, v in dataclasses.asdict(fv).items()})
     return out
+
+
+def noise_representation(dims: int, rng: np.random.Generator) -> RepresentFn:
+    """A random representation: independent standard normal codes `(n, dims)`, fresh from ``rng`` at each call
+    and unrelated to the factors."""
+    if dims < 1:
+        raise ValueError(f"dims must be >= 1, got {dims}")
+    return lambda factors: rng.standard_normal((len(factors), dims))
+
+
+def noise_baseline(
+    dims: int,
+    sample_fn: SampleFn,
+    factor_sizes: Sequence[int],
+    rng: np.random.Generator,
+    sizes: DisentanglementSizes = DisentanglementSizes(),
+) -> dict[str, float]:
+    """:func:`evaluate_representation` of :func:`noise_representation` (``dims`` wide) at the same sizes: the
+    scores a representation reaches without any information about the factors. A representation's score means
+    something only well above its baseline (at a few hundred points, pure noise in thousands of dims scores
+    DCI disentanglement above 0.8)."""
+    (noise_rng,) = rng.spawn(1)
+    return evaluate_representation(noise_representation(dims, noise_rng), sample_fn, factor_sizes, rng, sizes)
