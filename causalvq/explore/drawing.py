@@ -109,7 +109,7 @@ def node_label(node: int, config: ModelConfig) -> str:
     return f"node {node} (codebook {q}, row {y}, col {x})"
 
 
-# --- causal graph ---
+# --- causal graph ----------------------------------------------------------------------------------------------
 def graph_heatmap(adjacency: np.ndarray, config: ModelConfig, marked: np.ndarray | None = None,
                   title: str = "") -> Figure:
     """Heat map of the adjacency (row = source, column = target); marked nodes get red ticks on both axes."""
@@ -136,8 +136,7 @@ def graph_network(adjacency: np.ndarray, config: ModelConfig, threshold: float =
                   codes: torch.Tensor | None = None, max_edges: int = 600, title: str = "") -> Figure:
     """Node–link drawing on the code grid: an arrow source → target for each edge above ``threshold``
     (the ``max_edges`` strongest), opacity = probability; marked nodes circled in red."""
-    cfg = config
-    g, k, n = cfg.grid_size, cfg.num_codebooks, cfg.num_nodes
+    g, k, n = config.grid_size, config.num_codebooks, config.num_nodes
     node = np.arange(n)
     q, rest = np.divmod(node, g * g)
     ys, xs = np.divmod(rest, g)
@@ -156,7 +155,7 @@ def graph_network(adjacency: np.ndarray, config: ModelConfig, threshold: float =
         ax.quiver(px[src], py[src], px[dst] - px[src], py[dst] - py[src], angles="xy", scale_units="xy",
                   scale=1.0, color=colors, width=0.004, headwidth=4, headlength=5, zorder=1)
     if codes is not None:
-        face = code_colors(cfg.codebook_size)[codes.reshape(-1).cpu().numpy()] / 255.0
+        face = code_colors(config.codebook_size)[codes.reshape(-1).cpu().numpy()] / 255.0
     else:
         face = np.full((n, 3), 0.85)
     ax.scatter(px, py, s=120, c=face, edgecolors="0.3", linewidths=0.6, zorder=2)
@@ -171,7 +170,7 @@ def graph_network(adjacency: np.ndarray, config: ModelConfig, threshold: float =
     return fig
 
 
-# --- action retrieval ---
+# --- action retrieval ------------------------------------------------------------------------------------------
 def retrieval_figure(view: RetrievalView, top: int = 12) -> Figure:
     """Horizontal bar chart of the ``top`` most probable actions, the first in orange."""
     names = [n for n, _ in view.ranking[:top]][::-1]
@@ -187,15 +186,12 @@ def retrieval_figure(view: RetrievalView, top: int = 12) -> Figure:
     return fig
 
 
-# --- traversals ---
+# --- traversals ------------------------------------------------------------------------------------------------
 def traversal_grid(traversal: Traversal, scale: int | None = None) -> np.ndarray:
     """One labelled grid image: a row per factor (name on the left), columns −steps..+steps (header)."""
     F, T, S = traversal.images.shape[:3]
     scale = scale or max(1, 96 // S)
-    tiles = traversal.images.reshape(F * T, S, S, -1)
-    tiles = np.repeat(np.repeat(tiles, scale, axis=1), scale, axis=2)
-    if tiles.shape[-1] == 1:
-        tiles = np.repeat(tiles, 3, axis=-1)
+    tiles = _enlarged_rgb(traversal.images.reshape(F * T, S, S, -1), scale)
     grid = image_grid(tiles, nrow=T, pad=2, pad_value=255)
     font = _font(13)
     label_w = 8 + max(int(font.getlength(n)) for n in traversal.factor_names)
@@ -231,10 +227,7 @@ def _gif_frame(traversal: Traversal, t: int, scale: int | None = None) -> Image.
     """One GIF frame: every factor's image at column ``t``, side by side, names above, the step on the left."""
     F, _, S = traversal.images.shape[:3]
     scale = scale or max(1, 96 // S)
-    tiles = traversal.images[:, t]  # (F, S, S, C)
-    tiles = np.repeat(np.repeat(tiles, scale, axis=1), scale, axis=2)
-    if tiles.shape[-1] == 1:
-        tiles = np.repeat(tiles, 3, axis=-1)
+    tiles = _enlarged_rgb(traversal.images[:, t], scale)  # (F, S·scale, S·scale, 3)
     cell = S * scale + 4
     font = _font(11)
     canvas = Image.new("RGB", (F * cell + 4, cell + 36), (255, 255, 255))
@@ -246,3 +239,10 @@ def _gif_frame(traversal: Traversal, t: int, scale: int | None = None) -> Image.
     s = t - traversal.steps
     draw.text((4, cell + 20), f"step {s:+d}" if s else "step 0 (reconstruction)", fill=(0, 0, 0), font=font)
     return canvas.convert("P", palette=Image.Palette.ADAPTIVE)
+
+
+def _enlarged_rgb(images: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 ``(m, S, S, C)`` enlarged ``scale`` times (nearest neighbour), greyscale as RGB: ``(m, S·scale,
+    S·scale, 3)``."""
+    out = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
