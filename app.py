@@ -568,9 +568,9 @@ def start_fused_kernel() -> threading.Thread | None:
     machine without a compiler or ninja."""
     if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "0":
         return None
-    from causalvq import pairwise
+    from causalvq import kernels
 
-    thread = threading.Thread(target=pairwise.use_fused_kernel, daemon=True, name="causalvq-fused-kernel")
+    thread = threading.Thread(target=kernels.enable, daemon=True, name="causalvq-fused-kernel")
     thread.start()
     return thread
 

@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from causalvq import pairwise
-from causalvq.data import load_dataset
+from causalvq import kernels
+from causalvq.data import load_dataset, render_images
 from causalvq.data.pairs import TransitionSampler
-from causalvq.metrics.evaluation import move_factors, render_images, sample_step_pairs
+from causalvq.metrics.evaluation import move_factors, sample_step_pairs
 from causalvq.model import CausalVQ
 
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pairwise.use_fused_kernel()
+    kernels.enable()
     image_model = CausalVQ.from_pretrained(args.checkpoint).eval()
     train = encode_pairs(image_model, "train", args.pairs, seed=1)
     test = encode_pairs(image_model, "test", 1024, seed=2)

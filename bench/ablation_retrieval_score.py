@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from causalvq import pairwise
+from causalvq import kernels
 from causalvq.config import ModelConfig
 from causalvq.model import CausalVQ
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    pairwise.use_fused_kernel()
+    kernels.enable()
     results = {score: run(score, args.steps) for score in ("mean", "sum")}
     print("step  | mean: base CE, copy acc | sum: base CE, copy acc")
     for (step, ce_m, acc_m), (_, ce_s, acc_s) in zip(results["mean"], results["sum"]):

@@ -132,14 +132,14 @@ def main() -> None:
     import torch
 
     from app import Handlers, Session, configure_threads, start_fused_kernel
-    from causalvq import pairwise
+    from causalvq import kernels
     from causalvq.explore.explorer import Explorer
 
     configure_threads()  # as `python app.py` does
     loader = start_fused_kernel()  # as `python app.py` does; waited for here
     if loader is not None:
         loader.join()
-    path = "fused kernel" if pairwise._KERNEL is not None else "plain torch"
+    path = "fused kernel" if kernels.loaded() is not None else "plain torch"
     explorer = Explorer.from_checkpoint(checkpoint, fallback=None)
     handlers = Handlers(explorer)
     session = Session(checkpoint=explorer.source, input=explorer.load_image(example))
@@ -158,8 +158,8 @@ def main() -> None:
 
     side, cold = model_side(False), model_side(True)
     plain = None
-    if pairwise._KERNEL is not None:  # the same on the torch path (before the kernel is there, or without one)
-        pairwise.disable_fused_kernel()
+    if kernels.loaded() is not None:  # the same on the torch path (before the kernel is there, or without one)
+        kernels.disable()
         explorer._cache.clear()
         plain = model_side(False)
 

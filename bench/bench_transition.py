@@ -29,13 +29,13 @@ def _measure(kind: str, path: str, threads: int, repeats: int) -> dict:
 
     import torch
 
-    from causalvq import pairwise
+    from causalvq import kernels
     from causalvq.config import ModelConfig
     from causalvq.model import CausalVQ
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    if path == "fused" and not pairwise.use_fused_kernel():
+    if path == "fused" and not kernels.enable():
         return {"error": "fused kernel unavailable (no compiler?)"}
     if kind == "latency":
         return _latency(repeats)

@@ -21,6 +21,12 @@ With ``action_node`` an extra node carrying Linear(a) sends an edge to every int
 action node receives every edge and sends none, so it never influences a latent node]. Only the output heads a
 sample uses are computed (exact: heads are independent), and without an action the action discoverers are
 skipped (exact: m ≡ 0).
+
+``forward`` reads as the lines above, one method each: ``node_features`` (X, P), ``edges`` (m, C),
+``sample_graph`` (Gr), ``graph_network`` (H) and ``blend_heads`` (ŷ). The exact rewrites that make it fast live
+behind those names: ``project_nodes`` (a linear map of a one-hot code is a column gather), ``intervention_probs``
+(the one-hot action selects a weight column), ``edges`` (without gradients only the rewired pairs are scored)
+and ``copies`` (one set of node terms for the A graphs of a retrieval).
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from causalvq.config import ModelConfig
-from causalvq.graph import DenseGATv2, GraphDiscoverers, NodeTerms, bernoulli_st, sinusoidal_encoding
+from causalvq.gatv2 import DenseGATv2, NodeTerms
+from causalvq.graph_discovery import GraphDiscoverers, bernoulli_st, sinusoidal_encoding
 
 
 @dataclass(frozen=True)
@@ -157,37 +164,60 @@ class CausalTransition(nn.Module):
                 projections are computed once per grid; exact in eval mode only, where dropout does not differ
                 between copies.
         """
-        nodes = self.node_features(codes)
+        nodes = self.node_features(codes)  # X, P
         terms = self.project_nodes(nodes)  # first-layer node terms: the same for every graph over these nodes
         if identity_graph and action is None:
             return self._identity_pass(terms)
         C, m, p = self.edges(nodes, action, sample, copies)  # (b, n, n), (b, n), (b, n)
+        graph = self.sample_graph(C, sample, identity_graph)  # Gr (b, n, n)
+        H = self.graph_network(terms, C, graph, m, action, copies)  # (b, n, k, v), the heads used
+        return TransitionOutput(probs=self.blend_heads(H, m).softmax(-1), mask=m, mask_probs=p, edge_probs=C,
+                                graph=graph, head_logits=H)
+
+    def sample_graph(self, C: torch.Tensor, sample: bool, identity: bool = False) -> torch.Tensor:
+        """Gr = BernoulliST(C) `(b, n, n)`, exactly 0/1; the identity (self-loops only) with ``identity``."""
+        if identity:
+            b, n = C.shape[:2]
+            return torch.eye(n, device=C.device).expand(b, n, n)
+        return bernoulli_st(C, sample)
+
+    def graph_network(self, terms: NodeTerms, C: torch.Tensor, graph: torch.Tensor, m: torch.Tensor,
+                      action: torch.Tensor | None, copies: int = 1) -> torch.Tensor:
+        """H = GATv2_2(LeakyReLU(GATv2_1(P, W)), W) over W = C ⊙ Gr, for the output heads a sample uses only:
+        `(b, n, k, v)` with k = 1 ("unchanged") without an action, else 2 ("unchanged", "intervened by a").
+
+        ``terms`` are the first layer's node terms of P (``project_nodes``), one grid per ``copies`` graphs.
+        """
         b, n = m.shape
-        if identity_graph:
-            graph = torch.eye(n, device=codes.device).expand(b, n, n)
-        else:
-            graph = bernoulli_st(C, sample)
-        W = C * graph  # weighted graph; edges where graph = 1
-        W_all, edges, gate = W, graph.detach() > 0, graph
+        W, edges, gate = C * graph, graph.detach() > 0, graph  # weighted graph; edges where graph = 1
         if self.action_embedding is not None and action is not None:
-            # append the action node (index n): it sends an edge of weight m_i to every intervened node i
-            a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).float())  # (b, v)
-            terms = terms.repeat_interleave(copies).cat(self.gat1.project(a_node[:, None]))  # (b, n + 1, ...)
-            append = lambda t: torch.cat([F.pad(t, (0, 1, 0, 1))[:, :n], F.pad(m, (0, 1))[:, None]], 1)  # noqa: E731
-            W_all, gate = append(W), append(graph)  # (b, n + 1, n + 1)
-            edges = W_all.detach() > 0
+            terms, W, gate = self._with_action_node(terms, W, graph, m, action, copies)  # n + 1 nodes
+            edges = W.detach() > 0
         # B19: with gradients, the sampled graph gates the attention, so edges that were not drawn learn too
         gate = gate if self.config.gated_attention and torch.is_grad_enabled() else None
         # in place: the backward keeps the activation only, which the second layer saves anyway
-        hidden = F.leaky_relu(self.gat1(terms, W_all, edges, gate=gate), inplace=True)  # (b, n(+1), (A + 1)·G)
-        heads = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
+        hidden = F.leaky_relu(self.gat1(terms, W, edges, gate=gate), inplace=True)  # (b, n(+1), (A + 1)·G)
+        heads = torch.zeros(b, 1, dtype=torch.long, device=m.device)
         if action is not None:
             heads = torch.cat([heads, action[:, None] + 1], 1)  # (b, 2): "unchanged" and "intervened by a"
-        out = self.gat2(hidden, W_all, edges, heads=heads, gate=gate)[:, :n]  # (b, n, k·v)
-        out = out.unflatten(-1, (heads.shape[1], self.config.codebook_size))  # (b, n, k, v)
-        logits = out[:, :, 0] if action is None else out[:, :, 0] + m[..., None] * (out[:, :, 1] - out[:, :, 0])
-        return TransitionOutput(probs=logits.softmax(-1), mask=m, mask_probs=p, edge_probs=C, graph=graph,
-                                head_logits=out)
+        out = self.gat2(hidden, W, edges, heads=heads, gate=gate)[:, :n]  # (b, n, k·v)
+        return out.unflatten(-1, (heads.shape[1], self.config.codebook_size))  # (b, n, k, v)
+
+    def _with_action_node(self, terms: NodeTerms, W: torch.Tensor, graph: torch.Tensor, m: torch.Tensor,
+                          action: torch.Tensor, copies: int) -> tuple[NodeTerms, torch.Tensor, torch.Tensor]:
+        """Append the action node (index n): it sends an edge of weight m_i to every intervened node i. Returns
+        the node terms, the weighted graph and the sampled graph over the n + 1 nodes."""
+        n = m.shape[1]
+        a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).float())  # (b, v)
+        terms = terms.repeat_interleave(copies).cat(self.gat1.project(a_node[:, None]))  # (b, n + 1, ...)
+        append = lambda t: torch.cat([F.pad(t, (0, 1, 0, 1))[:, :n], F.pad(m, (0, 1))[:, None]], 1)  # noqa: E731
+        return terms, append(W), append(graph)  # (b, n + 1, n + 1) each
+
+    def blend_heads(self, H: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Logits of ŷ `(b, n, v)`: (1 − m)·H[head 0] + m·H[head a + 1] from the heads used ``H (b, n, k, v)``."""
+        if H.shape[2] == 1:  # no action
+            return H[:, :, 0]
+        return H[:, :, 0] + m[..., None] * (H[:, :, 1] - H[:, :, 0])
 
     def _identity_pass(self, terms: NodeTerms) -> TransitionOutput:
         """The no-action pass on the identity graph: each node's output depends on its own features only."""

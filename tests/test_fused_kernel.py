@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from causalvq import pairwise
+from causalvq import kernels
 from causalvq.config import ModelConfig
+from causalvq.kernels.pairwise import fused_attention_available, pairwise_score, pairwise_score_reference
 from causalvq.model import CausalVQ
 
 pytestmark = [pytest.mark.slow,
@@ -22,20 +23,20 @@ pytestmark = [pytest.mark.slow,
 def fused():
     mp = pytest.MonkeyPatch()
     mp.setenv("CAUSALVQ_FUSED_KERNEL", "")
-    assert pairwise.use_fused_kernel(), "the kernel failed to build"
+    assert kernels.enable(), "the kernel failed to build"
     yield
-    pairwise.disable_fused_kernel()
+    kernels.disable()
     mp.undo()
 
 
 @contextmanager
 def plain_torch():
     """Inside: the plain-torch path; after: the kernel again."""
-    pairwise.disable_fused_kernel()
+    kernels.disable()
     try:
         yield
     finally:
-        assert pairwise.use_fused_kernel()
+        assert kernels.enable()
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 6, 3, 4, True, 2), (2, 5, 6, 3, 4, True, 1), (3, 7, 7, 1, 9, False, 1)])
@@ -47,9 +48,9 @@ def test_fused_kernel_gradcheck(fused, shape) -> None:
             torch.randn(ab, h, g, dtype=torch.double, requires_grad=True),
             torch.randn(b, n, m, dtype=torch.double, requires_grad=True) if with_edges else None,
             torch.randn(h, g, dtype=torch.double, requires_grad=True) if with_edges else None]
-    assert torch.autograd.gradcheck(lambda *a: pairwise.pairwise_score(*a, slope=0.2), args)
-    expected = pairwise.pairwise_score_reference(*args, slope=0.2)
-    assert torch.allclose(pairwise.pairwise_score(*args, slope=0.2), expected)
+    assert torch.autograd.gradcheck(lambda *a: pairwise_score(*a, slope=0.2), args)
+    expected = pairwise_score_reference(*args, slope=0.2)
+    assert torch.allclose(pairwise_score(*args, slope=0.2), expected)
 
 
 def test_fused_kernel_masked_pairs(fused, pairwise_args) -> None:
@@ -57,10 +58,10 @@ def test_fused_kernel_masked_pairs(fused, pairwise_args) -> None:
     torch.manual_seed(0)
     args = pairwise_args
     mask = torch.rand(2, 5, 6) > 0.4
-    full = pairwise.pairwise_score_reference(*args, slope=0.2)
-    out = pairwise.pairwise_score(*args, slope=0.2, mask=mask, fill=-7.0)
+    full = pairwise_score_reference(*args, slope=0.2)
+    out = pairwise_score(*args, slope=0.2, mask=mask, fill=-7.0)
     assert torch.allclose(out, torch.where(mask[..., None], full, torch.full_like(full, -7.0)))
-    assert torch.autograd.gradcheck(lambda *a: pairwise.pairwise_score(*a, slope=0.2, mask=mask, fill=-7.0), args)
+    assert torch.autograd.gradcheck(lambda *a: pairwise_score(*a, slope=0.2, mask=mask, fill=-7.0), args)
     weight = torch.randn_like(full)
     grads = torch.autograd.grad((out * weight).sum(), args)
     ref = torch.autograd.grad((full * weight * mask[..., None]).sum(), args)
@@ -108,7 +109,7 @@ def test_fused_kernel_training_step_matches_torch_path(fused) -> None:
 def test_fused_attention_matches_torch_path(fused, residual, with_heads) -> None:
     """Without gradients the GATv2 layer runs logits, masked softmax and weighted sum in one kernel pass; its
     output equals the torch path's, with node terms shared by several graphs and with per-sample heads."""
-    from causalvq.graph import DenseGATv2
+    from causalvq.gatv2 import DenseGATv2
 
     torch.manual_seed(0)
     grids, copies, n, heads = 2, 3, 7, 4
@@ -127,7 +128,7 @@ def test_fused_attention_matches_torch_path(fused, residual, with_heads) -> None
         args = (layer.project(x), weights, edges)
         kwargs = {}
     with torch.no_grad():
-        assert pairwise.fused_attention_available(x)
+        assert fused_attention_available(x)
         fused_out = layer(*args, **kwargs)
     with plain_torch(), torch.no_grad():
         plain_out = layer(*args, **kwargs)
@@ -155,7 +156,7 @@ def test_app_composes_sliders_the_same_on_the_kernel(fused) -> None:
         explorer._cache.clear()
         return [explorer.apply_sliders(codes, steps) for steps in moves]
 
-    assert pairwise._KERNEL is not None
+    assert kernels.loaded() is not None
     on_kernel = compose()
     with plain_torch():
         plain = compose()
@@ -170,10 +171,10 @@ def test_app_loads_the_kernel_in_the_background_unless_forbidden(monkeypatch: py
     monkeypatch.setenv("CAUSALVQ_FUSED_KERNEL", "0")
     assert app.start_fused_kernel() is None
     monkeypatch.setenv("CAUSALVQ_FUSED_KERNEL", "")
-    pairwise.disable_fused_kernel()
+    kernels.disable()
     try:
         thread = app.start_fused_kernel()
         thread.join(timeout=600)
-        assert not thread.is_alive() and pairwise._KERNEL is not None
+        assert not thread.is_alive() and kernels.loaded() is not None
     finally:
-        pairwise.disable_fused_kernel()
+        kernels.disable()

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from causalvq.config import ModelConfig
-from causalvq.graph import DenseGATv2, GraphDiscoverers, bernoulli_st, grouped_linear
+from causalvq.gatv2 import DenseGATv2
+from causalvq.graph_discovery import GraphDiscoverers, bernoulli_st
+from causalvq.kernels.grouped import grouped_linear
+from causalvq.kernels.pairwise import pairwise_score, pairwise_score_reference
 from causalvq.model import CausalVQ
-from causalvq.pairwise import pairwise_score, pairwise_score_reference
 
 B = 3
 
@@ -235,7 +237,7 @@ def test_identity_graph_fast_path_equals_dense_attention() -> None:
 def test_gated_attention_has_the_masked_values_and_the_relaxed_gradient() -> None:
     """B19: the gated softmax equals the masked softmax in value; its gradient in the graph is the gradient of
     the relaxed attention g·exp(s) / Σ g·exp(s) at the drawn graph, absent edges included."""
-    from causalvq.graph import gated_softmax
+    from causalvq.gatv2 import gated_softmax
 
     torch.manual_seed(0)
     b, h, n = 2, 3, 5

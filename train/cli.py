@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from causalvq import pairwise
+from causalvq import kernels
 from train.distributed import DeviceError
 from train.loop import TrainingError
 from train.recipes import RecipeError, builtin_recipes, load_recipe
@@ -111,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("error: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
-    if args.kernel == "fused" and not pairwise.use_fused_kernel():
-        print("note: fused kernel unavailable, using the plain-torch path", file=sys.stderr, flush=True)
+    if args.kernel == "fused":
+        kernels.enable()  # on failure: plain torch, and one line on stderr saying so
     try:
         opts = options_from_args(args)
         result = COMMANDS[args.command](opts)

@@ -1,4 +1,4 @@
-// Fused CPU kernel for causalvq.pairwise.pairwise_score (the same function; see that module for the maths).
+// Fused CPU kernel for causalvq.kernels.pairwise.pairwise_score (the same function; see that module for the maths).
 //
 //   out[b, i, j, h] = sum_g a[b, h, g] * leaky_relu(X[b, i, h, g] + Y[b, j, h, g] + w[b, i, j] * e[b, h, g])
 //

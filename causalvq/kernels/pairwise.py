@@ -8,18 +8,18 @@ for every ordered pair (i, j): the discoverer because its first layer splits exa
 W·[P_i ; P_j] + b = (W_a·P_i + b) + W_b·P_j (shared/paper.md §13.3), GATv2 by definition. Materialising the
 pairwise hidden tensor costs b·n·m·h·g floats (210 MB for one discoverer at the paper's size) and the time goes
 into memory traffic. ``pairwise_score`` walks over row blocks of i small enough to stay in cache, and its
-backward recomputes each block instead of storing it: same numbers, a few MB of working memory.
+backward recomputes each block instead of storing it: same numbers, a few MB of working memory. Once
+``causalvq.kernels.enable()`` has loaded the fused C++ kernel (``pairwise.cpp``), CPU tensors go through it instead.
 
 Axes: ``b`` batch, ``n`` rows (targets), ``m`` columns (sources), ``h`` heads, ``g`` hidden width.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
+
+from causalvq import kernels
 
 # Elements of one (b, rows, m, h, g) block: ~1 MB of float32 keeps a block in a core's L2 cache (one transition
 # pass of the shipped checkpoint, one thread: 7.1 ms with 4 MB blocks, 3.3 ms with 1 MB ones).
@@ -39,47 +39,9 @@ def _pre_activation(X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, e:
     return pre
 
 
-_KERNEL = None  # the compiled fused kernel, once ``use_fused_kernel`` has built or loaded it
-
-
-def use_fused_kernel(verbose: bool = False) -> bool:
-    """Build (first call: ~1 min, cached under ~/.cache/torch_extensions) and use the fused C++ kernel.
-
-    Opt-in: training, the benchmarks and the app (in a background thread at start-up) call it; the library and
-    the tests run on the plain-torch path unless ``CAUSALVQ_FUSED_KERNEL=1``; ``CAUSALVQ_FUSED_KERNEL=0`` forbids
-    it. Returns False (and keeps the torch path) when it is forbidden or no compiler is there.
-    """
-    global _KERNEL
-    if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "0":
-        return False
-    if _KERNEL is None:
-        from torch.utils.cpp_extension import load
-
-        source = Path(__file__).parent / "kernels" / "pairwise.cpp"
-        try:
-            _KERNEL = load(name="causalvq_pairwise", sources=[str(source)], verbose=verbose,
-                           extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
-                           extra_ldflags=["-fopenmp"])
-        except (OSError, RuntimeError, ImportError) as err:  # no compiler / ninja: stay on the torch path
-            if verbose:
-                print(f"causalvq: fused kernel unavailable ({err}); using the torch path")
-            return False
-    return True
-
-
-def disable_fused_kernel() -> None:
-    """Go back to the plain-torch path."""
-    global _KERNEL
-    _KERNEL = None
-
-
-if os.environ.get("CAUSALVQ_FUSED_KERNEL") == "1":
-    use_fused_kernel()
-
-
 def fused_attention_available(x: torch.Tensor) -> bool:
-    """Whether ``attend`` can run: the kernel is loaded, ``x`` is on the CPU and no gradient is recorded."""
-    return _KERNEL is not None and x.device.type == "cpu" and not torch.is_grad_enabled()
+    """Whether ``attend`` can run: the kernel is in use, ``x`` is on the CPU and no gradient is recorded."""
+    return kernels.loaded() is not None and x.device.type == "cpu" and not torch.is_grad_enabled()
 
 
 def attend(xt: torch.Tensor, xs: torch.Tensor, att: torch.Tensor, w: torch.Tensor, e: torch.Tensor,
@@ -100,8 +62,8 @@ def attend(xt: torch.Tensor, xs: torch.Tensor, att: torch.Tensor, w: torch.Tenso
     """
     b, h, g = w.shape[0], xt.shape[2], xt.shape[3]
     full = lambda t: t.expand(b, h, g).contiguous()  # noqa: E731
-    return _KERNEL.attend(xt.contiguous(), xs.contiguous(), full(att), w.contiguous(), full(e), edges.contiguous(),
-                          full(bias), float(slope))
+    return kernels.loaded().attend(xt.contiguous(), xs.contiguous(), full(att), w.contiguous(), full(e),
+                                   edges.contiguous(), full(bias), float(slope))
 
 
 def _kernel_args(X, Y, a, w, e):
@@ -118,9 +80,10 @@ class _PairwiseScore(torch.autograd.Function):
         ctx.slope = slope
         # The kernel lays scores out (b, h, n, m), returned as a (b, n, m, h) view: a softmax over m reads
         # contiguous rows.
-        if _KERNEL is not None and X.device.type == "cpu":  # skips the pairs off the mask (the caller fills them)
+        kernel = kernels.loaded()
+        if kernel is not None and X.device.type == "cpu":  # skips the pairs off the mask (the caller fills them)
             skip = X.new_empty(0, dtype=torch.bool) if mask is None else mask.expand(X.shape[0], -1, -1).contiguous()
-            return _KERNEL.forward(*_kernel_args(X, Y, a, w, e), skip, slope).permute(0, 2, 3, 1)
+            return kernel.forward(*_kernel_args(X, Y, a, w, e), skip, slope).permute(0, 2, 3, 1)
         b, n, h, g = X.shape
         m = Y.shape[1]
         out = X.new_empty(b, n, m, h)
@@ -135,9 +98,10 @@ class _PairwiseScore(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         X, Y, a, w, e = ctx.saved_tensors
         slope = ctx.slope
-        if _KERNEL is not None and X.device.type == "cpu":
+        kernel = kernels.loaded()
+        if kernel is not None and X.device.type == "cpu":
             grad = grad.permute(0, 3, 1, 2).contiguous()  # (b, h, n, m), the kernel's layout
-            dX, dY, da, dw, de = _KERNEL.backward(grad, *_kernel_args(X, Y, a, w, e), slope)
+            dX, dY, da, dw, de = kernel.backward(grad, *_kernel_args(X, Y, a, w, e), slope)
             da = da.sum(0, keepdim=True) if a.shape[0] == 1 else da
             if w is None:
                 dw = de = None

@@ -1,14 +1,12 @@
-"""Building blocks of the causal graph: positional encoding, straight-through Bernoulli samples, the
-intervention mask, the graph discoverers and a dense GATv2 (shared/paper.md §5).
+"""GATv2 over a dense weighted graph (shared/paper.md §5.7): the attention of each node over its in-edges, and
+the gated softmax that lets the sampled graph's straight-through gradient reach the edges that were not drawn.
 
-Axes: ``b`` batch, ``n`` nodes (L = K·h·w, plus one action node where enabled), ``v`` codebook size N (the
-node-feature width), ``a`` actions, ``t`` discoverers (A + 1), ``M`` discoverer width, ``h`` heads,
-``c`` channels per head.
+Axes: ``b`` batch, ``n`` nodes (sources ``s`` and targets ``t`` in attention), ``h`` heads (``k`` chosen per
+sample), ``c`` channels per head.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -16,133 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from causalvq.pairwise import attend, fused_attention_available, pairwise_score
-
-_P_MIN = 1e-4  # probabilities are clamped to [1e-4, 1 - 1e-4] before sampling, as in the official code
-
-
-def sinusoidal_encoding(num_positions: int, width: int) -> torch.Tensor:
-    """Transformer positional encoding `(num_positions, width)`: sin on even, cos on odd channels.
-
-    Computed on the CPU, then moved to the default device: under ``torch.device("meta")`` (the shape check of
-    ``CausalVQ.from_pretrained``) a meta ``arange`` would import sympy, a quarter of a second per process.
-    """
-    pos = torch.arange(num_positions, dtype=torch.float32, device="cpu")[:, None]
-    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32, device="cpu") * (-math.log(10000.0) / width))
-    pe = torch.zeros(num_positions, width, device="cpu")
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq)
-    return pe.to(torch.empty(0).device)  # the default device (meta inside a ``torch.device`` context)
-
-
-def bernoulli_st(p: torch.Tensor, sample: bool, tau: float = 1.0) -> torch.Tensor:
-    """Hard 0/1 draw with P(1) = p and a straight-through gradient (Gumbel-softmax over {0, 1}, τ = tau).
-
-    A two-class Gumbel-softmax over the logits (log(1 − p), log p) is a sigmoid of the logit difference plus
-    logistic noise; the forward value is the hard sample, exactly 0 or 1, and the gradient is the soft one.
-    With ``sample=False`` the noise is left out: the value is 1 where p > 0.5 (deterministic evaluation).
-    """
-    p = p.clamp(_P_MIN, 1 - _P_MIN)
-    logit = p.log() - torch.log1p(-p)
-    if sample:
-        u = torch.rand_like(p).clamp(1e-9, 1 - 1e-9)
-        logit = logit + u.log() - torch.log1p(-u)  # logistic noise = difference of two Gumbels
-    soft = torch.sigmoid(logit / tau)
-    hard = (logit > 0).to(p.dtype)
-    return _StraightThrough.apply(hard, soft)
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the hard value, exactly (``hard + soft - soft.detach()`` can round to 0.99999994).
-    Backward: the gradient goes to the soft value."""
-
-    @staticmethod
-    def forward(ctx, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return hard
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # noqa: D102
-        return None, grad
-
-
-def grouped_linear(x: torch.Tensor, maps: list[tuple[torch.Tensor, torch.Tensor | None]],
-                   index: torch.Tensor) -> list[torch.Tensor]:
-    """Per-sample choice among H linear maps, for several map families over the same input: for each
-    ``(weight, bias)`` of ``maps``, ``x[s] @ weight[index[s]].T + bias[index[s]]``.
-
-    One matmul per distinct index over the samples that use it, instead of gathering a `(b, out, in)` copy of
-    the weights per sample (the memory and most of the time of the action heads at the paper's sizes). The
-    samples are grouped once for all the families (source and target projections, or a discoverer's halves).
-
-    Args:
-        x: `(b, n, in)`; each weight: `(H, out, in)`; each bias: `(H, out)` or None; index: long `(b,)` in [0, H).
-    Returns:
-        one `(b, n, out)` tensor per map family.
-    """
-    if x.shape[0] == 0:
-        return [x.new_zeros(0, x.shape[1], weight.shape[1]) for weight, _ in maps]
-    lo, hi = int(index.min()), int(index.max())
-    if lo == hi:  # one map for the whole batch
-        return [F.linear(x, weight[lo], None if bias is None else bias[lo]) for weight, bias in maps]
-    # Samples sorted by map: as they come when they already are (retrieval's copies), else one gather. Gathers
-    # are index_select (backward: an index_add; indexing would scatter with a sort) and the maps are unbound
-    # views (backward: one stack; weight[h] would zero-fill a full copy of the weights per map used).
-    order = None if bool((index[1:] >= index[:-1]).all()) else torch.argsort(index, stable=True)
-    heads, counts = torch.unique_consecutive(index if order is None else index[order], return_counts=True)
-    grouped = x if order is None else x.index_select(0, order)
-    unsort = None if order is None else torch.argsort(order)
-    outputs = []
-    if len(heads) == hi - lo + 1 and int(counts.min()) == int(counts.max()):
-        # Every map of a range used by as many samples (retrieval: each action once per pair): one batched
-        # matmul over the range, a view of the weights.
-        rows = grouped.reshape(len(heads), -1, x.shape[-1])  # (maps used, samples per map · n, in)
-        for weight, bias in maps:
-            W = weight[lo:hi + 1].transpose(1, 2)  # (maps used, in, out)
-            out = torch.bmm(rows, W) if bias is None else torch.baddbmm(bias[lo:hi + 1, None], rows, W)
-            out = out.view(x.shape[0], x.shape[1], -1)
-            outputs.append(out if unsort is None else out.index_select(0, unsort))
-        return outputs
-    rows = grouped.split(counts.tolist())
-    for weight, bias in maps:
-        weights = weight.unbind(0)
-        biases = [None] * len(weights) if bias is None else bias.unbind(0)
-        out = torch.cat([F.linear(r, weights[h], biases[h]) for h, r in zip(heads.tolist(), rows)])
-        outputs.append(out if unsort is None else out.index_select(0, unsort))
-    return outputs
-
-
-class GraphDiscoverers(nn.Module):
-    """A + 1 MLPs f_t(P_i, P_j) = σ(w2·LeakyReLU(W1·[P_i ; P_j] + b1) + b2): t = 0 "no action", t = a + 1 action a.
-
-    The first layer is applied per node and added by broadcasting (W1·[P_i ; P_j] = W1a·P_i + W1b·P_j), and the
-    pairwise hidden layer never materialises (``pairwise_score``): exactly the official all-pairs MLP.
-    """
-
-    def __init__(self, num_discoverers: int, width: int, hidden: int) -> None:
-        super().__init__()
-        bound1, bound2 = 1 / math.sqrt(2 * width), 1 / math.sqrt(hidden)  # nn.Linear's default init
-        self.w1 = nn.Parameter(torch.empty(num_discoverers, hidden, 2 * width).uniform_(-bound1, bound1))
-        self.b1 = nn.Parameter(torch.empty(num_discoverers, hidden).uniform_(-bound1, bound1))
-        self.w2 = nn.Parameter(torch.empty(num_discoverers, hidden).uniform_(-bound2, bound2))
-        self.b2 = nn.Parameter(torch.empty(num_discoverers).uniform_(-bound2, bound2))
-        self.width = width
-
-    def forward(self, P: torch.Tensor, which: torch.Tensor | int, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        """Edge probabilities `(b, n, n)` (row i = source, column j = target) from node features `P (b, n, v)`.
-
-        ``which`` picks the discoverer: an int for the whole batch, or a long tensor `(b,)` per sample. ``pairs``
-        (bool, broadcastable to `(b, n, n)`) marks the only entries needed: the others are 0 and the fused kernel
-        skips them.
-        """
-        if isinstance(which, int):
-            which = torch.full((P.shape[0],), which, dtype=torch.long, device=P.device)
-        # (b, n, M) each: W1a·P_i + b1 and W1b·P_j
-        U, V = grouped_linear(P, [(self.w1[..., : self.width], self.b1), (self.w1[..., self.width:], None)], which)
-        w2, b2 = self.w2.index_select(0, which), self.b2.index_select(0, which)  # (b, M), (b,)
-        if pairs is not None:
-            pairs = pairs.expand(P.shape[0], P.shape[1], P.shape[1])
-        score = pairwise_score(U[:, :, None], V[:, :, None], w2[:, None], slope=0.01, mask=pairs)  # (b, n, n, 1)
-        return torch.sigmoid(score[..., 0] + b2[:, None, None])
+from causalvq.kernels.grouped import grouped_linear
+from causalvq.kernels.pairwise import attend, fused_attention_available, pairwise_score
 
 
 def gated_softmax(logits: torch.Tensor, edges: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
