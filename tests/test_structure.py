@@ -113,3 +113,60 @@ def test_mask_network_with_a_hidden_layer_equals_the_mlp_on_the_concatenated_inp
     official = CausalVQ(ModelConfig.tiny())  # without the switch: the official single layer, same keys as before
     assert "transition.mask_out.weight" not in official.state_dict()
     assert official.transition.mask_net.weight.shape == (cfg.codebook_size, cfg.num_actions + cfg.codebook_size)
+
+
+# --- the evaluation section, on models whose structure is set by hand --------------------------------------------
+def _forced(mask_logit: float, edge_logit: float) -> CausalVQ:
+    """A tiny model whose mask is all or nothing and whose graph is complete or empty (through the biases)."""
+    torch.manual_seed(0)
+    model = CausalVQ(ModelConfig.tiny(positional_dropout=0.0)).eval()
+    with torch.no_grad():
+        model.transition.mask_net.weight.zero_()
+        model.transition.mask_net.bias.fill_(mask_logit)
+        model.transition.discoverers.w2.zero_()
+        model.transition.discoverers.b2.fill_(edge_logit)
+    return model
+
+
+def _pairs(model: CausalVQ, b: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g, k, v = model.config.grid_size, model.config.num_codebooks, model.config.codebook_size
+    cx = torch.randint(0, v, (b, k, g, g), generator=torch.Generator().manual_seed(1))
+    cy = cx.clone()
+    cy[:, 0, 0, :2] = (cy[:, 0, 0, :2] + 1) % v  # every step changes nodes 0 and 1
+    return cx, cy, torch.arange(b) % model.config.num_actions
+
+
+def test_evaluate_structure_reads_the_models_masks_and_graphs() -> None:
+    import numpy as np
+
+    from causalvq.metrics.structure import evaluate_structure
+
+    names = ModelConfig.tiny().factor_names
+    everything = _forced(mask_logit=20.0, edge_logit=20.0)
+    cx, cy, a = _pairs(everything)
+    n = everything.config.num_nodes
+    s = evaluate_structure(everything, cx, cy, a, names, np.random.default_rng(0), batch_size=5)
+    assert s.mask.recall == 1.0 and s.mask.precision == pytest.approx(2 / n) and s.mask.empty_share == 0.0
+    assert s.action_in_degree == n - 1 and s.no_action_in_degree == n - 1
+    assert s.propagation.num_interventions == len(a)
+    nothing = _forced(mask_logit=-20.0, edge_logit=-20.0)
+    s = evaluate_structure(nothing, cx, cy, a, names, np.random.default_rng(0))
+    assert s.mask.recall == 0.0 and s.mask.precision is None and s.mask.empty_share == 1.0
+    assert s.action_in_degree == 0.0 and s.no_action_in_degree == 0.0
+    # no edges: a node's output depends on its own code only, so do() on one node cannot move another
+    assert s.propagation.propagating_share == 0.0 and s.propagation.changed_nodes == 0.0
+    assert set(s.per_factor_mask) == set(names)
+
+
+def test_factor_maps_average_the_mask_and_the_change_per_action() -> None:
+    from causalvq.metrics.structure import factor_maps
+
+    model = _forced(mask_logit=20.0, edge_logit=0.0)
+    cx, cy, a = _pairs(model)
+    maps = factor_maps(model, cx, cy, a, batch_size=5)
+    A = model.config.num_actions
+    assert maps.mask.shape == (A, *cx.shape[1:]) and torch.equal(maps.pairs, torch.bincount(a, minlength=A))
+    assert torch.all(maps.mask[maps.pairs > 0] == 1.0)
+    expected = torch.zeros(cx.shape[1:])
+    expected[0, 0, :2] = 1.0
+    assert torch.equal(maps.changed[0], expected)
