@@ -85,7 +85,9 @@ class CausalTransition(nn.Module):
             pe = pe / pe.norm(dim=-1, keepdim=True)
         self.register_buffer("pe", pe, persistent=False)
         self.dropout = nn.Dropout(config.positional_dropout)
-        self.mask_net = nn.Linear(a + v, v)
+        self.mask_net = nn.Linear(a + v, config.mask_hidden or v)
+        # B22: a hidden layer lets the action and the position interact (official: one linear layer)
+        self.mask_out = nn.Linear(config.mask_hidden, v) if config.mask_hidden else None
         self.discoverers = GraphDiscoverers(a + 1, v, config.discoverer_width)
         self.gat1 = DenseGATv2(v, config.graph_width, a + 1, residual=config.graph_residual)
         self.gat2 = DenseGATv2(config.graph_width * (a + 1), v, a + 1, residual=config.graph_residual)
@@ -111,12 +113,14 @@ class CausalTransition(nn.Module):
         """p_i = σ(Linear([a ; drop(PE_i)]))[c_i]: probability that ``action`` intervenes on node i, `(b, n)`.
 
         The one-hot action selects a column of the weight: W·[a ; PE_i] + b = W_a[:, a] + (W_pe·PE_i + b),
-        computed as that sum (exact) without a `(b, n, A + v)` input.
+        computed as that sum (exact) without a `(b, n, A + v)` input. With ``mask_hidden`` (B22) that sum is a
+        hidden layer: p_i = σ(Linear(LeakyReLU(W·[a ; drop(PE_i)] + b)))[c_i].
         """
         a = self.config.num_actions
-        W = self.mask_net.weight  # (v, A + v)
-        logits = W[:, :a].t().index_select(0, action)[:, None] + F.linear(self.dropout(self.pe), W[:, a:],
-                                                                          self.mask_net.bias)  # (b, n, v)
+        W = self.mask_net.weight  # (v or H, A + v)
+        pre = W[:, :a].t().index_select(0, action)[:, None] + F.linear(self.dropout(self.pe), W[:, a:],
+                                                                       self.mask_net.bias)  # (b, n, v or H)
+        logits = pre if self.mask_out is None else self.mask_out(F.leaky_relu(pre))  # (b, n, v)
         return (torch.sigmoid(logits) * X).sum(-1)  # (b, n)
 
     def rewired(self, m: torch.Tensor) -> torch.Tensor:
