@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from causalvq import CausalVQ
-from causalvq.data import load_dataset
+from causalvq.data import load_dataset, render_images
 from causalvq.data.pairs import TransitionSampler
-from causalvq.metrics.evaluation import render_images
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 
-from causalvq.data import DATASETS, FactorDataset, load_dataset
+from causalvq.data import DATASETS, FactorDataset, load_dataset, render_images
 from causalvq.data.shapes3d import FACTOR_VALUES
 
 # sha256 of the bytes of a few rendered images; re-pin only on a deliberate change of the renderers.
@@ -66,6 +67,20 @@ def test_render_is_deterministic_and_batch_independent(name, request):
     np.testing.assert_array_equal(ds.render(f[5:6])[0], batch[5])
     assert ds.render(np.zeros((0, ds.num_factors), dtype=np.int64)).shape == (0, *ds.image_shape)
 
+
+
+@pytest.mark.parametrize("name", ["shapes3d", "dsprites"])
+def test_render_images_gives_the_model_input(name, request):
+    """Float (n, C, S, S) in [0, 1]: the rendering itself at its own size, its 2×2 block means at half the size."""
+    ds = request.getfixturevalue(name)
+    f = ds.sample_factors(3, np.random.default_rng(2))
+    H, W, C = ds.image_shape
+    full = render_images(ds, f, H)
+    assert full.dtype == torch.float32 and full.shape == (3, C, H, W)
+    torch.testing.assert_close(full, torch.from_numpy(ds.render(f)).permute(0, 3, 1, 2) / 255.0)
+    half = render_images(ds, f, H // 2)
+    assert half.shape == (3, C, H // 2, W // 2) and 0 <= half.min() and half.max() <= 1
+    torch.testing.assert_close(half, full.unflatten(2, (H // 2, 2)).unflatten(4, (W // 2, 2)).mean((3, 5)))
 
 def test_golden_hashes(shapes3d, dsprites):
     assert hashlib.sha256(shapes3d.render(SHAPES3D_GOLDEN_FACTORS).tobytes()).hexdigest() == GOLDEN_SHAPES3D

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from causalvq.config import ModelConfig
+from causalvq.data import render_images
 from causalvq.data.base import FactorDataset
 from causalvq.data.pairs import TransitionSampler
 from causalvq.metrics.evaluation import (
@@ -28,7 +29,6 @@ from causalvq.metrics.evaluation import (
     move_factors,
     nearest_candidate,
     psnr_from_mse,
-    render_images,
     retrieval_result,
     sample_step_pairs,
     write_report,

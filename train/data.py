@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from causalvq.data import FactorDataset, load_dataset
+from causalvq.data import FactorDataset, load_dataset, render_images
 from causalvq.data.pairs import TransitionSampler
-from causalvq.imaging import resize_images, to_tensor
 from causalvq.model import CausalVQ
 from train.checkpoint import read_tensor_file, save_tensor_file
 from train.recipes import DataRecipe, RecipeError
@@ -56,11 +55,6 @@ def make_sampler(dataset: FactorDataset, data: DataRecipe, split: str) -> Transi
         return TransitionSampler(dataset, split=split, **data.sampler_options())
     except ValueError as err:
         raise RecipeError(f"[data]: {err}") from err
-
-
-def images_of(dataset: FactorDataset, factors: np.ndarray, image_size: int) -> torch.Tensor:
-    """Render factor vectors `(b, f)` as model inputs: float `(b, c, S, S)` in [0, 1]."""
-    return resize_images(to_tensor(dataset.render(factors)), image_size)
 
 
 @dataclass(frozen=True)
@@ -107,7 +101,7 @@ def encode_pool(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSamp
         for start in range(0, num_pairs, batch_size):
             sl = slice(start, start + batch_size)
             for factors, parts in ((x_factors[sl], parts_x), (y_factors[sl], parts_y)):
-                x = images_of(dataset, factors, model.config.image_size).to(model.device)
+                x = render_images(dataset, factors, model.config.image_size).to(model.device)
                 parts.append(model.encode_codes(x).to("cpu", torch.int16))  # (b, k, h, w)
     finally:
         model.train(was_training)

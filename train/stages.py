@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from causalvq.config import ModelConfig
-from causalvq.data import FactorDataset
+from causalvq.data import FactorDataset, render_images
 from causalvq.data.pairs import TransitionSampler
 from causalvq.model import CausalVQ
-from train.data import CodePool, images_of
+from train.data import CodePool
 from train.distributed import tensor_digest
 from train.loop import Objective, StageSpec, StepResult
 from train.recipes import Stage1Recipe, Stage2Recipe
@@ -49,7 +49,7 @@ def stage1_spec(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSamp
 
     def draw(shared: np.random.Generator, local: np.random.Generator) -> ImageBatch:
         factors = sampler.sample_images(settings.batch_size, local)  # (b, f)
-        return ImageBatch(factors=factors, images=images_of(dataset, factors, size))
+        return ImageBatch(factors=factors, images=render_images(dataset, factors, size))
 
     def step(objective: Objective, batch: ImageBatch) -> StepResult:
         x = batch.images.to(model.device, non_blocking=True)  # (b, c, S, S)

@@ -2,9 +2,10 @@
 
 ``load_dataset("shapes3d")`` and ``load_dataset("dsprites")`` render procedurally (no download); with ``path=``
 they read DeepMind's real files; ``load_dataset("npz", path=...)`` reads your own images and factors.
-Transition pairs, splits and torch streams live in ``causalvq.data.pairs`` and ``causalvq.data.streams``.
+``render_images(dataset, factors, size)`` gives the model's input tensor of factor vectors. Transition pairs, splits
+and torch streams live in ``causalvq.data.pairs`` and ``causalvq.data.streams``.
 
-Axis legend: ``n`` images, ``f`` factors (F), ``H W C`` image height, width, channels.
+Axis legend: ``n`` images, ``f`` factors (F), ``H W C`` image height, width, channels, ``S`` the model's image side.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+import torch
+
 from causalvq.data.base import FactorDataset
 from causalvq.data.dsprites import DSprites
 from causalvq.data.files import StoredFactorDataset, load_dsprites_npz, load_npz, load_shapes3d_h5, save_npz
 from causalvq.data.shapes3d import Shapes3D
+from causalvq.imaging import resize_images, to_tensor
 
 DATASETS: tuple[str, ...] = ("shapes3d", "dsprites", "npz")
 
-__all__ = ["DATASETS", "DSprites", "FactorDataset", "Shapes3D", "StoredFactorDataset", "load_dataset", "save_npz"]
+__all__ = ["DATASETS", "DSprites", "FactorDataset", "Shapes3D", "StoredFactorDataset", "load_dataset", "render_images",
+           "save_npz"]
 
 
 def load_dataset(name: str, path: str | os.PathLike | None = None, **options: Any) -> FactorDataset:
@@ -48,3 +54,9 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, **options: An
     if key == "shapes3d":
         return load_shapes3d_h5(path, **options)
     return load_dsprites_npz(path, **options)
+
+
+def render_images(dataset: FactorDataset, factors: np.ndarray, image_size: int) -> torch.Tensor:
+    """Images of factor vectors ``(n, f)`` at the model's side ``image_size``: float ``(n, C, S, S)`` in [0, 1], on
+    the CPU (``dataset.render``, then ``causalvq.imaging.to_tensor`` and ``resize_images``)."""
+    return resize_images(to_tensor(dataset.render(factors)), image_size)

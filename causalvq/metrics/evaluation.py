@@ -59,9 +59,9 @@ import torch
 from einops import rearrange
 
 from causalvq.config import ModelConfig
+from causalvq.data import render_images
 from causalvq.data.base import FactorDataset
 from causalvq.data.pairs import SPLITS, TransitionSampler
-from causalvq.imaging import resize_images, to_tensor
 from causalvq.metrics.disentanglement import (
     SIZE_PRESETS,
     DisentanglementSizes,
@@ -356,11 +356,6 @@ def nearest_candidate(pred: torch.Tensor, candidates: torch.Tensor, valid: torch
 
 
 # --- rendering, batching, sampling --------------------------------------------------------------------------------
-def render_images(dataset: FactorDataset, factors: np.ndarray, image_size: int) -> torch.Tensor:
-    """Images of factor vectors `(b, f)` at the model's resolution: float `(b, c, S, S)` in [0, 1] (CPU)."""
-    return resize_images(to_tensor(dataset.render(factors)), image_size)
-
-
 @contextmanager
 def inference_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (no dropout) and no gradients inside the block; the model's train/eval mode is restored."""
