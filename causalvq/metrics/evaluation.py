@@ -68,10 +68,11 @@ from causalvq.metrics.disentanglement import (
     evaluate_representation,
     noise_baseline,
 )
+from causalvq.metrics.structure import StructureResult, evaluate_structure
 from causalvq.model import CausalVQ
 
 # One independent random stream per section: np.random.default_rng([seed, stream]).
-_STREAMS = {"reconstruction": 0, "retrieval": 1, "intervention": 2, "disentanglement": 3}
+_STREAMS = {"reconstruction": 0, "retrieval": 1, "intervention": 2, "disentanglement": 3, "structure": 4}
 REPRESENTATIONS: dict[str, str] = {
     "encoder": "continuous pre-quantization encoder output, flattened (paper §10.4, faithful)",
     "codes_onehot": "one-hot code indices, flattened (causalvq addition)",
@@ -161,6 +162,7 @@ class EvalReport:
     reconstruction: ReconstructionResult
     retrieval: RetrievalResult
     codes: CodeResult | None  # on the retrieval pairs (None in reports written before it existed)
+    structure: StructureResult | None  # masks, graphs and do() on the retrieval pairs (None: written before it)
     intervention: tuple[InterventionResult, ...]  # k = 1 .. max_steps
     disentanglement: tuple[DisentanglementResult, ...]  # empty when switched off
     protocol: dict[str, Any]  # split seed, sample sizes and switches
@@ -181,6 +183,7 @@ class EvalReport:
             reconstruction=ReconstructionResult(**data["reconstruction"]),
             retrieval=RetrievalResult(**retrieval),
             codes=CodeResult(**data["codes"]) if data.get("codes") else None,
+            structure=StructureResult.from_dict(data["structure"]) if data.get("structure") else None,
             intervention=tuple(InterventionResult(**i) for i in data["intervention"]),
             disentanglement=tuple(DisentanglementResult(**d) for d in data["disentanglement"]),
             protocol=dict(data["protocol"]), seconds=dict(data["seconds"]),
@@ -215,6 +218,8 @@ class EvalReport:
                     MetricRow("graph.edges_per_node.no_action", codes.no_action_edges_per_node, None, n),
                     MetricRow("graph.edge_probability.action", codes.action_edge_probability, None, n),
                     MetricRow("graph.edge_probability.no_action", codes.no_action_edge_probability, None, n)]
+        if (st := self.structure) is not None:
+            out += _structure_rows(st, self.factor_names, ret.per_factor_pairs)
         for res in self.intervention:
             key = f"intervention.k{res.steps}"
             out += [MetricRow(f"{key}.accuracy", res.accuracy, res.chance, res.num_pairs),
@@ -625,6 +630,14 @@ def evaluate_model(
     lap("retrieval")
     codes = evaluate_codes(model, dataset, x_factors, y_factors, actions, batch_size)
     lap("codes")
+    s = model.config.image_size
+    with inference_mode(model):
+        encode = lambda f: _batched(model.encode_codes, render_images(dataset, f, s), batch_size=batch_size,  # noqa: E731
+                                    device=model.device)
+        structure = evaluate_structure(model, encode(x_factors), encode(y_factors),
+                                       torch.as_tensor(actions, dtype=torch.long), tuple(dataset.factor_names),
+                                       rng["structure"], batch_size)
+    lap("structure")
     intervention = []
     for k in range(1, max_steps + 1):
         x_factors, actions = sample_step_pairs(sampler, num_pairs, k, rng["intervention"])
@@ -650,7 +663,8 @@ def evaluate_model(
     return EvalReport(
         dataset=dataset.name, split=split, seed=seed, image_size=model.config.image_size,
         factor_names=tuple(dataset.factor_names), action_names=tuple(model.action_names),
-        reconstruction=recon, retrieval=retrieval, codes=codes, intervention=tuple(intervention), disentanglement=dis,
+        reconstruction=recon, retrieval=retrieval, codes=codes, structure=structure, intervention=tuple(intervention),
+        disentanglement=dis,
         protocol=protocol, seconds=seconds,
     )  # fmt: skip
 
@@ -696,6 +710,17 @@ def format_markdown(report: EvalReport) -> str:
               "(self-loops not counted) of the deterministic graph (edge probability > 0.5), under the pair's action "
               "and with no action; `graph.edge_probability` = mean edge probability off the diagonal (a sampled "
               "graph has about L − 1 times as many in-edges per node).",
+              "- structure (causalvq addition), on the same one-step pairs, deterministic "
+              "(`causalvq.metrics.structure`): a node is *changed* when x's and y's codes differ there. "
+              "`mask.precision` = share of the intervened nodes (mask p > 0.5) that change; `mask.recall` = share "
+              "of the changed nodes intervened on (both pooled over pairs); `mask.size_ratio` = mean mask size / "
+              "mean changed nodes; `mask.empty_share` = share of pairs with an empty mask; `in_degree` = in-edges "
+              "per node of the deterministic graph (edge probability > 0.5, self-loops excluded) under the pair's "
+              "action and with no action; `do`: for each pair that changes a node, one changed node (uniform, "
+              "seeded) is set to its code in y, do(i = c^y_i), and the no-action pass predicts the rest, compared "
+              "with the same pass on x unedited: `propagating_share` = share of these interventions that change "
+              "another node, `changed_nodes` = "
+              "other nodes changed per intervention, `agreement` = share of those changes that take y's code.",
               f"- intervention accuracy (causalvq addition): for k = 1..{p['max_steps']}, pairs (x, a) of the split "
               "with a applicable k times; correct when the decoded `intervene(x, a, steps=k)` is strictly nearest "
               "(pixel MSE) to the true y_k among x and every k-step neighbour of x; chance = hit rate of a "
@@ -776,3 +801,29 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Pa
     paths["markdown"].write_text(format_markdown(report))
     plot_confusion(report.retrieval.confusion, report.action_names, paths["confusion"])
     return paths
+
+
+def _structure_rows(st: StructureResult, names: tuple[str, ...], pairs: dict[str, int]) -> list[MetricRow]:
+    """The rows of ``EvalReport.rows`` for the structure section: overall, then per moved factor."""
+    m, d, n = st.mask, st.propagation, st.mask.num_pairs
+    out = [MetricRow("structure.mask.precision", m.precision, None, n),
+           MetricRow("structure.mask.recall", m.recall, None, n),
+           MetricRow("structure.mask.size_ratio", m.size_ratio, None, n),
+           MetricRow("structure.mask.empty_share", m.empty_share, None, n),
+           MetricRow("structure.mask.mask_nodes", m.mask_nodes, None, n),
+           MetricRow("structure.mask.changed_nodes", m.changed_nodes, None, n)]
+    for name in names:
+        f = st.per_factor_mask[name]
+        out += [MetricRow(f"structure.mask.{key}.{name}", getattr(f, key), None, f.num_pairs)
+                for key in ("precision", "recall", "size_ratio", "empty_share")]
+    out += [MetricRow("structure.in_degree.action", st.action_in_degree, None, n),
+            MetricRow("structure.in_degree.no_action", st.no_action_in_degree, None, n)]
+    out += [MetricRow(f"structure.in_degree.action.{name}", st.per_factor_action_in_degree[name], None, pairs[name])
+            for name in names]
+    out += [MetricRow(f"structure.do.{key}", getattr(d, key), None, d.num_interventions)
+            for key in ("propagating_share", "changed_nodes", "agreement")]
+    for name in names:
+        f = st.per_factor_propagation[name]
+        out += [MetricRow(f"structure.do.{key}.{name}", getattr(f, key), None, f.num_interventions)
+                for key in ("propagating_share", "agreement")]
+    return out
