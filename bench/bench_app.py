@@ -109,7 +109,7 @@ def main() -> None:
         slots = sum(1 for v in out[4:] if isinstance(v, (int, float)))
 
         # --- API latency of a slider move ---
-        from causalvq.model import read_config
+        from causalvq.checkpoint import read_config
 
         try:
             config = read_config(checkpoint)

@@ -10,9 +10,7 @@ no dropout); ``sample=True`` draws as in training. Checkpoints are ``config.json
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,18 +19,13 @@ import torch
 from einops import rearrange, repeat
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from huggingface_hub.utils import LocalEntryNotFoundError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from causalvq import losses
+from causalvq import checkpoint, losses
 from causalvq.autoencoder import Decoder, Encoder
 from causalvq.config import ModelConfig
 from causalvq.quantizer import MultiCodebookQuantizer
 from causalvq.transition import CausalTransition, TransitionOutput
-
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name"; anything else is taken for a local path
 
 
 # --- results -------------------------------------------------------------------------------------------------
@@ -319,7 +312,7 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         return RetrievalLosses(loss=losses.retrieval_nll(scores, action),
                                accuracy=(scores.argmin(-1) == action).float().mean())
 
-    # --- checkpoints ---
+    # --- checkpoints (files: causalvq.checkpoint) ---
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> CausalVQ:
         """Load a checkpoint folder or a Hub repo id (``config.json`` + ``model.safetensors``, strict).
@@ -331,10 +324,9 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         if path.is_dir():
             if kwargs.keys() - {"map_location"}:
                 raise TypeError(f"unexpected argument(s) for a local checkpoint: {sorted(kwargs)}")
-            model = cls._build_for_weights(read_config(path), path / WEIGHTS_NAME)
-            model.load_weights(path / WEIGHTS_NAME, kwargs.get("map_location", "cpu"))
-            return model.eval()
-        if not _REPO_ID.match(str(pretrained_model_name_or_path)):
+            return checkpoint.load_model(cls, checkpoint.read_config(path), path / checkpoint.WEIGHTS_NAME,
+                                         kwargs.get("map_location", "cpu"))
+        if not checkpoint.REPO_ID.match(str(pretrained_model_name_or_path)):
             raise FileNotFoundError(f"no checkpoint folder at {str(pretrained_model_name_or_path)!r}")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -344,8 +336,7 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
                                     f"cache and the Hub cannot be reached{offline}") from err
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": "pt"})
+        checkpoint.save_weights(self, save_directory)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
@@ -353,75 +344,13 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
                          map_location: str = "cpu", **kwargs) -> CausalVQ:
         if kwargs:
             raise TypeError(f"unexpected argument(s) to from_pretrained: {', '.join(sorted(kwargs))}")
-        weights = hf_hub_download(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
+        weights = hf_hub_download(model_id, checkpoint.WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
                                   force_download=force_download, local_files_only=local_files_only, token=token)
         if config is None:
-            raise FileNotFoundError(f"checkpoint {model_id!r} has no {CONFIG_NAME}")
+            raise FileNotFoundError(f"checkpoint {model_id!r} has no {checkpoint.CONFIG_NAME}")
         if isinstance(config, dict):
             config = ModelConfig.from_dict(config)
-        model = cls._build_for_weights(config, weights)
-        model.load_weights(weights, map_location)
-        model.eval()
-        return model
-
-    @classmethod
-    def _build_for_weights(cls, config: ModelConfig, path: str | os.PathLike) -> CausalVQ:
-        """Build the model of ``config`` only after the header of the weights file matches it.
-
-        The shapes are compared on the meta device (nothing allocated), so a ``config.json`` with absurd sizes
-        and a small weights file fails with the mismatching tensor instead of allocating the absurd model.
-        """
-        with torch.device("meta"):
-            shell = cls(config)
-        _check_shapes(path, _header_shapes(path), {k: tuple(v.shape) for k, v in shell.state_dict().items()})
-        return cls(config)
-
-    def load_weights(self, path: str | os.PathLike, map_location: str = "cpu") -> None:
-        """Load a ``model.safetensors`` strictly; a mismatch names the tensor and both shapes."""
-        _check_shapes(path, _header_shapes(path), {k: tuple(v.shape) for k, v in self.state_dict().items()})
-        try:
-            state = load_file(str(path), device=map_location)
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"cannot read weights {str(path)!r}: {err}") from err
-        self.load_state_dict(state, strict=True)
-
-
-def _header_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from the header of a ``.safetensors`` file (validated by safetensors, data not read)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no weights file {str(path)!r}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read weights {str(path)!r}: {err}") from err
-
-
-def _check_shapes(path: str | os.PathLike, found: dict[str, tuple[int, ...]],
-                  expected: dict[str, tuple[int, ...]]) -> None:
-    """Raise ``ValueError`` naming the first missing, unexpected or mis-shaped tensor."""
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"weights {str(path)!r} do not match this config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    for name, shape in found.items():
-        if shape != expected[name]:
-            raise ValueError(f"weights {str(path)!r} do not match this config: tensor {name!r} has shape "
-                             f"{shape}, the config gives {expected[name]}")
-
-
-def read_config(folder: str | os.PathLike) -> ModelConfig:
-    """Read and validate ``config.json`` from a checkpoint folder."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint folder {str(folder)!r} has no {CONFIG_NAME}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory, not a JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    return ModelConfig.from_dict(data)
+        return checkpoint.load_model(cls, config, weights, map_location)
 
 
 def _accuracy(out: TransitionOutput, target: torch.Tensor) -> torch.Tensor:

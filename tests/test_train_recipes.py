@@ -22,7 +22,7 @@ def test_shipped_checkpoint_was_trained_by_the_cpu_recipe():
     and config must be what the recipe file gives today."""
     from pathlib import Path
 
-    from causalvq.model import read_config
+    from causalvq.checkpoint import read_config
 
     shipped = Path(__file__).resolve().parent.parent / "assets" / "causalvq-shapes3d"
     recorded = recipe_from_toml((shipped / "recipe.toml").read_text(), source=str(shipped / "recipe.toml"))

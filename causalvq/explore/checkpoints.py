@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from causalvq.checkpoint import CONFIG_NAME
 from causalvq.config import ModelConfig
 from causalvq.data import DSprites, FactorDataset, Shapes3D
-from causalvq.model import CONFIG_NAME, CausalVQ
+from causalvq.model import CausalVQ
 
 ENV_CHECKPOINT = "CAUSALVQ_CHECKPOINT"  # checkpoint folder or Hub repo id the app opens with
 ENV_CHOICES = "CAUSALVQ_CHECKPOINTS"  # extra entries of the checkpoint dropdown, comma-separated
