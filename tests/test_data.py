@@ -155,7 +155,7 @@ def test_dsprites_factors_move_scale_and_shape_the_sprite(dsprites):
 def test_registry_and_errors(shapes3d):
     with pytest.raises(ValueError, match="shapes3d, dsprites, npz"):
         load_dataset("mnist")
-    assert set(DATASETS) == {"shapes3d", "dsprites", "npz"}
+    assert set(DATASETS) == {"shapes3d", "dsprites", "npz", "smallnorb", "cars3d", "celeba"}
     with pytest.raises(TypeError):
         load_dataset("shapes3d", colour="red")
     with pytest.raises(ValueError, match="path"):

@@ -1,7 +1,9 @@
 """Factor-labelled image datasets behind one interface, and a registry to load them by name.
 
 ``load_dataset("shapes3d")`` and ``load_dataset("dsprites")`` render procedurally (no download); with ``path=``
-they read DeepMind's real files; ``load_dataset("npz", path=...)`` reads your own images and factors.
+they read DeepMind's real files; ``load_dataset("npz", path=...)`` reads your own images and factors;
+``smallnorb``, ``cars3d`` and ``celeba`` read their original releases from ``path=`` (CelebA is named by image id,
+not by factors: see ``causalvq.data.celeba``).
 ``render_images(dataset, factors, size)`` gives the model's input tensor of factor vectors. Transition pairs, splits
 and torch streams live in ``causalvq.data.pairs`` and ``causalvq.data.streams``.
 
@@ -17,26 +19,36 @@ import numpy as np
 import torch
 
 from causalvq.data.base import FactorDataset
+from causalvq.data.cars3d import load_cars3d
+from causalvq.data.celeba import CelebA, CelebAPairSampler, load_celeba
 from causalvq.data.dsprites import DSprites
 from causalvq.data.files import StoredFactorDataset, load_dsprites_npz, load_npz, load_shapes3d_h5, save_npz
 from causalvq.data.shapes3d import Shapes3D
+from causalvq.data.smallnorb import load_smallnorb
 from causalvq.imaging import resize_images, to_tensor
 
-DATASETS: tuple[str, ...] = ("shapes3d", "dsprites", "npz")
+DATASETS: tuple[str, ...] = ("shapes3d", "dsprites", "npz", "smallnorb", "cars3d", "celeba")
+_FILE_READERS = {"npz": load_npz, "smallnorb": load_smallnorb, "cars3d": load_cars3d, "celeba": load_celeba}
+_EXPECTED_PATH = {"npz": "an .npz with 'images', 'factors', 'factor_names'",
+                  "smallnorb": "the SmallNORB folder or a '...-dat.mat' file",
+                  "cars3d": "the folder of Cars3D car_###_mesh.mat files",
+                  "celeba": "the CelebA folder (img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt)"}
 
-__all__ = ["DATASETS", "DSprites", "FactorDataset", "Shapes3D", "StoredFactorDataset", "load_dataset", "render_images",
-           "save_npz"]
+__all__ = ["DATASETS", "CelebA", "CelebAPairSampler", "DSprites", "FactorDataset", "Shapes3D", "StoredFactorDataset",
+           "load_dataset", "render_images", "save_npz"]
 
 
 def load_dataset(name: str, path: str | os.PathLike | None = None, **options: Any) -> FactorDataset:
     """Load a factor dataset by name.
 
     Args:
-        name: ``"shapes3d"``, ``"dsprites"`` or ``"npz"``.
-        path: a real data file (``3dshapes.h5``, the dSprites ``.npz``, or your own ``.npz``); ``None`` renders
-            ``shapes3d`` / ``dsprites`` procedurally. Required for ``"npz"``.
+        name: ``"shapes3d"``, ``"dsprites"``, ``"npz"``, ``"smallnorb"``, ``"cars3d"`` or ``"celeba"``.
+        path: a real data file or folder (``3dshapes.h5``, the dSprites ``.npz``, your own ``.npz``, the SmallNORB
+            folder or ``-dat.mat``, the Cars3D folder, the CelebA folder); ``None`` renders ``shapes3d`` /
+            ``dsprites`` procedurally. Required for the others.
         options: passed to the loader (e.g. ``supersample=`` for the procedural datasets, ``in_memory=`` for
-            3dshapes.h5); an unknown option raises ``TypeError``.
+            3dshapes.h5, ``image_size=`` for Cars3D, ``attributes=`` / ``crop=`` for CelebA); an unknown option
+            raises ``TypeError``.
 
     Raises:
         ValueError: unknown ``name`` (the message lists the known ones) or a malformed file.
@@ -45,10 +57,10 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, **options: An
     key = str(name).lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    if key == "npz":
+    if key in _FILE_READERS:
         if path is None:
-            raise ValueError("load_dataset('npz') needs path= to an .npz with 'images', 'factors', 'factor_names'")
-        return load_npz(path, **options)
+            raise ValueError(f"load_dataset({key!r}) needs path= to {_EXPECTED_PATH[key]}; nothing is downloaded")
+        return _FILE_READERS[key](path, **options)
     if path is None:
         return Shapes3D(**options) if key == "shapes3d" else DSprites(**options)
     if key == "shapes3d":

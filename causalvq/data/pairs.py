@@ -72,6 +72,17 @@ def factor_counts(ds: FactorDataset, actions: np.ndarray) -> dict[str, int]:
 
 
 # --- splits ---
+def split_index(split: str | int) -> int:
+    """0, 1 or 2 for a split given as ``"train"``, ``"val"``, ``"test"`` or its index."""
+    if isinstance(split, str):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        split = SPLITS.index(split)
+    if split not in (0, 1, 2):
+        raise ValueError(f"split must be one of {SPLITS} or 0..2, got {split!r}")
+    return int(split)
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
     with np.errstate(over="ignore"):
@@ -194,14 +205,8 @@ class TransitionSampler:
     def __init__(self, ds: FactorDataset, split: str | int = "train", seed: int = 0,
                  fractions: Sequence[float] = (0.7, 0.15, 0.15), value_weights: ValueWeights = None,
                  action_weights: ActionWeights = None) -> None:
-        if isinstance(split, str):
-            if split not in SPLITS:
-                raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-            split = SPLITS.index(split)
-        if split not in (0, 1, 2):
-            raise ValueError(f"split must be one of {SPLITS} or 0..2, got {split!r}")
         self.ds = ds
-        self.split = int(split)
+        self.split = split_index(split)
         self.seed = int(seed)
         self.fractions = _check_fractions(fractions)
         if self.fractions[self.split] == 0:
