@@ -80,9 +80,3 @@ def retrieval_nll(distance: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
 def reconstruction_mse(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pixel MSE on the [0, 1] scale."""
     return F.mse_loss(image, target)
-
-
-def psnr(mse: torch.Tensor | float) -> float:
-    """Peak signal-to-noise ratio in dB for [0, 1] images."""
-    mse = float(mse)
-    return float("inf") if mse <= 0 else -10.0 * torch.log10(torch.tensor(mse)).item()
