@@ -56,6 +56,8 @@ class ModelConfig:
     #                             to y (weights 1 + λ, normalised); 0 is the official plain mean over nodes
     mask_weight: float = 0.0  # B21: weight μ of the action-mode mask loss BCE(p_i, [c^x_i ≠ c^y_i]), which
     #                           teaches the mask the nodes a step changes; 0 is the official (no such term)
+    edge_weight: float = 0.0  # B23: weight κ of the expected in-degree of the action-mode graph, mean_i Σ_j C_ji (a
+    #                           constant price per edge, unlike δ's Frobenius norm); 0 is the official (no such term)
     mask_hidden: int = 0  # B22: hidden width of a mask network p(a, PE_i)[c_i] with one hidden layer, so the
     #                       action and the position interact; 0 is the official single linear layer
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
@@ -135,7 +137,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.positional_dropout must be in [0, 1), got {self.positional_dropout}")
         if not 0 <= self.mask_hidden <= MAX_SIZE:
             raise ValueError(f"ModelConfig.mask_hidden must be in [0, {MAX_SIZE}], got {self.mask_hidden}")
-        for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight", "mask_weight"):
+        for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight", "mask_weight",
+                     "edge_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"ModelConfig.{name} must be a finite non-negative number, got {value}")

@@ -38,6 +38,14 @@ def mask_supervision(mask_probs: torch.Tensor, source: torch.Tensor, target: tor
     return F.binary_cross_entropy(mask_probs.clamp(_P_MIN, 1 - _P_MIN), changed)
 
 
+def expected_in_degree(edge_probs: torch.Tensor) -> torch.Tensor:
+    """Expected in-edges per node of the graph drawn from C `(b, n, n)`, self-loops excluded, averaged over the
+    batch (B23): every edge costs the same, so an edge stays only where it helps the prediction more than it costs
+    (the Frobenius norm ‖Gr‖_F instead prices an edge by 1 / ‖Gr‖_F, little in a dense graph, much in a sparse one)."""
+    off = edge_probs.sum((1, 2)) - edge_probs.diagonal(dim1=1, dim2=2).sum(-1)  # (b,)
+    return (off / edge_probs.shape[-1]).mean()
+
+
 def kl_to_noise(edge_probs: torch.Tensor) -> torch.Tensor:
     """KL(softmax(ξ) ‖ softmax(vec C)), ξ ~ U(0, 1) drawn afresh, averaged over the batch (the official β_ct term)."""
     logq = edge_probs.flatten(1).log_softmax(-1)  # (b, n·n)

@@ -40,6 +40,7 @@ class Transition:
     codes: torch.Tensor  # (b, k, h, w) argmax codes after the transition
     probs: torch.Tensor  # (b, n, v) per-node code distribution
     mask: torch.Tensor  # (b, n) bool, nodes the action intervened on
+    graph: torch.Tensor  # (b, n, n) bool, the sampled (or, deterministic, thresholded) graph; row = source
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         if action is not None:
             action = self._check_actions(action, nodes.shape[0])
         out = self.transition(nodes, action, sample=sample)
-        return Transition(codes=self.unflatten_codes(out.probs.argmax(-1)), probs=out.probs, mask=out.mask > 0.5)
+        return Transition(codes=self.unflatten_codes(out.probs.argmax(-1)), probs=out.probs, mask=out.mask > 0.5,
+                          graph=out.graph > 0.5)
 
     def intervention_probs(self, codes: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Probability that ``action`` intervenes on each node: `(b, k, h, w)` codes → `(b, n)`."""
@@ -287,7 +289,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes))
 
     def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor) -> TransitionLosses:
-        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + δ·‖Gr‖_F + ε·‖v‖₂].
+        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + δ·‖Gr‖_F + ε·‖v‖₂ + μ·BCE(p, c^x ≠ c^y) + κ·E[in-degree]]
+        (μ: B21, κ: B23; both 0 in the official loss).
 
         With ``change_weight`` λ > 0 the CE inside the loss weights the nodes that change by 1 + λ (B20); ``ce``
         still reports the plain mean CE.
@@ -301,6 +304,10 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
                                                                                      cfg.change_weight)
         reg = (cfg.c_beta * losses.kl_to_noise(out.edge_probs) + cfg.delta * losses.graph_size(out.graph)
                + cfg.epsilon * losses.empty_row_penalty(out.edge_probs))
+        if cfg.mask_weight > 0:  # B21: the mask learns which nodes the step changes
+            reg = reg + cfg.mask_weight * losses.mask_supervision(out.mask_probs, nodes_x, nodes_y)
+        if cfg.edge_weight > 0:  # B23: a constant price per expected edge
+            reg = reg + cfg.edge_weight * losses.expected_in_degree(out.edge_probs)
         return TransitionLosses(loss=cfg.gamma * (fit + reg), ce=ce, regularizer=reg,
                                 accuracy=_accuracy(out, nodes_y))
 

@@ -170,3 +170,14 @@ def test_factor_maps_average_the_mask_and_the_change_per_action() -> None:
     expected = torch.zeros(cx.shape[1:])
     expected[0, 0, :2] = 1.0
     assert torch.equal(maps.changed[0], expected)
+
+
+def test_expected_in_degree_counts_off_diagonal_edge_probabilities() -> None:
+    C = torch.full((2, 4, 4), 0.5)
+    assert float(losses.expected_in_degree(C)) == pytest.approx(3 * 0.5)
+    eye = torch.eye(4).expand(2, 4, 4)
+    assert float(losses.expected_in_degree(eye)) == 0.0
+    p = torch.full((1, 3, 3), 0.3, requires_grad=True)
+    losses.expected_in_degree(p).backward()
+    off = ~torch.eye(3, dtype=torch.bool)
+    assert torch.allclose(p.grad[0][off], torch.full((6,), 1 / 3)) and torch.all(p.grad[0].diagonal() == 0)
