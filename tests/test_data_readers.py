@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from causalvq.data import load_dataset
+from causalvq.data import load_dataset, render_images
 from causalvq.data import smallnorb as norb
 from causalvq.data.celeba import OFFICIAL_ATTRIBUTES, CelebAPairSampler
 from causalvq.data.pairs import TransitionSampler
@@ -45,7 +45,7 @@ def test_smallnorb_round_trip(tmp_path):
     # Pairs of an incomplete grid use only stored neighbours: azimuth 0 -> 1 and elevation 4 -> 5.
     x, y, a = TransitionSampler(ds, fractions=(1.0, 0.0, 0.0)).sample_pairs(20, np.random.default_rng(0))
     assert ds.contains(x).all() and ds.contains(y).all() and set(a.tolist()) <= {3, 2, 8, 7}
-    assert ds.render(y).shape == (20, 96, 96, 1)
+    assert render_images(ds, y, 64).shape == (20, 1, 64, 64)  # resized to the model's side
 
 
 def test_smallnorb_testing_set(tmp_path):
