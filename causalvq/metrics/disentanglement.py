@@ -173,8 +173,9 @@ def dci_importance(
             but ``n_estimators``) or ``"extra_trees"`` (ExtraTreesClassifier over all dims, leaves of >= 5 points:
             random split thresholds, about 10x faster on wide representations; not comparable with published
             DCI). GBT fits one tree per stage and class (one per stage for a two-valued factor), each costing
-            about n x d: on one core about 60 ms a tree at n = 500, d = 4096, so 100 stages over the 57 classes
-            of Shapes3D take about 6 minutes.
+            about n x d, and more for continuous dims: on one core at n = 500, d = 4096, 27 ms a tree on binary
+            dims and 320 ms on standard normal ones, so 100 stages over the 57 classes of Shapes3D take 2.6 or
+            31 minutes.
         n_estimators: boosting stages (trees per class) per factor; 100 as disentanglement_lib and disent. Fewer
             stages are a faster setting, not the libraries' DCI: name it where it is reported.
         seed: random state of the classifiers.
@@ -340,10 +341,11 @@ def sap_score_matrix(
     class_weight="balanced")`` fitted on the one code dim (unscaled, as in disentanglement_lib) over a seeded
     train/test split of the points. A constant code dim is not fitted: it scores the test accuracy of the
     constant prediction of the training majority (ties: the smallest label). disentanglement_lib fits it, and
-    the fit predicts one class for every point: the same accuracy, since on a constant input the balanced
-    one-vs-rest problems differ only by solver tolerance and the fit settles on the majority (except on near
-    ties, where it picks another class by solver noise). Scoring it 0 instead would put every factor's
-    runner-up below chance, so that a single noise dim next to constant ones reads as informative.
+    the fit predicts one class for every point; with balanced class weights the one-vs-rest problems of a
+    constant input differ only by solver tolerance, and the class it settles on is usually the training
+    majority (another one where class counts nearly tie). Scoring it 0 instead put every factor's runner-up
+    below chance, so that a single noise dim next to five constant ones scored 0.123 (disentanglement_lib:
+    0.005).
 
     ``continuous=True``: squared correlation of the code dim with the factor value over all points; a constant
     dim scores 0, as in disentanglement_lib. Labels are the factor values' ranks.
@@ -600,8 +602,12 @@ class DisentanglementSizes:
 
     The defaults (``"library"``) are disentanglement_lib's sizes for MIG, SAP and FactorVAE, and 100 boosting
     stages for DCI, as disentanglement_lib and disent; DCI runs on fewer points than the libraries' 10,000 +
-    5,000: 500 + 250 is about the most that fits a few minutes on a 2-core machine for a 4096-dim representation
-    (GBT on one core, about 6 minutes over Shapes3D's 57 factor classes; see :func:`dci_importance`).
+    5,000: 500 + 250, about the most that fits a few minutes on a 2-core machine for a 4096-dim representation.
+    Measured in CPU seconds of one core (2-core machine, Shapes3D's 6 factors and 57 classes, the shipped model's
+    4096 one-hot code dims): DCI 154 s at 500 + 250 (1,000 + 500 would take twice as long), SAP 171 s, MIG 3 s,
+    FactorVAE about 130 s besides representing its 970,000 images (at 180 images per CPU second, 90 minutes for
+    the shipped model). Continuous dims cost DCI about 12 times as much per tree (every value is a split
+    candidate): the noise baseline of 4096 dims takes 31 minutes for DCI alone at these sizes.
     ``SIZE_PRESETS`` holds the named settings; :attr:`name` says which one a value is (``"custom"``: none).
     """
 
@@ -652,8 +658,8 @@ class DisentanglementSizes:
 SIZE_PRESETS: dict[str, DisentanglementSizes] = {
     # disentanglement_lib's sizes (DCI: see DisentanglementSizes); hours for a model on 2 CPU cores
     "library": DisentanglementSizes(),
-    # minutes for the two representations of the CPU model and their noise baselines on 2 cores: MIG and SAP on a
-    # tenth of the library's points, DCI with 20 stages on 160 + 80 of them, FactorVAE with 160 + 80 votes
+    # minutes for the CPU model: MIG and SAP on a tenth of the library's points, DCI with 20 stages on 160 + 80 of
+    # them, FactorVAE with 160 + 80 votes of 16 points (its cost is rendering: 1,000 images per 256-point votes)
     "cpu": DisentanglementSizes(
         num_train=1000,
         num_test=500,
@@ -662,7 +668,8 @@ SIZE_PRESETS: dict[str, DisentanglementSizes] = {
         dci_stages=20,
         factor_vae_train=160,
         factor_vae_eval=80,
-        num_variance=2000,
+        group_size=16,
+        num_variance=1000,
     ),
 }
 
