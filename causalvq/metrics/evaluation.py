@@ -743,9 +743,9 @@ def disentanglement_protocol(sizes: dict[str, Any]) -> str:
                 f"classifier `{d['importance']}`, 20 stages); FactorVAE with {d['num_train']} + {d['num_test']} votes "
                 f"of {d['group_size']} points, {d['num_variance']} points for the variances. Representations:")
     name = DisentanglementSizes(**d).name
-    label = {"library": "disentanglement_lib's sizes", "custom": "custom sizes"}.get(name, "a faster setting")
-    return (f"- disentanglement, sizes `{name}` ({label}; the libraries: MIG, SAP on 10,000 + 5,000 points, DCI "
-            f"with 100 stages, FactorVAE with 10,000 + 5,000 votes of 64 points, 10,000 for the variances): MIG on "
+    label = {"library": "disentanglement_lib's sizes but DCI's", "custom": "custom sizes"}.get(name, "a faster setting")
+    return (f"- disentanglement, sizes `{name}` ({label}; the libraries: MIG, SAP and DCI on 10,000 + 5,000 points, "
+            f"DCI with 100 stages, FactorVAE with 10,000 + 5,000 votes of 64 points, 10,000 for the variances): MIG on "
             f"{d['num_train']} points of the split, SAP on {d['num_train']} + {d['num_test']}, DCI on "
             f"{d['dci_num_train']} + {d['dci_num_test']} of them (classifier `{d['importance']}`, "
             f"{d['dci_stages']} boosting stages per factor); FactorVAE with {d['factor_vae_train']} + "
