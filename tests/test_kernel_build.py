@@ -87,6 +87,24 @@ def test_a_live_builder_is_waited_on_for_a_bounded_time_and_a_dead_one_not_at_al
         pass
 
 
+def test_every_build_passes_the_same_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load`` appends to the flag lists it is given; flags that differ from the last call's would rebuild the
+    kernel on every ``enable`` after a ``disable``."""
+    import torch.utils.cpp_extension
+
+    seen = []
+
+    def fake_load(name, sources, extra_cflags, extra_ldflags, verbose):
+        seen.append((list(extra_cflags), list(extra_ldflags)))
+        extra_ldflags.append("-ltorch")  # as torch does
+        return "kernel"
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    assert build.build() == build.build() == "kernel"
+    assert seen[0] == seen[1] == (list(build.CFLAGS), list(build.LDFLAGS))
+
+
 def test_plain_torch_until_enabled(tmp_path: Path) -> None:
     """Importing the library builds and switches nothing, whatever the environment says."""
     code = "import causalvq.model, causalvq.kernels as k; print(k.loaded() is None)"

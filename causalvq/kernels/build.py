@@ -20,8 +20,8 @@ from types import ModuleType
 
 NAME = "causalvq_pairwise"
 SOURCE = Path(__file__).with_name("pairwise.cpp")
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 WAIT_S = 600.0  # longest wait for another live process's build (a first build takes about a minute)
 
 
@@ -36,7 +36,10 @@ def build(verbose: bool = False, wait: float = WAIT_S) -> ModuleType:
         stale = folder / "lock"
         if stale.exists():  # torch's lock with no live builder: its builder died mid-build
             stale.unlink(missing_ok=True)
-        return load(name=NAME, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, verbose=verbose)
+        # fresh lists: load appends torch's libraries to extra_ldflags in place, and flags that differ from the
+        # last call's make it rebuild the kernel under a new version
+        return load(name=NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                    verbose=verbose)
 
 
 @contextmanager
