@@ -8,7 +8,8 @@ intervention, disentanglement) lives in the library.
 from __future__ import annotations
 
 from causalvq.data import FactorDataset
-from causalvq.metrics.evaluation import EvalReport, evaluate_model, metric_table
+from causalvq.metrics.evaluation import evaluate_model
+from causalvq.metrics.report import EvalReport, metric_table
 from causalvq.model import CausalVQ
 from train.data import make_sampler
 from train.recipes import Recipe

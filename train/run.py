@@ -28,7 +28,7 @@ import torch
 from causalvq.config import ModelConfig
 from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
-from causalvq.metrics.evaluation import write_report
+from causalvq.metrics.report import write_report
 from causalvq.model import CausalVQ
 from train import distributed
 from train import evaluate as evaluation

@@ -1,10 +1,12 @@
-"""Model evaluation (paper §10): reconstruction, action retrieval, k-step intervention and disentanglement.
+"""Model evaluation (paper §10): reconstruction, action retrieval, codes, structure, k-step intervention and
+disentanglement.
 
 ``evaluate_model(model, dataset)`` measures a ``CausalVQ`` on one split of a ``FactorDataset`` and returns an
-``EvalReport`` (a frozen dataclass of named results); ``write_report`` writes it as ``eval.json``, ``eval.md``
-and ``confusion.png``. Everything is deterministic: the model runs in eval mode under ``torch.no_grad`` with
-``sample=False`` (thresholds instead of Gumbel noise), and every draw comes from a numpy generator seeded by
-``seed`` (one independent stream per section, so switching a section off leaves the others unchanged).
+``EvalReport`` (a frozen dataclass of named results, ``causalvq.metrics.report``, whose ``write_report`` writes
+``eval.json``, ``eval.md`` and ``confusion.png``). Everything is deterministic: the model runs in eval mode under
+``torch.no_grad`` with ``sample=False`` (thresholds instead of Gumbel noise), and every draw comes from a numpy
+generator seeded by ``seed`` (one independent stream per section, so switching a section off leaves the others
+unchanged).
 
 Images are rendered from known factors by ``dataset.render``, converted with ``causalvq.imaging.to_tensor`` and
 resized to ``model.config.image_size`` with ``causalvq.imaging.resize_images``, the same way for inputs, targets
@@ -44,15 +46,11 @@ Axis legend: ``b`` images or pairs, ``c`` channels, ``S`` image side, ``a`` acti
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +66,15 @@ from causalvq.metrics.disentanglement import (
     evaluate_representation,
     noise_baseline,
 )
-from causalvq.metrics.structure import StructureResult, evaluate_structure
+from causalvq.metrics.report import (
+    CodeResult,
+    DisentanglementResult,
+    EvalReport,
+    InterventionResult,
+    ReconstructionResult,
+    RetrievalResult,
+)
+from causalvq.metrics.structure import evaluate_structure
 from causalvq.model import CausalVQ
 
 # One independent random stream per section: np.random.default_rng([seed, stream]).
@@ -77,180 +83,6 @@ REPRESENTATIONS: dict[str, str] = {
     "encoder": "continuous pre-quantization encoder output, flattened (paper §10.4, faithful)",
     "codes_onehot": "one-hot code indices, flattened (causalvq addition)",
 }
-
-
-# --- results -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReconstructionResult:
-    mse: float  # mean squared error on [0, 1], over pixels and images
-    psnr: float  # dB, 10·log10(1 / mse); inf for a perfect reconstruction
-    num_images: int
-
-
-@dataclass(frozen=True)
-class RetrievalResult:
-    action_accuracy: float  # directed: argmax over the A actions
-    factor_accuracy: float  # undirected: argmax over the F factors of p_f + p_{F+f}
-    action_chance: float  # 1 / A
-    factor_chance: float  # 1 / F
-    per_factor_action_accuracy: dict[str, float | None]  # factor name -> directed accuracy (None: no pairs)
-    per_factor_factor_accuracy: dict[str, float | None]  # factor name -> undirected accuracy
-    per_factor_pairs: dict[str, int]  # factor name -> pairs moving it
-    confusion: tuple[tuple[int, ...], ...]  # (a, a) counts, row = true action, column = predicted
-    num_pairs: int
-    argmax_factor_accuracy: float | None = None  # the official causal_nodir_acc: argmax action's factor (None: older)
-
-
-@dataclass(frozen=True)
-class InterventionResult:
-    steps: int  # k, applications of the action
-    accuracy: float | None  # share of pairs decoded nearest to the true y_k (None: no pairs)
-    chance: float | None  # hit rate of a uniformly drawn candidate
-    mse: float | None  # mean pixel MSE between the decoded image and y_k
-    per_factor_accuracy: dict[str, float | None]  # factor name -> accuracy over the pairs moving it
-    per_factor_pairs: dict[str, int]
-    num_pairs: int
-
-
-@dataclass(frozen=True)
-class CodeResult:
-    """The transition at the code level, on one-step pairs: which of y's codes it predicts, and the graph it uses.
-
-    A node is *changed* when the action changes its code (the codes of x and y differ there). Graph sizes count the
-    off-diagonal edges of the deterministic graph (edge probability > 0.5) per node.
-    """
-
-    changed_accuracy: float | None  # share of changed nodes given y's code exactly (None: no node changed)
-    unchanged_accuracy: float | None  # share of the other nodes given y's (= x's) code
-    per_factor_changed_accuracy: dict[str, float | None]  # over the pairs moving each factor
-    per_factor_changed_nodes: dict[str, float | None]  # mean changed nodes per pair
-    mask_nodes: float  # mean nodes in the intervention mask per pair
-    action_edges_per_node: float  # in-edges per node of the graph under the pair's action
-    no_action_edges_per_node: float  # in-edges per node of the no-action graph
-    action_edge_probability: float  # mean off-diagonal edge probability C under the pair's action
-    no_action_edge_probability: float  # the same with no action
-    num_pairs: int
-
-
-@dataclass(frozen=True)
-class DisentanglementResult:
-    representation: str  # a key of REPRESENTATIONS
-    description: str
-    dims: int  # size of the flattened representation
-    scores: dict[str, float]  # evaluate_representation's output (dci.*, mig, sap, factor_vae.*)
-    baseline: dict[str, float] | None = None  # the same of a random representation as wide (noise_baseline)
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    name: str  # dotted metric name, e.g. "retrieval.factor_accuracy.scale"
-    value: float | None  # None: no samples
-    chance: float | None  # chance level where one applies
-    samples: int  # points or pairs behind the value
-
-
-@dataclass(frozen=True)
-class EvalReport:
-    """Everything ``evaluate_model`` measured, with the protocol needed to read it."""
-
-    dataset: str
-    split: str
-    seed: int
-    image_size: int  # model resolution S the images were resized to
-    factor_names: tuple[str, ...]
-    action_names: tuple[str, ...]
-    reconstruction: ReconstructionResult
-    retrieval: RetrievalResult
-    codes: CodeResult | None  # on the retrieval pairs (None in reports written before it existed)
-    structure: StructureResult | None  # masks, graphs and do() on the retrieval pairs (None: written before it)
-    intervention: tuple[InterventionResult, ...]  # k = 1 .. max_steps
-    disentanglement: tuple[DisentanglementResult, ...]  # empty when switched off
-    protocol: dict[str, Any]  # split seed, sample sizes and switches
-    seconds: dict[str, float]  # wall time per section
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists); ``EvalReport.from_dict`` inverts it."""
-        return _jsonable(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
-        """Rebuild a report from ``to_dict``'s output (e.g. a loaded ``eval.json``)."""
-        retrieval = dict(data["retrieval"])
-        retrieval["confusion"] = tuple(tuple(int(v) for v in row) for row in retrieval["confusion"])
-        return cls(
-            dataset=data["dataset"], split=data["split"], seed=int(data["seed"]), image_size=int(data["image_size"]),
-            factor_names=tuple(data["factor_names"]), action_names=tuple(data["action_names"]),
-            reconstruction=ReconstructionResult(**data["reconstruction"]),
-            retrieval=RetrievalResult(**retrieval),
-            codes=CodeResult(**data["codes"]) if data.get("codes") else None,
-            structure=StructureResult.from_dict(data["structure"]) if data.get("structure") else None,
-            intervention=tuple(InterventionResult(**i) for i in data["intervention"]),
-            disentanglement=tuple(DisentanglementResult(**d) for d in data["disentanglement"]),
-            protocol=dict(data["protocol"]), seconds=dict(data["seconds"]),
-        )  # fmt: skip
-
-    def rows(self) -> list[MetricRow]:
-        """Every scalar metric, with its chance level and sample count (the rows of ``eval.md``)."""
-        rec, ret = self.reconstruction, self.retrieval
-        out = [MetricRow("reconstruction.mse", rec.mse, None, rec.num_images),
-               MetricRow("reconstruction.psnr_db", rec.psnr, None, rec.num_images),
-               MetricRow("retrieval.action_accuracy", ret.action_accuracy, ret.action_chance, ret.num_pairs),
-               MetricRow("retrieval.factor_accuracy", ret.factor_accuracy, ret.factor_chance, ret.num_pairs)]
-        if ret.argmax_factor_accuracy is not None:
-            out.append(MetricRow("retrieval.argmax_factor_accuracy", ret.argmax_factor_accuracy, ret.factor_chance,
-                                 ret.num_pairs))
-        for name in self.factor_names:
-            n = ret.per_factor_pairs[name]
-            out += [MetricRow(f"retrieval.action_accuracy.{name}", ret.per_factor_action_accuracy[name],
-                              ret.action_chance, n),
-                    MetricRow(f"retrieval.factor_accuracy.{name}", ret.per_factor_factor_accuracy[name],
-                              ret.factor_chance, n)]
-        if (codes := self.codes) is not None:
-            n = codes.num_pairs
-            out += [MetricRow("codes.changed_accuracy", codes.changed_accuracy, None, n),
-                    MetricRow("codes.unchanged_accuracy", codes.unchanged_accuracy, None, n)]
-            out += [MetricRow(f"codes.changed_accuracy.{name}", codes.per_factor_changed_accuracy[name], None,
-                              ret.per_factor_pairs[name]) for name in self.factor_names]
-            out += [MetricRow(f"codes.changed_nodes.{name}", codes.per_factor_changed_nodes[name], None,
-                              ret.per_factor_pairs[name]) for name in self.factor_names]
-            out += [MetricRow("codes.mask_nodes", codes.mask_nodes, None, n),
-                    MetricRow("graph.edges_per_node.action", codes.action_edges_per_node, None, n),
-                    MetricRow("graph.edges_per_node.no_action", codes.no_action_edges_per_node, None, n),
-                    MetricRow("graph.edge_probability.action", codes.action_edge_probability, None, n),
-                    MetricRow("graph.edge_probability.no_action", codes.no_action_edge_probability, None, n)]
-        if (st := self.structure) is not None:
-            out += _structure_rows(st, self.factor_names, ret.per_factor_pairs)
-        for res in self.intervention:
-            key = f"intervention.k{res.steps}"
-            out += [MetricRow(f"{key}.accuracy", res.accuracy, res.chance, res.num_pairs),
-                    MetricRow(f"{key}.mse", res.mse, None, res.num_pairs)]
-            out += [MetricRow(f"{key}.accuracy.{name}", res.per_factor_accuracy[name], None,
-                              res.per_factor_pairs[name]) for name in self.factor_names]
-        sizes = self.protocol.get("disentanglement") or {}
-        points = sizes.get("num_train", 0) + sizes.get("num_test", 0)
-        samples = {"dci": sizes.get("dci_num_train", sizes.get("num_train", 0))
-                          + sizes.get("dci_num_test", sizes.get("num_test", 0)),
-                   "mig": sizes.get("num_train", 0), "sap": points,
-                   "factor_vae": sizes.get("factor_vae_train", 0) + sizes.get("factor_vae_eval", 0) or points}
-        for dis in self.disentanglement:
-            base = dis.baseline or {}
-            out += [MetricRow(f"disentanglement.{dis.representation}.{k}", v, base.get(k),
-                              samples[k.split(".")[0]]) for k, v in dis.scores.items()]
-        return out  # fmt: skip
-
-    def metrics(self) -> dict[str, float | None]:
-        """Every scalar metric by dotted name."""
-        return {row.name: row.value for row in self.rows()}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # --- pure metric cores -----------------------------------------------------------------------------------------
@@ -433,44 +265,27 @@ def evaluate_retrieval(model: CausalVQ, dataset: FactorDataset, x_factors: np.nd
 
 def evaluate_codes(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarray, y_factors: np.ndarray,
                    actions: np.ndarray, batch_size: int = 64) -> CodeResult:
-    """Code-level accuracy of one-step transitions (x, a, y) given by factors `(b, f)` and actions `(b,)`, and the
-    size of the deterministic graphs the transition used."""
+    """Code-level accuracy of one-step transitions (x, a, y) given by factors `(b, f)` and actions `(b,)`."""
     s, names = model.config.image_size, tuple(dataset.factor_names)
-    x, y = render_images(dataset, x_factors, s), render_images(dataset, y_factors, s)
     act = torch.as_tensor(actions, dtype=torch.long)
-
-    def edges_per_node(graph: torch.Tensor) -> torch.Tensor:  # (b, n, n) → (b,), self-loops not counted
-        return (graph > 0.5).sum((1, 2)).sub((graph.diagonal(dim1=1, dim2=2) > 0.5).sum(1)) / graph.shape[1]
-
-    def edge_probability(C: torch.Tensor) -> torch.Tensor:  # (b, n, n) → (b,), mean off the diagonal
-        n = C.shape[1]
-        return (C.sum((1, 2)) - C.diagonal(dim1=1, dim2=2).sum(1)) / (n * (n - 1))
-
-    def one(xb: torch.Tensor, yb: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-        nx, ny = model.flatten_codes(model.encode_codes(xb)), model.flatten_codes(model.encode_codes(yb))
-        out = model.transition(nx, ab, sample=False)
-        base = model.transition(nx, None, sample=False)
-        hit, changed = out.probs.argmax(-1) == ny, nx != ny  # (b, n)
-        return torch.stack([(hit & changed).sum(1), (hit & ~changed).sum(1), changed.sum(1), (~changed).sum(1),
-                            (out.mask > 0.5).sum(1), edges_per_node(out.graph), edges_per_node(base.graph),
-                            edge_probability(out.edge_probs), edge_probability(base.edge_probs)], 1).float()  # (b, 9)
-
     with inference_mode(model):
-        per_pair = _batched(one, x, y, act, batch_size=batch_size, device=model.device).double()  # (b, 9)
-    hit_changed, hit_kept, changed, kept, mask, action_edges, base_edges, action_p, base_p = per_pair.unbind(1)
+        encode = lambda f: _batched(model.encode_codes, render_images(dataset, f, s), batch_size=batch_size,  # noqa: E731
+                                    device=model.device)
+        codes_x, codes_y = encode(x_factors), encode(y_factors)  # (b, k, h, w)
+        pred = _batched(lambda cx, a: model.transition_codes(cx, a).codes, codes_x, act, batch_size=batch_size,
+                        device=model.device)  # (b, k, h, w)
+    nx, ny, npred = (model.flatten_codes(c) for c in (codes_x, codes_y, pred))  # (b, n)
+    hit, changed = npred == ny, nx != ny  # (b, n)
+    hit_changed, hit_kept = (hit & changed).sum(1).double(), (hit & ~changed).sum(1).double()  # (b,)
+    moved, kept = changed.sum(1).double(), (~changed).sum(1).double()
     ratio = lambda num, den: float(num.sum() / den.sum()) if den.sum() > 0 else None  # noqa: E731
     factor = act % len(names)
     return CodeResult(
-        changed_accuracy=ratio(hit_changed, changed),
+        changed_accuracy=ratio(hit_changed, moved),
         unchanged_accuracy=ratio(hit_kept, kept),
-        per_factor_changed_accuracy={n: ratio(hit_changed[factor == f], changed[factor == f])
+        per_factor_changed_accuracy={n: ratio(hit_changed[factor == f], moved[factor == f])
                                      for f, n in enumerate(names)},
-        per_factor_changed_nodes=_group_mean(changed, factor, names),
-        mask_nodes=float(mask.mean()),
-        action_edges_per_node=float(action_edges.mean()),
-        no_action_edges_per_node=float(base_edges.mean()),
-        action_edge_probability=float(action_p.mean()),
-        no_action_edge_probability=float(base_p.mean()),
+        per_factor_changed_nodes=_group_mean(moved, factor, names),
         num_pairs=len(act),
     )  # fmt: skip
 
@@ -668,162 +483,3 @@ def evaluate_model(
         protocol=protocol, seconds=seconds,
     )  # fmt: skip
 
-
-# --- writing --------------------------------------------------------------------------------------------------------
-def format_value(value: float | None) -> str:
-    """A metric for a Markdown table: 4 decimals, scientific below 1e-3, 'n/a' for None."""
-    if value is None:
-        return "n/a"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
-
-
-def metric_table(rows: Sequence[MetricRow]) -> list[str]:
-    """Markdown table lines: metric, value, chance level (blank where none applies), sample count."""
-    chance = lambda r: "" if r.chance is None else format_value(r.chance)  # noqa: E731
-    return ["| metric | value | chance | samples |", "|---|---|---|---|",
-            *(f"| {r.name} | {format_value(r.value)} | {chance(r)} | {r.samples} |" for r in rows)]
-
-
-def format_markdown(report: EvalReport) -> str:
-    """The report as Markdown: a table with one row per metric (``EvalReport.rows``: value, chance level where
-    one applies, sample count), then the protocol notes."""
-    p = report.protocol
-    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "", *metric_table(report.rows())]
-    lines += ["", "## Protocol", "",
-              f"- split `{report.split}` of the factor grid (split seed {p['split_seed']}, fractions "
-              f"{p['split_fractions']}); draw seed {report.seed}; images rendered from their factors and resized to "
-              f"{report.image_size} px.",
-              "- deterministic evaluation: eval mode, no gradients, `sample=False` (thresholds, no Gumbel noise).",
-              f"- reconstruction: {p['num_images']} images; MSE on [0, 1]; PSNR = 10·log10(1 / mean MSE).",
-              f"- action retrieval: {p['num_pairs']} one-step transition pairs, both images in the split; action "
-              "accuracy = argmax over the A actions (chance 1/A); factor accuracy folds p_f + p_{F+f} and takes "
-              "the argmax over the F factors (chance 1/F); argmax factor accuracy = the factor of the argmax action is "
-              "the true factor (the official `causal_nodir_acc`, never below action accuracy). Action accuracy and "
-              "argmax factor accuracy are the paper's retrieval metrics in the official notebook's definition "
-              "(apply_action.ipynb: `causal_acc`, `causal_nodir_acc`), as a clean mean over the pairs.",
-              "- codes (causalvq addition), on the same one-step pairs: `changed_accuracy` = share of the nodes "
-              "whose code the action changes (x's and y's codes differ) for which the deterministic transition "
-              "predicts y's code; `unchanged_accuracy` the same on the other nodes; `changed_nodes` = changed nodes "
-              "per pair; `mask_nodes` = intervened nodes per pair; `graph.edges_per_node` = in-edges per node "
-              "(self-loops not counted) of the deterministic graph (edge probability > 0.5), under the pair's action "
-              "and with no action; `graph.edge_probability` = mean edge probability off the diagonal (a sampled "
-              "graph has about L − 1 times as many in-edges per node).",
-              "- structure (causalvq addition), on the same one-step pairs, deterministic "
-              "(`causalvq.metrics.structure`): a node is *changed* when x's and y's codes differ there. "
-              "`mask.precision` = share of the intervened nodes (mask p > 0.5) that change; `mask.recall` = share "
-              "of the changed nodes intervened on (both pooled over pairs); `mask.size_ratio` = mean mask size / "
-              "mean changed nodes; `mask.empty_share` = share of pairs with an empty mask; `in_degree` = in-edges "
-              "per node of the deterministic graph (edge probability > 0.5, self-loops excluded) under the pair's "
-              "action and with no action; `do`: for each pair that changes a node, one changed node (uniform, "
-              "seeded) is set to its code in y, do(i = c^y_i), and the no-action pass predicts the rest, compared "
-              "with the same pass on x unedited: `propagating_share` = share of these interventions that change "
-              "another node, `changed_nodes` = "
-              "other nodes changed per intervention, `agreement` = share of those changes that take y's code.",
-              f"- intervention accuracy (causalvq addition): for k = 1..{p['max_steps']}, pairs (x, a) of the split "
-              "with a applicable k times; correct when the decoded `intervene(x, a, steps=k)` is strictly nearest "
-              "(pixel MSE) to the true y_k among x and every k-step neighbour of x; chance = hit rate of a "
-              f"uniformly drawn candidate; `mse` = MSE to y_k. Pairs per k: {p['intervention_pairs']}."]
-    if report.disentanglement:
-        lines.append(disentanglement_protocol(p["disentanglement"]))
-        lines += [f"  - `{r.representation}`: {r.description}; {r.dims} dims." for r in report.disentanglement]
-    else:
-        lines.append("- disentanglement: not run.")
-    lines.append("- wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()) + ".")
-    return "\n".join(lines) + "\n"  # fmt: skip
-
-
-def disentanglement_protocol(sizes: dict[str, Any]) -> str:
-    """The protocol line of the disentanglement rows, from ``dataclasses.asdict(DisentanglementSizes)`` (or the
-    shorter dict of a report written before DCI sizes, stages and noise baselines were recorded)."""
-    d = sizes
-    if "dci_stages" not in d:
-        return (f"- disentanglement: DCI, MIG, SAP on {d['num_train']} + {d['num_test']} points of the split (DCI "
-                f"classifier `{d['importance']}`, 20 stages); FactorVAE with {d['num_train']} + {d['num_test']} votes "
-                f"of {d['group_size']} points, {d['num_variance']} points for the variances. Representations:")
-    name = DisentanglementSizes(**d).name
-    label = {"library": "disentanglement_lib's sizes but DCI's", "custom": "custom sizes"}.get(name, "a faster setting")
-    return (f"- disentanglement, sizes `{name}` ({label}; the libraries: MIG, SAP and DCI on 10,000 + 5,000 points, "
-            f"DCI with 100 stages, FactorVAE with 10,000 + 5,000 votes of 64 points, 10,000 for the variances): MIG on "
-            f"{d['num_train']} points of the split, SAP on {d['num_train']} + {d['num_test']}, DCI on "
-            f"{d['dci_num_train']} + {d['dci_num_test']} of them (classifier `{d['importance']}`, "
-            f"{d['dci_stages']} boosting stages per factor); FactorVAE with {d['factor_vae_train']} + "
-            f"{d['factor_vae_eval']} votes of {d['group_size']} points, {d['num_variance']} points for the "
-            "variances, ties broken at random with the seed (`tied_votes`: share of the votes that tied). The chance "
-            "column holds each score's noise baseline: the same metric on independent standard normal codes as "
-            "wide as the representation, at the same sizes. Representations:")
-
-
-def plot_confusion(confusion: Any, action_names: tuple[str, ...], path: str | os.PathLike,
-                   title: str = "action retrieval: confusion") -> Path:
-    """Write confusion counts `(a, a)` (row = true action, column = predicted) as a PNG heat map: colour = share
-    of the row, counts printed in the cells, axes labelled with the action names. Returns the path.
-
-    Uses matplotlib's object API on an Agg canvas (no pyplot, no global backend change).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    counts = np.asarray(confusion, dtype=np.int64)
-    a = len(action_names)
-    if counts.shape != (a, a):
-        raise ValueError(f"confusion must be ({a}, {a}) for {a} action names, got {counts.shape}")
-    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # (a, a)
-    side = 2.0 + 0.45 * a
-    fig = Figure(figsize=(side + 1.0, side))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(a), action_names, rotation=90, fontsize=8)
-    ax.set_yticks(range(a), action_names, fontsize=8)
-    ax.set_xlabel("predicted action")
-    ax.set_ylabel("true action")
-    ax.set_title(title, fontsize=10)
-    for i, j in zip(*np.nonzero(counts)):
-        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
-                color="white" if share[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    return out
-
-
-def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``eval.json``, ``eval.md`` and ``confusion.png`` into ``out_dir``; returns their paths by kind
-    (``"json"``, ``"markdown"``, ``"confusion"``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "eval.json", "markdown": out / "eval.md", "confusion": out / "confusion.png"}
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    paths["markdown"].write_text(format_markdown(report))
-    plot_confusion(report.retrieval.confusion, report.action_names, paths["confusion"])
-    return paths
-
-
-def _structure_rows(st: StructureResult, names: tuple[str, ...], pairs: dict[str, int]) -> list[MetricRow]:
-    """The rows of ``EvalReport.rows`` for the structure section: overall, then per moved factor."""
-    m, d, n = st.mask, st.propagation, st.mask.num_pairs
-    out = [MetricRow("structure.mask.precision", m.precision, None, n),
-           MetricRow("structure.mask.recall", m.recall, None, n),
-           MetricRow("structure.mask.size_ratio", m.size_ratio, None, n),
-           MetricRow("structure.mask.empty_share", m.empty_share, None, n),
-           MetricRow("structure.mask.mask_nodes", m.mask_nodes, None, n),
-           MetricRow("structure.mask.changed_nodes", m.changed_nodes, None, n)]
-    for name in names:
-        f = st.per_factor_mask[name]
-        out += [MetricRow(f"structure.mask.{key}.{name}", getattr(f, key), None, f.num_pairs)
-                for key in ("precision", "recall", "size_ratio", "empty_share")]
-    out += [MetricRow("structure.in_degree.action", st.action_in_degree, None, n),
-            MetricRow("structure.in_degree.no_action", st.no_action_in_degree, None, n)]
-    out += [MetricRow(f"structure.in_degree.action.{name}", st.per_factor_action_in_degree[name], None, pairs[name])
-            for name in names]
-    out += [MetricRow(f"structure.do.{key}", getattr(d, key), None, d.num_interventions)
-            for key in ("propagating_share", "changed_nodes", "agreement")]
-    for name in names:
-        f = st.per_factor_propagation[name]
-        out += [MetricRow(f"structure.do.{key}.{name}", getattr(f, key), None, f.num_interventions)
-                for key in ("propagating_share", "agreement")]
-    return out
