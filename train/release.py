@@ -49,6 +49,14 @@ def model_card(model: CausalVQ, recipe: Recipe, stage: int, evaluation: str | No
         "moved = model.intervene(x, action=0).image    # apply one action",
         "guess = model.retrieve_action(x, y).action    # which action turns x into y",
         "```", "",
+        "## How to read its structure", "",
+        "Each of the nodes is one cell of the code grid, a causal variable whose value is a code index. An action "
+        "intervenes on the nodes of its *mask* (predicted from the image's codes and the action alone) and leaves "
+        "the others to the no-action graph; a learned *graph* says which nodes each node reads when its new code "
+        "is predicted. In the evaluation, `structure.mask.*` compares the mask with the nodes a step really "
+        "changes (precision: how many intervened nodes change; recall: how many changed nodes are intervened "
+        "on), `structure.in_degree.*` counts the graph's in-edges per node, and `structure.do.*` says how far a "
+        "hard intervention do(node = code) spreads through the no-action graph.", "",
         "## Evaluation", "",
         EVAL_START,
         evaluation.strip() + "\n" if evaluation else
