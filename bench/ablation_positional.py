@@ -21,7 +21,8 @@ import torch
 from causalvq import kernels
 from causalvq.data import load_dataset, render_images
 from causalvq.data.pairs import TransitionSampler
-from causalvq.metrics.evaluation import move_factors, sample_step_pairs
+from causalvq.metrics.evaluation import sample_step_pairs
+from causalvq.metrics.scores import move_factors
 from causalvq.model import CausalVQ
 
 

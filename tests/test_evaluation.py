@@ -19,18 +19,9 @@ from causalvq.data import render_images
 from causalvq.data.base import FactorDataset
 from causalvq.data.pairs import TransitionSampler
 from causalvq.metrics.disentanglement import DisentanglementSizes
-from causalvq.metrics.evaluation import (
-    evaluate_codes,
-    evaluate_intervention,
-    evaluate_model,
-    fold_directions,
-    move_factors,
-    nearest_candidate,
-    psnr_from_mse,
-    retrieval_result,
-    sample_step_pairs,
-)
+from causalvq.metrics.evaluation import evaluate_codes, evaluate_intervention, evaluate_model, sample_step_pairs
 from causalvq.metrics.report import EvalReport, format_markdown, write_report
+from causalvq.metrics.scores import fold_directions, move_factors, nearest_candidate, psnr_from_mse, retrieval_result
 from causalvq.model import CausalVQ
 
 SIZES = (6, 8, 10)
