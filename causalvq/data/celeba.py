@@ -238,7 +238,8 @@ class CelebAPairSampler:
     the other attributes; a cell is valid in a split when that split has images with f = 0 and with f = 1.
     ``sample_pairs`` draws a valid cell uniformly, a direction uniformly, then x and y uniformly among the cell's
     images on each side. (The official code draws up to 8 images per side with replacement, unseeded, and keeps
-    all 8 × 8 combinations in both directions, so its cells also count about equally, small ones a bit less.)
+    all 8 × 8 combinations in both directions, so cells with several images per side count about equally there too,
+    while a cell of one image per side gives only its single pair: small cells weigh more here.)
 
     Args:
         ds: the dataset (``load_celeba``).
