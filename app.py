@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import logging  # noqa: E402
 import re  # noqa: E402
 import threading  # noqa: E402
 import uuid  # noqa: E402
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 
 from causalvq.explore import drawing  # noqa: E402
-from causalvq.explore.checkpoints import EXAMPLES_DIR, checkpoint_choices, load_model  # noqa: E402
+from causalvq.explore.checkpoints import EXAMPLES_DIR, checkpoint_choices, display_name, load_model  # noqa: E402
 from causalvq.explore.explorer import Explorer, LoadedInput  # noqa: E402
 from causalvq.explore.images import InputError, display_image, read_image_file  # noqa: E402
 
@@ -37,6 +38,7 @@ MIN_SLOTS = 8  # factor sliders / menus laid out (extra ones hidden), so a check
 NO_ACTION = -1
 GRAPH_OVER = ("all codes (average)", "this input")
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True}
+LOG = logging.getLogger("causalvq.app")
 LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code changed. **Black corner**: the node was "
           "intervened on.")
 
@@ -95,7 +97,10 @@ def _example_factors(path: str | Path) -> list[int] | None:
 class Handlers:
     """The app's event handlers: plain methods (tests call them directly), one per event."""
 
-    def __init__(self, explorer: Explorer | None, slots: int = MIN_SLOTS) -> None:
+    def __init__(self, explorer: Explorer | None, slots: int = MIN_SLOTS, choices: Sequence[str] = ()) -> None:
+        self.sources = {display_name(c): c for c in choices}  # dropdown name → folder or repo id
+        if explorer is not None:
+            self.sources.setdefault(display_name(explorer.source), explorer.source)
         self.explorers: dict[str, Explorer] = {explorer.source: explorer} if explorer is not None else {}
         self.default = explorer.source if explorer is not None else ""
         self.slots = slots
@@ -150,6 +155,17 @@ class Handlers:
             raise gr.Error("Choose an image file to upload.")
         ex = self.explorer(session)
         return self._loaded(session, ex, ex.load_image(file))
+
+    def upload_in_page(self, file: str | None, session: Session) -> tuple:
+        """The page's upload: as ``load_upload``, then the upload box cleared; a bad file changes nothing else and
+        shows one message (a warning, logged in one line) instead of failing every output."""
+        try:
+            out = self.load_upload(file, session)
+        except gr.Error as err:
+            LOG.warning("upload refused: %s", err.message)
+            gr.Warning(err.message)
+            return (*[gr.skip()] * (5 + self.slots + 3), None)
+        return (*out, None)
 
     @_friendly
     def sample_random(self, session: Session) -> tuple:
@@ -315,21 +331,44 @@ class Handlers:
         png, gif = drawing.save_traversal(t)
         return drawing.traversal_grid(t), str(png), str(gif)
 
+    # --- 7. factor maps ---
+    @_friendly
+    def factor_maps(self, session: Session, action: int | None) -> tuple:
+        """Where one action acts: its factor maps over dataset pairs, and its mask and changes on this input."""
+        ex, inp = self.explorer(session), self._input(session)
+        if action is None:
+            raise gr.Error("Choose an action.")
+        v = ex.action_map(inp.codes, int(action))
+        name = ex.action_names[v.action]
+        overlay = drawing.overlay_nodes(inp.image, ex.config, v.mask, v.changed)
+        here = (f"On this input, “{name}” intervenes on {int(v.mask.sum())} of {v.mask.size} nodes (red) and "
+                f"changes {int(v.changed.sum())} code(s) (yellow outline).")
+        if v.mask_share is None:
+            return None, overlay, (f"No procedural dataset matches this checkpoint, so there are no dataset pairs "
+                                   f"to average: the maps cannot be drawn. {here}")
+        fig = drawing.factor_map_figure(v, ex.config, title=f"“{name}” over {v.pairs} test pairs")
+        text = (f"Over {v.pairs} one-step test pairs of “{name}”, the top maps show how often each node is "
+                f"intervened on and the bottom maps how often the step really changes it (cyan dots: this input's "
+                f"intervened nodes). A factor that lives in one region lights up there. {here}")
+        return fig, overlay, text
+
     # --- checkpoint ---
     @_friendly
     def change_checkpoint(self, choice: str | None, session: Session) -> tuple:
         """Open another checkpoint (loaded once, then cached) and relabel the factor widgets."""
         if not choice:
             raise gr.Error("Choose a checkpoint.")
+        choice = self.sources.get(choice, choice)
         with self._lock:
             if choice not in self.explorers:
                 loaded = load_model(choice, fallback=None)
                 if loaded.model is None:
-                    raise gr.Error(f"Could not load checkpoint {choice} ({loaded.error}). Keeping the current "
-                                   "checkpoint.")
+                    raise gr.Error(f"Could not load checkpoint {display_name(choice)} ({loaded.error}). Keeping "
+                                   "the current checkpoint.")
                 if loaded.model.config.num_factors > self.slots:
                     raise gr.Error(f"This checkpoint has {loaded.model.config.num_factors} factors; the app was "
-                                   f"laid out for {self.slots}. Start it with {choice} in CAUSALVQ_CHECKPOINT.")
+                                   f"laid out for {self.slots}. Start it with {display_name(choice)} in "
+                                   "CAUSALVQ_CHECKPOINT.")
                 self.explorers[choice] = Explorer(loaded.model, source=choice, notice=loaded.notice)
         ex = self.explorers[choice]
         return (Session(checkpoint=choice), describe(ex), *self.model_updates(ex))
@@ -353,9 +392,11 @@ class WidgetSpecs:
     action: dict  # the graph's action picker
     steps: dict  # the traversal steps slider
     random: dict  # the random-sample button (off without a dataset)
+    map_action: dict  # the factor maps' action picker
 
     def flat(self) -> list[dict]:
-        return [*self.sliders, *self.menus, self.node, self.code, self.action, self.steps, self.random]
+        return [*self.sliders, *self.menus, self.node, self.code, self.action, self.steps, self.random,
+                self.map_action]
 
 
 def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
@@ -366,7 +407,8 @@ def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
                            menus=[dict(d, choices=[], value=None) for d in hidden], node=dict(choices=[], value=None),
                            code=dict(maximum=1, value=0), action=dict(choices=[("no action", NO_ACTION)],
                                                                        value=NO_ACTION),
-                           steps=dict(maximum=8, value=3), random=dict(interactive=False))
+                           steps=dict(maximum=8, value=3), random=dict(interactive=False),
+                           map_action=dict(choices=[], value=None))
     cfg, F = ex.config, ex.config.num_factors
     sliders = [dict(label=ex.factor_names[f], minimum=-ex.max_steps[f], maximum=ex.max_steps[f], value=0,
                     visible=True) if f < F else dict(label=f"factor {f}", minimum=-1, maximum=1, value=0,
@@ -382,7 +424,8 @@ def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
         action=dict(choices=[("no action", NO_ACTION), *[(n, i) for i, n in enumerate(ex.action_names)]],
                     value=NO_ACTION),
         steps=dict(maximum=max(1, min(8, max(ex.max_steps))), value=min(3, max(ex.max_steps))),
-        random=dict(interactive=ex.dataset is not None))
+        random=dict(interactive=ex.dataset is not None),
+        map_action=dict(choices=[(n, i) for i, n in enumerate(ex.action_names)], value=0))
 
 
 def describe(ex: Explorer | None, notice: str = "") -> str:
@@ -390,8 +433,8 @@ def describe(ex: Explorer | None, notice: str = "") -> str:
     if ex is None:
         return f"⚠️ {notice}" if notice else "⚠️ No model loaded."
     cfg = ex.config
-    line = (f"Checkpoint `{ex.source}`: {cfg.num_codebooks} codebook(s) of {cfg.codebook_size} codes on a "
-            f"{cfg.grid_size}×{cfg.grid_size} grid ({cfg.num_nodes} causal nodes), {cfg.image_size}-px "
+    line = (f"Checkpoint `{display_name(ex.source)}`: {cfg.num_codebooks} codebook(s) of {cfg.codebook_size} "
+            f"codes on a {cfg.grid_size}×{cfg.grid_size} grid ({cfg.num_nodes} causal nodes), {cfg.image_size}-px "
             f"{'RGB' if cfg.in_channels == 3 else 'greyscale'} images, factors: {', '.join(cfg.factor_names)}.")
     note = " ".join(s for s in (notice, ex.notice) if s)
     return f"⚠️ {note}\n\n{line}" if note else line
@@ -400,11 +443,12 @@ def describe(ex: Explorer | None, notice: str = "") -> str:
 def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[str] | None = None) -> gr.Blocks:
     """The Blocks UI over ``explorer`` (``None``: a page that only says why no model is loaded)."""
     slots = max(MIN_SLOTS, explorer.config.num_factors if explorer is not None else 0)
-    h = Handlers(explorer, slots)
-    specs = widget_specs(explorer, slots)
     choices = list(choices if choices is not None else checkpoint_choices())
     if explorer is not None and explorer.source not in choices:
         choices.insert(0, explorer.source)
+    h = Handlers(explorer, slots, choices)
+    specs = widget_specs(explorer, slots)
+    names = list(h.sources)  # the dropdown shows names, never a machine path
     img = dict(format="png", interactive=False, height=256, buttons=["download"])
 
     # delete_cache: output images older than an hour are removed every hour (gradio keeps them all otherwise).
@@ -415,8 +459,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         session = gr.State(h.new_session())
         with gr.Row(equal_height=True):
             info = gr.Markdown(describe(explorer, notice))
-            checkpoint = gr.Dropdown(choices=choices, value=explorer.source if explorer else None,
-                                     label="Checkpoint", interactive=len(choices) > 1, scale=0, min_width=280)
+            checkpoint = gr.Dropdown(choices=names, value=display_name(explorer.source) if explorer else None,
+                                     label="Checkpoint", interactive=len(names) > 1, scale=0, min_width=280)
 
         # --- 1 + 2: input, reconstruction, codes ---
         with gr.Row():
@@ -506,12 +550,27 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     trav_png = gr.File(label="PNG")
                     trav_gif = gr.File(label="Animated GIF")
 
+            # --- 7: factor maps ---
+            with gr.Tab("7. Factor maps") as maps_tab:
+                gr.Markdown("Pick an action and see where it lives on the code grid: the top maps show how often "
+                            "each node is intervened on over dataset pairs, the bottom maps how often the step "
+                            "really changes it. On the right, the same action on the current input.")
+                map_action = gr.Dropdown(label="Action", elem_id="map-action", **specs.map_action)
+                maps_md = gr.Markdown("", elem_id="maps-text")
+                with gr.Row():
+                    maps_plot = gr.Plot(label="Factor maps", show_label=False, elem_id="maps-plot")
+                    maps_img = gr.Image(label="This input: red = intervened, yellow outline = changed",
+                                        elem_id="maps-overlay", **img)
+
         # --- wiring ---
         load_outputs = [session, input_img, recon_img, codes_img, domain, *sliders, result_img, result_grid,
                         truth_img]
-        model_outputs = [*sliders, *menus, node_dd, code_sl, action_dd, trav_steps, random_btn, input_img,
+        model_outputs = [*sliders, *menus, node_dd, code_sl, action_dd, trav_steps, random_btn, map_action, input_img,
                          recon_img, codes_img, domain, result_img, result_grid, truth_img]
-        upload.upload(h.load_upload, [upload, session], load_outputs, api_name="load_image")
+        upload.upload(h.upload_in_page, [upload, session], [*load_outputs, upload], api_visibility="private")
+        # the API's /load_image answers a bad file with an error (the page's upload only warns): a hidden trigger
+        api_file = gr.File(file_types=["image"], type="filepath", visible=False)
+        gr.Button(visible=False).click(h.load_upload, [api_file, session], load_outputs, api_name="load_image")
         random_btn.click(h.sample_random, [session], [*load_outputs, *menus], api_name="sample_random")
         render_btn.click(h.sample_factors, [session, *menus], load_outputs, api_name="sample_factors")
         gallery.select(h.select_example, [session], load_outputs, api_visibility="private")
@@ -536,6 +595,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                            api_name="retrieve", preprocess=False)
 
         trav_btn.click(h.traverse, [session, trav_steps], [trav_img, trav_png, trav_gif], api_name="traverse")
+        gr.on([maps_tab.select, map_action.input], h.factor_maps, [session, map_action],
+              [maps_plot, maps_img, maps_md], api_name="factor_maps", trigger_mode="always_last")
         checkpoint.input(h.change_checkpoint, [checkpoint, session], [session, info, *model_outputs],
                          api_name="checkpoint")
 

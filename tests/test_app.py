@@ -21,7 +21,8 @@ from causalvq.explore.explorer import Explorer
 from causalvq.model import CausalVQ
 
 ENDPOINTS = {"/load_image", "/sample_random", "/sample_factors", "/slide", "/ground_truth", "/reset", "/graph",
-             "/do", "/pair_from_sliders", "/upload_x", "/upload_y", "/retrieve", "/traverse", "/checkpoint"}
+             "/do", "/pair_from_sliders", "/upload_x", "/upload_y", "/retrieve", "/traverse", "/checkpoint",
+             "/factor_maps"}
 F = len(SHAPES3D_FACTORS)
 
 
@@ -108,10 +109,18 @@ def test_graph_do_retrieval_traversal_endpoints(client: Client, server) -> None:
         assert g.n_frames == 2 * 5 - 2
 
 
+def test_factor_maps_endpoint(client: Client, server) -> None:
+    client.predict(handle_file(str(server[3])), api_name="/load_image")
+    _, overlay0, text0 = client.predict(0, api_name="/factor_maps")
+    _, _, text1 = client.predict(1, api_name="/factor_maps")
+    assert "floor_hue +" in text0 and "wall_hue +" in text1 and "test pairs" in text0
+    assert _pixels(overlay0).ndim == 3
+
+
 def test_checkpoint_switch(client: Client, server) -> None:
     _, slots, other, _ = server
-    out = client.predict(str(other), api_name="/checkpoint")
-    assert str(other) in out[0]
+    out = client.predict("other", api_name="/checkpoint")  # the dropdown names the folder, not its path
+    assert "`other`" in out[0] and str(other) not in out[0]
     assert [u["label"] for u in out[1:1 + F]] == list(SHAPES3D_FACTORS)  # the sliders relabelled, at 0
     assert all(u["value"] == 0 for u in out[1:1 + slots])
     out = client.predict(api_name="/sample_random")  # the session now uses the other checkpoint

@@ -20,12 +20,14 @@ from PIL import Image
 
 import app
 from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
-from causalvq.explore.checkpoints import find_dataset, load_model, render_examples
+from causalvq.explore.checkpoints import display_name, find_dataset, load_model, render_examples
 from causalvq.explore.drawing import (
     code_colors,
     draw_code_grid,
+    factor_map_figure,
     graph_heatmap,
     graph_network,
+    overlay_nodes,
     retrieval_figure,
     save_traversal,
     traversal_grid,
@@ -429,6 +431,7 @@ def test_handlers_checkpoint_switch(handlers: app.Handlers, explorer: Explorer, 
     out = handlers.change_checkpoint(str(other), _session(handlers, explorer))
     session, info = out[:2]
     assert session.checkpoint == str(other) and session.input is None and "a, b, c" in info
+    assert "`other`" in info and str(tmp_path) not in info  # named, never by the machine's path
     sliders = out[2:2 + handlers.slots]
     assert [s.get("label") for s in sliders[:3]] == ["a", "b", "c"] and sliders[3]["visible"] is False
     with pytest.raises(gr.Error, match="Keeping the current checkpoint"):
@@ -459,3 +462,80 @@ def test_app_without_a_checkpoint_opens_with_a_notice(tmp_path: Path) -> None:
     session = demo.handlers.new_session()
     out = demo.handlers.first_example(session)
     assert out[0] is session and all(v == gr.skip() for v in out[1:])
+
+
+# --- factor maps ---
+@pytest.fixture(scope="module")
+def small_maps(checkpoint: Path) -> Explorer:
+    return Explorer(CausalVQ.from_pretrained(checkpoint), calibration_samples=4, map_pairs=48)
+
+
+def test_factor_maps_are_shares_of_dataset_pairs_computed_once(small_maps: Explorer) -> None:
+    maps = small_maps.factor_maps()
+    cfg = small_maps.config
+    assert maps.mask.shape == maps.changed.shape == (cfg.num_actions, cfg.num_codebooks, cfg.grid_size, cfg.grid_size)
+    assert int(maps.pairs.sum()) == 48
+    assert 0.0 <= float(maps.mask.min()) and float(maps.mask.max()) <= 1.0 and float(maps.changed.max()) <= 1.0
+    assert small_maps.factor_maps() is maps  # cached
+
+
+def test_action_map_is_the_step_on_this_input_and_follows_the_action(small_maps: Explorer, loaded) -> None:
+    model = small_maps.model
+    views = [small_maps.action_map(loaded.codes, a) for a in range(small_maps.config.num_actions)]
+    for a, v in enumerate(views):
+        with torch.inference_mode():
+            tr = model.transition_codes(loaded.codes, torch.tensor([a]))
+        assert np.array_equal(v.mask, tr.mask[0].numpy())
+        assert np.array_equal(v.changed, (model.flatten_codes(tr.codes) != model.flatten_codes(loaded.codes))[0])
+        assert v.pairs == int(small_maps.factor_maps().pairs[a])
+    # the maps are the chosen action's: not all actions share one picture
+    assert any(not np.array_equal(views[0].mask_share, v.mask_share) for v in views[1:])
+    with pytest.raises(InputError, match="Unknown action"):
+        small_maps.action_map(loaded.codes, small_maps.config.num_actions)
+    fig = factor_map_figure(views[0], small_maps.config, "t")
+    assert isinstance(fig, Figure) and len(fig.axes) >= 2 * small_maps.config.num_codebooks
+    over = overlay_nodes(loaded.image, small_maps.config, np.ones_like(views[0].mask), views[0].changed)
+    plain = overlay_nodes(loaded.image, small_maps.config, np.zeros_like(views[0].mask),
+                          np.zeros_like(views[0].changed))
+    assert over.shape == plain.shape and over.shape[-1] == 3
+    assert (over[..., 0].astype(int) - over[..., 1]).mean() > (plain[..., 0].astype(int) - plain[..., 1]).mean()
+
+
+def test_factor_maps_handler(small_maps: Explorer, loaded, checkpoint: Path) -> None:
+    handlers = app.Handlers(small_maps)
+    session = app.Session(checkpoint=small_maps.source, input=loaded)
+    fig0, overlay, text0 = handlers.factor_maps(session, 0)
+    fig1, _, text1 = handlers.factor_maps(session, 1)
+    assert isinstance(fig0, Figure) and overlay.ndim == 3
+    assert small_maps.action_names[0] in text0 and small_maps.action_names[1] in text1
+    assert text0 != text1
+    with pytest.raises(gr.Error, match="Load an image first"):
+        handlers.factor_maps(app.Session(checkpoint=small_maps.source), 0)
+    bare = app.Handlers(Explorer(CausalVQ.from_pretrained(checkpoint), dataset=False, source="bare"))
+    fig, overlay, text = bare.factor_maps(app.Session(checkpoint="bare", input=loaded), 0)
+    assert fig is None and overlay.ndim == 3 and "No procedural dataset" in text
+
+
+# --- defects: names, bad uploads ---
+def test_checkpoints_are_named_never_by_a_machine_path(explorer: Explorer, checkpoint: Path, tmp_path: Path) -> None:
+    assert display_name(str(checkpoint)) == checkpoint.name
+    assert display_name("someone/causalvq-shapes3d") == "someone/causalvq-shapes3d"  # a Hub repo id
+    assert str(checkpoint) not in app.describe(explorer) and f"`{checkpoint.name}`" in app.describe(explorer)
+    res = load_model(str(tmp_path / "missing"), fallback=checkpoint)
+    assert str(tmp_path) not in res.notice and "`missing`" in res.notice
+
+
+def test_a_bad_upload_in_the_page_changes_nothing_but_the_upload_box(handlers: app.Handlers, explorer: Explorer,
+                                                                     loaded, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not a png")
+    with caplog.at_level("WARNING", logger="causalvq.app"):
+        out = handlers.upload_in_page(str(bad), _session(handlers, explorer, loaded))
+    assert len(out) == 5 + handlers.slots + 3 + 1
+    assert all(v == gr.skip() for v in out[:-1]) and out[-1] is None  # state, images, sliders kept; box cleared
+    assert len(caplog.records) == 1 and "not an image this explorer can read" in caplog.records[0].getMessage()
+    good = tmp_path / "good.png"
+    Image.new("RGB", (48, 40), "orange").save(good)
+    out = handlers.upload_in_page(str(good), _session(handlers, explorer, loaded))
+    assert out[0].input is not None and out[0].input is not loaded and out[-1] is None

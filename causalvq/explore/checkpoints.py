@@ -71,22 +71,34 @@ def load_model(choice: str | None, fallback: Path | None = SHIPPED_CHECKPOINT,
         try:
             return LoadResult(_load_one(str(choice), timeout), str(choice), "")
         except Exception as err:  # any failure falls back; the notice says why
-            error = (str(err).splitlines()[0] if str(err) else type(err).__name__)[:200]
-            notice = f"Could not load checkpoint `{choice}` ({error})."
+            error = (str(err).splitlines()[0] if str(err) else type(err).__name__)
+            error = error.replace(str(Path(choice).resolve()), display_name(str(choice)))
+            error = error.replace(str(choice), display_name(str(choice)))[:200]  # no machine path on screen
+            notice = f"Could not load checkpoint `{display_name(str(choice))}` ({error})."
+    shipped = display_name(str(fallback)) if fallback is not None else ""
     if fallback is not None and (Path(fallback) / CONFIG_NAME).is_file():
         if choice and Path(choice).resolve() == Path(fallback).resolve():
             return LoadResult(None, "", notice, error)
         try:
             model = CausalVQ.from_pretrained(fallback)
         except Exception as err:
-            return LoadResult(None, "", f"{notice} The shipped checkpoint `{fallback}` is unreadable: {err}".strip(),
+            return LoadResult(None, "", f"{notice} The shipped checkpoint `{shipped}` is unreadable: {err}".strip(),
                               error)
         return LoadResult(model, str(fallback), f"{notice} Showing the shipped checkpoint instead.".strip()
                           if notice else "", error)
-    missing = f"the shipped one (`{fallback}`) is missing" if fallback is not None else "there is no fallback"
+    missing = f"the shipped one (`{shipped}`) is missing" if fallback is not None else "there is no fallback"
     return LoadResult(None, "", (f"{notice} " if notice else "") + (
         f"No checkpoint found: {missing}. Set {ENV_CHECKPOINT} to a checkpoint folder (config.json + "
         "model.safetensors) or a Hub repo id and restart the app."), error)
+
+
+def display_name(source: str) -> str:
+    """How the app names a checkpoint: a folder by its own name (never the machine's path to it), a Hub repo id as
+    it is."""
+    if not source:
+        return ""
+    path = Path(source)
+    return path.name if path.is_absolute() or path.is_dir() or os.sep in source and path.exists() else source
 
 
 def checkpoint_choices() -> list[str]:

@@ -25,7 +25,7 @@ from causalvq.config import ModelConfig
 from causalvq.imaging import image_grid
 
 if TYPE_CHECKING:
-    from causalvq.explore.explorer import RetrievalView, Traversal
+    from causalvq.explore.explorer import ActionMap, RetrievalView, Traversal
 
 
 # --- code grids ------------------------------------------------------------------------------------------------
@@ -168,6 +168,56 @@ def graph_network(adjacency: np.ndarray, config: ModelConfig, threshold: float =
     ax.set_yticks([])
     ax.set_title(title or f"{len(src)} edges with probability > {threshold:.2f}", fontsize=10)
     return fig
+
+
+# --- factor maps -----------------------------------------------------------------------------------------------
+def factor_map_figure(view: ActionMap, config: ModelConfig, title: str = "") -> Figure:
+    """Two rows of code-grid maps for one action, one panel per codebook: the share of dataset pairs whose mask
+    holds each node (top), and whose step changes it (bottom); this input's intervened nodes get a dot."""
+    k, g = config.num_codebooks, config.grid_size
+    fig = Figure(figsize=(min(10.0, 2.4 * k + 1.4), 4.8), dpi=100, layout="constrained")
+    axes = fig.subplots(2, k, squeeze=False)
+    rows = (("mask", view.mask_share), ("changed", view.changed_share))
+    here = view.mask.reshape(k, g, g)
+    image = None
+    for r, (label, share) in enumerate(rows):
+        for q in range(k):
+            ax = axes[r, q]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            image = ax.imshow(share[q], cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ys, xs = np.nonzero(here[q])
+            ax.scatter(xs, ys, s=6, c="cyan", marker="o", linewidths=0)
+            if r == 0 and k > 1:
+                ax.set_title(f"codebook {q}", fontsize=9)
+            if q == 0:
+                ax.set_ylabel(f"{label}: share of pairs", fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.7, label="share of the action's pairs")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def overlay_nodes(image: np.ndarray, config: ModelConfig, mask: np.ndarray, changed: np.ndarray,
+                  scale: int | None = None) -> np.ndarray:
+    """The image with the nodes of an action laid over it, the latent grid stretched to the image: red tint where
+    any codebook's node is intervened on, a yellow outline where any codebook's code changed. ``uint8 (H, W, 3)``."""
+    k, g = config.num_codebooks, config.grid_size
+    S = image.shape[0]
+    scale = scale or max(1, 256 // S)
+    rgb = _enlarged_rgb(image[None], scale)[0].astype(np.float64)  # (S·scale, S·scale, 3)
+    side = rgb.shape[0]
+    m = np.asarray(mask, bool).reshape(k, g, g).any(0)  # (g, g)
+    c = np.asarray(changed, bool).reshape(k, g, g).any(0)
+    up = np.repeat(np.repeat(m, -(-side // g), 0), -(-side // g), 1)[:side, :side]  # (side, side)
+    rgb[up] = 0.55 * rgb[up] + 0.45 * np.array([230.0, 30.0, 30.0])
+    out = Image.fromarray(np.round(rgb).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    cell = side / g
+    for y, x in zip(*np.nonzero(c)):
+        draw.rectangle((x * cell + 1, y * cell + 1, (x + 1) * cell - 2, (y + 1) * cell - 2), outline=(255, 220, 0),
+                       width=max(2, int(cell) // 10))
+    return np.asarray(out)
 
 
 # --- action retrieval ------------------------------------------------------------------------------------------

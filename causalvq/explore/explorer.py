@@ -15,7 +15,9 @@ Panels and the methods behind them:
 4. causal graph: ``graph`` (adjacency and intervened nodes); hard intervention ``do`` (``model.do``:
    do(node = code), then one no-action pass of the learned graph);
 5. action retrieval: ``retrieve``;
-6. traversals: ``traverse``.
+6. traversals: ``traverse``;
+7. factor maps: ``factor_maps`` (per action, where the mask falls and what the step changes over dataset pairs,
+   computed once) and ``action_map`` (the same for one action on the current input).
 
 Axis legend: ``S`` model image side, ``C`` image channels, ``k`` codebooks, ``h w`` latent grid, ``n`` nodes
 (L = K·h·w, node i = k·h·w + y·w + x), ``v`` codebook size, ``f`` factors (F), ``a`` actions (A = 2F).
@@ -38,9 +40,11 @@ from PIL import Image
 
 from causalvq.config import ModelConfig
 from causalvq.data import FactorDataset
+from causalvq.data.pairs import TransitionSampler
 from causalvq.explore.checkpoints import ENV_CHECKPOINT, SHIPPED_CHECKPOINT, find_dataset, load_model
 from causalvq.explore.images import InputError, read_image_file, to_model_input
 from causalvq.imaging import to_uint8
+from causalvq.metrics.structure import FactorMaps, factor_maps
 from causalvq.model import CausalVQ
 
 DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
@@ -114,6 +118,20 @@ class Traversal:
     factor_names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ActionMap:
+    """One action on the current input, beside where it acts on dataset pairs."""
+
+    action: int
+    mask: np.ndarray  # bool (n,): nodes the action intervenes on, on this input's codes
+    changed: np.ndarray  # bool (n,): nodes whose code the step changes
+    image: np.ndarray  # uint8 (S, S, C): the decoded step
+    mask_share: np.ndarray | None  # float (k, h, w): share of dataset pairs whose mask holds each node; None
+    #                                 without a dataset
+    changed_share: np.ndarray | None  # float (k, h, w): share of dataset pairs whose step changes each node
+    pairs: int  # dataset pairs of this action behind the shares (0 without a dataset)
+
+
 # --- the explorer ----------------------------------------------------------------------------------------------
 class Explorer:
     """A loaded CausalVQ, its matching procedural dataset, and the computations behind each panel.
@@ -125,11 +143,13 @@ class Explorer:
         source: where the model came from (shown in the app).
         notice: a message about loading to show in the app ("" for none).
         calibration_samples: in-domain samples measured for the out-of-domain notice.
+        map_pairs: one-step test pairs behind the factor maps (computed once, on first use).
         cache_size: code grids kept by the slider cache (one per applied action prefix).
     """
 
     def __init__(self, model: CausalVQ, dataset: FactorDataset | None | bool = None, source: str = "",
-                 notice: str = "", calibration_samples: int = 32, cache_size: int = 4096) -> None:
+                 notice: str = "", calibration_samples: int = 32, map_pairs: int = 384,
+                 cache_size: int = 4096) -> None:
         self.model = model.eval()
         cfg = model.config
         if dataset is None:
@@ -142,6 +162,9 @@ class Explorer:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._domain_lock = threading.Lock()
+        self.map_pairs = map_pairs
+        self._maps: FactorMaps | None = None
+        self._maps_lock = threading.Lock()
         if self.dataset is None and dataset is not False:
             self.notice = (f"{notice} " if notice else "") + (
                 "No procedural dataset has this checkpoint's factors "
@@ -399,3 +422,42 @@ class Explorer:
         centre, moved = images[0], rearrange(images[1:], "(t d f) H W C -> f d t H W C", t=steps, d=2)
         rows = [np.concatenate([moved[f, 1, ::-1], centre[None], moved[f, 0]]) for f in range(F)]
         return Traversal(images=np.stack(rows), steps=steps, factor_names=self.factor_names)
+
+    # --- factor maps ---
+    def factor_maps(self) -> FactorMaps | None:
+        """Per action, the share of one-step test pairs (``map_pairs`` of them, seed 0) whose mask holds each node
+        and whose step changes it (``causalvq.metrics.structure.factor_maps``); computed once, lazily. ``None``
+        without a dataset to draw pairs from."""
+        if self.dataset is None:
+            return None
+        with self._maps_lock:
+            if self._maps is None:
+                sampler = TransitionSampler(self.dataset, split="test")
+                x, y, actions = sampler.sample_pairs(self.map_pairs, np.random.default_rng(0))
+                with torch.inference_mode():
+                    cx = torch.cat([self.model.encode_codes(self._prepare(self.dataset.render(x[s:s + 64])))
+                                    for s in range(0, len(x), 64)])  # (b, k, h, w)
+                    cy = torch.cat([self.model.encode_codes(self._prepare(self.dataset.render(y[s:s + 64])))
+                                    for s in range(0, len(y), 64)])
+                self._maps = factor_maps(self.model, cx, cy, torch.as_tensor(actions, dtype=torch.long))
+        return self._maps
+
+    @torch.inference_mode()
+    def action_map(self, codes: torch.Tensor, action: int) -> ActionMap:
+        """One step of ``action`` on ``codes`` `(1, k, h, w)`: its mask and changed nodes, beside the dataset's
+        factor maps of that action (when a dataset is available).
+
+        Raises:
+            InputError: an action index out of range.
+        """
+        if not 0 <= int(action) < self.config.num_actions:
+            raise InputError(f"Unknown action {action}: choose one of {', '.join(self.action_names)}.")
+        a = int(action)
+        tr = self.model.transition_codes(codes, torch.tensor([a]))
+        changed = (self.model.flatten_codes(tr.codes) != self.model.flatten_codes(codes))[0].numpy()
+        maps = self.factor_maps()
+        return ActionMap(action=a, mask=tr.mask[0].numpy().astype(bool), changed=changed,
+                         image=to_uint8(self.model.decode_codes(tr.codes))[0],
+                         mask_share=None if maps is None else maps.mask[a].numpy(),
+                         changed_share=None if maps is None else maps.changed[a].numpy(),
+                         pairs=0 if maps is None else int(maps.pairs[a]))
