@@ -281,14 +281,14 @@ def test_bad_input_fails_loudly(factors: np.ndarray) -> None:
 def test_sap_scores_a_constant_dim_as_a_constant_prediction() -> None:
     from sklearn.svm import LinearSVC
 
-    from causalvq.metrics.disentanglement import _split
+    from causalvq.metrics.inputs import split_indices
 
     factors = sample(3000, np.random.default_rng(0))
     constants = np.full((len(factors), 5), 0.7)
     noise_dim = np.random.default_rng(1).normal(size=(len(factors), 1))
     codes = np.concatenate([noise_dim, constants], axis=1)  # (n, 6)
     # disentanglement_lib fits every dim, constant ones included (the fit predicts one class for every point)
-    train, test = _split(len(factors), 2 / 3, 0)
+    train, test = split_indices(len(factors), 2 / 3, 0)
     fit = lambda i, j: LinearSVC(C=0.01, class_weight="balanced").fit(codes[train, i, None], factors[train, j])  # noqa: E731
     library = np.array([[np.mean(fit(i, j).predict(codes[test, i, None]) == factors[test, j]) for j in range(F)]
                         for i in range(6)])  # fmt: skip
