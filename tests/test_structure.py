@@ -44,7 +44,7 @@ def test_transition_loss_includes_the_mask_term_only_when_weighted() -> None:
 
     base, weighted = regularizer(0.0), regularizer(2.0)
     torch.manual_seed(1)
-    p = model.transition(model.flatten_codes(cx), a, sample=True).mask_probs
+    p = model.transition(model.flatten_codes(cx), a, sample=True).mask_probs.detach()
     expected = 2.0 * float(losses.mask_supervision(p, model.flatten_codes(cx), model.flatten_codes(cy)))
     assert weighted - base == pytest.approx(expected, rel=1e-4)
 
