@@ -30,8 +30,9 @@ from gradio import processing_utils  # noqa: E402
 
 from causalvq.explore import drawing  # noqa: E402
 from causalvq.explore.checkpoints import EXAMPLES_DIR, checkpoint_choices, display_name, load_model  # noqa: E402
-from causalvq.explore.explorer import Explorer, LoadedInput  # noqa: E402
+from causalvq.explore.explorer import Explorer  # noqa: E402
 from causalvq.explore.images import InputError, display_image, read_image_file  # noqa: E402
+from causalvq.explore.views import LoadedInput  # noqa: E402
 
 TITLE = "CT-VAE explorer: causal interventions on VQ codes"
 MIN_SLOTS = 8  # factor sliders / menus laid out (extra ones hidden), so a checkpoint switch can relabel them

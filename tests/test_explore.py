@@ -32,8 +32,9 @@ from causalvq.explore.drawing import (
     save_traversal,
     traversal_grid,
 )
-from causalvq.explore.explorer import DomainCheck, Explorer
+from causalvq.explore.explorer import Explorer
 from causalvq.explore.images import InputError, display_image, read_image_file, to_model_input, to_uint8_image
+from causalvq.explore.views import DomainCheck
 from causalvq.imaging import to_tensor, to_uint8
 from causalvq.model import CausalVQ
 

@@ -2,6 +2,6 @@
 
 - ``checkpoints``: loading a checkpoint folder or Hub repo id, the dropdown's choices, the matching dataset;
 - ``images``: uploaded files and any image converted to the model input (``InputError`` for bad input);
-- ``explorer``: the ``Explorer`` (every number the app shows) and its result dataclasses;
+- ``explorer``: the ``Explorer`` (every number the app shows); ``views``: the frozen dataclasses it returns;
 - ``drawing``: code grids, the graph's heat map and node–link drawing, retrieval bars, traversal grids and GIFs.
 """

@@ -25,7 +25,7 @@ from causalvq.config import ModelConfig
 from causalvq.imaging import image_grid
 
 if TYPE_CHECKING:
-    from causalvq.explore.explorer import ActionMap, RetrievalView, Traversal
+    from causalvq.explore.views import ActionMap, RetrievalView, Traversal
 
 
 # --- code grids ------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 An ``Explorer`` wraps the model and, when one matches the checkpoint's factors, the procedural dataset it was
 trained on. Its methods are plain functions of images and code grids that return numpy images or frozen
-dataclasses (below); ``causalvq.explore.drawing`` turns those into pictures, and ``app.py`` only wires them to
-widgets. Nothing here imports gradio: bad input raises ``InputError`` with a sentence the app shows.
+dataclasses (``causalvq.explore.views``); ``causalvq.explore.drawing`` turns those into pictures, and ``app.py``
+only wires them to widgets. Nothing here imports gradio: bad input raises ``InputError`` with a sentence the app shows.
 
 Panels and the methods behind them:
 
@@ -30,7 +30,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,17 @@ from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
 from causalvq.explore.checkpoints import ENV_CHECKPOINT, SHIPPED_CHECKPOINT, find_dataset, load_model
 from causalvq.explore.images import InputError, read_image_file, to_model_input
+from causalvq.explore.views import (
+    ActionMap,
+    DomainCheck,
+    DoView,
+    GraphView,
+    GroundTruth,
+    LoadedInput,
+    RetrievalView,
+    SliderResult,
+    Traversal,
+)
 from causalvq.imaging import to_uint8
 from causalvq.metrics.structure import FactorMaps, factor_maps
 from causalvq.model import CausalVQ
@@ -50,89 +60,6 @@ from causalvq.model import CausalVQ
 DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
 
 
-# --- results ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DomainCheck:
-    typical: float  # median per-pixel MSE of the reconstruction on in-domain samples
-    threshold: float  # above this an input is flagged as far from the training domain
-
-
-@dataclass(frozen=True)
-class LoadedInput:
-    """An input as the model sees it, with everything the panels reuse (kept in the app's ``gr.State``)."""
-
-    image: np.ndarray  # uint8 (S, S, C), the model input
-    codes: torch.Tensor  # long (1, k, h, w)
-    reconstruction: np.ndarray  # uint8 (S, S, C)
-    error: float  # per-pixel MSE between input and reconstruction, in [0, 1] units
-    factors: tuple[int, ...] | None  # dataset factors when sampled, else None
-    notice: str  # "" or a warning (far from the training domain, unknown domain)
-
-
-@dataclass(frozen=True)
-class SliderResult:
-    image: np.ndarray  # uint8 (S, S, C), decoded codes after all slider actions
-    codes: torch.Tensor  # long (1, k, h, w)
-    changed: np.ndarray  # bool (n,), codes that differ from the input's
-    intervened: np.ndarray  # bool (n,), nodes any applied action intervened on
-    actions: tuple[int, ...]  # the applied action sequence, in order
-
-
-@dataclass(frozen=True)
-class GroundTruth:
-    image: np.ndarray  # uint8 (S, S, C): the dataset image at the moved factors
-    factors: tuple[int, ...]  # the factors rendered (clipped into range)
-    clipped: bool  # whether a slider went past the end of its factor
-
-
-@dataclass(frozen=True)
-class GraphView:
-    adjacency: np.ndarray  # float (n, n) edge probabilities (row = source), averaged over the code grids
-    intervened: np.ndarray | None  # bool (n,): nodes the action intervenes on (in most grids: the model's mask
-    #                                averaged, > 0.5; for one grid exactly the mask); None without an action
-
-
-@dataclass(frozen=True)
-class DoView:
-    image: np.ndarray  # uint8 (S, S, C) after do(node = code) and propagation
-    codes: torch.Tensor  # long (1, k, h, w)
-    changed: np.ndarray  # bool (n,), nodes other than ``node`` whose code changed
-    node: int
-    code: int
-
-
-@dataclass(frozen=True)
-class RetrievalView:
-    ranking: tuple[tuple[str, float], ...]  # (action name, p(a | x, y)), most probable first
-    action: int  # the most probable action
-    intervened: np.ndarray  # bool (n,), nodes the most probable action intervenes on, on x's codes
-    changed: np.ndarray  # bool (n,), nodes whose code differs between x and y
-    codes_x: torch.Tensor  # long (1, k, h, w)
-    codes_y: torch.Tensor  # long (1, k, h, w)
-
-
-@dataclass(frozen=True)
-class Traversal:
-    images: np.ndarray  # uint8 (F, 2·steps + 1, S, S, C), column ``steps`` is the reconstruction
-    steps: int
-    factor_names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ActionMap:
-    """One action on the current input, beside where it acts on dataset pairs."""
-
-    action: int
-    mask: np.ndarray  # bool (n,): nodes the action intervenes on, on this input's codes
-    changed: np.ndarray  # bool (n,): nodes whose code the step changes
-    image: np.ndarray  # uint8 (S, S, C): the decoded step
-    mask_share: np.ndarray | None  # float (k, h, w): share of dataset pairs whose mask holds each node; None
-    #                                 without a dataset
-    changed_share: np.ndarray | None  # float (k, h, w): share of dataset pairs whose step changes each node
-    pairs: int  # dataset pairs of this action behind the shares (0 without a dataset)
-
-
-# --- the explorer ----------------------------------------------------------------------------------------------
 class Explorer:
     """A loaded CausalVQ, its matching procedural dataset, and the computations behind each panel.
 

@@ -1,0 +1,97 @@
+"""What the ``Explorer``'s methods return: one frozen dataclass per panel result (numpy images, code grids,
+figures' inputs), so ``causalvq.explore.drawing`` and ``app.py`` read named fields.
+
+Axis legend: ``S`` model image side, ``C`` image channels, ``k`` codebooks, ``h w`` latent grid, ``n`` nodes,
+``a`` actions. Images are ``uint8 (S, S, C)`` numpy arrays; code grids are long tensors ``(1, k, h, w)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    typical: float  # median per-pixel MSE of the reconstruction on in-domain samples
+    threshold: float  # above this an input is flagged as far from the training domain
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """An input as the model sees it, with everything the panels reuse (kept in the app's ``gr.State``)."""
+
+    image: np.ndarray  # uint8 (S, S, C), the model input
+    codes: torch.Tensor  # long (1, k, h, w)
+    reconstruction: np.ndarray  # uint8 (S, S, C)
+    error: float  # per-pixel MSE between input and reconstruction, in [0, 1] units
+    factors: tuple[int, ...] | None  # dataset factors when sampled, else None
+    notice: str  # "" or a warning (far from the training domain, unknown domain)
+
+
+@dataclass(frozen=True)
+class SliderResult:
+    image: np.ndarray  # uint8 (S, S, C), decoded codes after all slider actions
+    codes: torch.Tensor  # long (1, k, h, w)
+    changed: np.ndarray  # bool (n,), codes that differ from the input's
+    intervened: np.ndarray  # bool (n,), nodes any applied action intervened on
+    actions: tuple[int, ...]  # the applied action sequence, in order
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    image: np.ndarray  # uint8 (S, S, C): the dataset image at the moved factors
+    factors: tuple[int, ...]  # the factors rendered (clipped into range)
+    clipped: bool  # whether a slider went past the end of its factor
+
+
+@dataclass(frozen=True)
+class GraphView:
+    adjacency: np.ndarray  # float (n, n) edge probabilities (row = source), averaged over the code grids
+    intervened: np.ndarray | None  # bool (n,): nodes the action intervenes on (in most grids: the model's mask
+    #                                averaged, > 0.5; for one grid exactly the mask); None without an action
+
+
+@dataclass(frozen=True)
+class DoView:
+    image: np.ndarray  # uint8 (S, S, C) after do(node = code) and propagation
+    codes: torch.Tensor  # long (1, k, h, w)
+    changed: np.ndarray  # bool (n,), nodes other than ``node`` whose code changed
+    node: int
+    code: int
+
+
+@dataclass(frozen=True)
+class RetrievalView:
+    ranking: tuple[tuple[str, float], ...]  # (action name, p(a | x, y)), most probable first
+    action: int  # the most probable action
+    intervened: np.ndarray  # bool (n,), nodes the most probable action intervenes on, on x's codes
+    changed: np.ndarray  # bool (n,), nodes whose code differs between x and y
+    codes_x: torch.Tensor  # long (1, k, h, w)
+    codes_y: torch.Tensor  # long (1, k, h, w)
+
+
+@dataclass(frozen=True)
+class Traversal:
+    images: np.ndarray  # uint8 (F, 2·steps + 1, S, S, C), column ``steps`` is the reconstruction
+    steps: int
+    factor_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ActionMap:
+    """One action on the current input, beside where it acts on dataset pairs."""
+
+    action: int
+    mask: np.ndarray  # bool (n,): nodes the action intervenes on, on this input's codes
+    changed: np.ndarray  # bool (n,): nodes whose code the step changes
+    image: np.ndarray  # uint8 (S, S, C): the decoded step
+    mask_share: np.ndarray | None  # float (k, h, w): share of dataset pairs whose mask holds each node; None
+    #                                 without a dataset
+    changed_share: np.ndarray | None  # float (k, h, w): share of dataset pairs whose step changes each node
+    pairs: int  # dataset pairs of this action behind the shares (0 without a dataset)
+
+
+# --- the explorer ----------------------------------------------------------------------------------------------
