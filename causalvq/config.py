@@ -69,6 +69,11 @@ class ModelConfig:
     graph_residual: bool = True  # B17: GATv2 layers add a root projection of the node itself; official: none
     unit_positional: bool = True  # B18: each node's positional encoding has norm 1, like its one-hot code;
     #                               official: the raw sinusoidal encoding, norm √(N/2), which drowns the code
+    renormalised_ce: bool = False  # the official code CE, F.cross_entropy(log(clamp(ŷ, 1e-4)), c), renormalises
+    #                                after the clamp (True); False: −log clamp(ŷ_c), up to 6.3e-3 nats lower per node
+    separate_clamps: bool = False  # the official hard samples clamp p and 1 − p separately, so a saturated
+    #                                probability keeps a straight-through gradient (True); False clamps p to
+    #                                [1e-4, 1 − 1e-4], which gives it none
     gated_attention: bool = True  # B19: the sampled graph gates the attention, so the straight-through gradient
     #                               reaches edges that were not drawn; official: the graph only lists the edges,
     #                               and an edge that was not drawn gets no gradient from the transition loss
@@ -175,7 +180,7 @@ class ModelConfig:
                    num_codebooks=1, codebook_size=64, beta=0.1, discoverer_width=800, graph_width=100,
                    overlapping_slices=True, intervention_edges="outgoing", action_node=False,
                    dropout_on_codes=True, retrieval_score="mean", graph_residual=False, unit_positional=False,
-                   gated_attention=False)
+                   gated_attention=False, renormalised_ce=True, separate_clamps=True)
 
     @classmethod
     def small(cls, **changes: Any) -> ModelConfig:

@@ -32,15 +32,18 @@ def sinusoidal_encoding(num_positions: int, width: int) -> torch.Tensor:
     return pe.to(torch.empty(0).device)  # the default device (meta inside a ``torch.device`` context)
 
 
-def bernoulli_st(p: torch.Tensor, sample: bool, tau: float = 1.0) -> torch.Tensor:
+def bernoulli_st(p: torch.Tensor, sample: bool, tau: float = 1.0, separate_clamps: bool = False) -> torch.Tensor:
     """Hard 0/1 draw with P(1) = p and a straight-through gradient (Gumbel-softmax over {0, 1}, τ = tau).
 
     A two-class Gumbel-softmax over the logits (log(1 − p), log p) is a sigmoid of the logit difference plus
     logistic noise; the forward value is the hard sample, exactly 0 or 1, and the gradient is the soft one.
     With ``sample=False`` the noise is left out: the value is 1 where p > 0.5 (deterministic evaluation).
     """
-    p = p.clamp(_P_MIN, 1 - _P_MIN)
-    logit = p.log() - torch.log1p(-p)
+    if separate_clamps:  # official: log clamp(p) − log clamp(1 − p); a saturated p keeps the gradient of one side
+        logit = p.clamp_min(_P_MIN).log() - (1 - p).clamp_min(_P_MIN).log()
+    else:
+        p = p.clamp(_P_MIN, 1 - _P_MIN)
+        logit = p.log() - torch.log1p(-p)
     if sample:
         u = torch.rand_like(p).clamp(1e-9, 1 - 1e-9)
         logit = logit + u.log() - torch.log1p(-u)  # logistic noise = difference of two Gumbels

@@ -11,23 +11,30 @@ import torch.nn.functional as F
 _P_MIN = 1e-4  # the official clamp of predicted probabilities
 
 
-def node_nll(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """−log clamp(ŷ_i[c_i], 1e-4) per node: probs `(b, n, v)`, target long `(b, n)` → `(b, n)`."""
-    return -probs.gather(-1, target[..., None])[..., 0].clamp_min(_P_MIN).log()
+def node_nll(probs: torch.Tensor, target: torch.Tensor, renormalise: bool = False) -> torch.Tensor:
+    """−log clamp(ŷ_i[c_i], 1e-4) per node: probs `(b, n, v)`, target long `(b, n)` → `(b, n)`.
+
+    ``renormalise`` gives the official ``F.cross_entropy(log(clamp(ŷ, 1e-4)), c)``, whose log-softmax renormalises
+    after the clamp: −log clamp(ŷ_c) + log Σ_k clamp(ŷ_k), up to 6.3e-3 nats per node above the default at N = 64.
+    """
+    nll = -probs.gather(-1, target[..., None])[..., 0].clamp_min(_P_MIN).log()
+    if renormalise:
+        nll = nll + probs.clamp_min(_P_MIN).sum(-1).log()
+    return nll
 
 
-def code_cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def code_cross_entropy(probs: torch.Tensor, target: torch.Tensor, renormalise: bool = False) -> torch.Tensor:
     """CE(ŷ, c): mean over the b·n nodes of ``node_nll``."""
-    return node_nll(probs, target).mean()
+    return node_nll(probs, target, renormalise).mean()
 
 
 def change_weighted_cross_entropy(probs: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
-                                  weight: float) -> torch.Tensor:
+                                  weight: float, renormalise: bool = False) -> torch.Tensor:
     """CE(ŷ, c^y) with the nodes whose code changes (c^y_i ≠ c^x_i) weighted 1 + ``weight``, the others 1:
     Σ_i w_i·NLL_i / Σ_i w_i over the batch (B20). ``source`` is c^x, long `(b, n)`; ``weight = 0`` is
     ``code_cross_entropy``."""
     w = 1.0 + weight * (target != source).to(probs.dtype)  # (b, n)
-    return (w * node_nll(probs, target)).sum() / w.sum()
+    return (w * node_nll(probs, target, renormalise)).sum() / w.sum()
 
 
 def mask_supervision(mask_probs: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -70,13 +77,14 @@ def identity_graph_mse(graph: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(graph, eye.expand_as(graph))
 
 
-def retrieval_distance(probs: torch.Tensor, target: torch.Tensor, reduce: str) -> torch.Tensor:
+def retrieval_distance(probs: torch.Tensor, target: torch.Tensor, reduce: str,
+                       renormalise: bool = False) -> torch.Tensor:
     """Distance of each candidate action: probs `(b, a, n, v)`, target `(b, n)` → `(b, a)`.
 
     ``reduce="sum"`` adds the node NLLs (a log-likelihood of the whole code grid); ``"mean"`` is the official
     mean over nodes, which divides every gap between actions by L (B6b in docs/fidelity.md).
     """
-    nll = node_nll(probs, target[:, None].expand(-1, probs.shape[1], -1))  # (b, a, n)
+    nll = node_nll(probs, target[:, None].expand(-1, probs.shape[1], -1), renormalise)  # (b, a, n)
     return nll.sum(-1) if reduce == "sum" else nll.mean(-1)
 
 

@@ -262,7 +262,7 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         else:
             out = self.transition(nodes_x, actions, sample=sample, copies=a)
         probs = rearrange(out.probs, "(b a) n v -> b a n v", a=a)
-        return losses.retrieval_distance(probs, nodes_y, self.config.retrieval_score)
+        return losses.retrieval_distance(probs, nodes_y, self.config.retrieval_score, self.config.renormalised_ce)
 
     # --- training objectives ---
     def image_parameters(self) -> list[nn.Parameter]:
@@ -284,8 +284,9 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         cfg, nodes = self.config, self.flatten_codes(codes_x)
         out = self.transition(nodes, None, sample=True)
         ident = self.transition(nodes, None, sample=True, identity_graph=True)
-        ce = losses.code_cross_entropy(out.probs, nodes)
-        reg = cfg.alpha * (losses.code_cross_entropy(ident.probs, nodes) + losses.identity_graph_mse(out.graph))
+        r = cfg.renormalised_ce
+        ce = losses.code_cross_entropy(out.probs, nodes, r)
+        reg = cfg.alpha * (losses.code_cross_entropy(ident.probs, nodes, r) + losses.identity_graph_mse(out.graph))
         return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes))
 
     def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor) -> TransitionLosses:
@@ -299,9 +300,10 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         nodes_x, nodes_y = self.flatten_codes(codes_x), self.flatten_codes(codes_y)
         action = self._check_actions(action, nodes_x.shape[0])
         out = self.transition(nodes_x, action, sample=True)
-        ce = losses.code_cross_entropy(out.probs, nodes_y)
+        ce = losses.code_cross_entropy(out.probs, nodes_y, cfg.renormalised_ce)
         fit = ce if cfg.change_weight == 0 else losses.change_weighted_cross_entropy(out.probs, nodes_y, nodes_x,
-                                                                                     cfg.change_weight)
+                                                                                     cfg.change_weight,
+                                                                                     cfg.renormalised_ce)
         reg = (cfg.c_beta * losses.kl_to_noise(out.edge_probs) + cfg.delta * losses.graph_size(out.graph)
                + cfg.epsilon * losses.empty_row_penalty(out.edge_probs))
         if cfg.mask_weight > 0:  # B21: the mask learns which nodes the step changes

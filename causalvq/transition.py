@@ -147,7 +147,7 @@ class CausalTransition(nn.Module):
             p = m = torch.zeros(X.shape[:2], device=X.device)
             return Edges(C, m, p)
         p = self.intervention_probs(X, action)
-        m = bernoulli_st(p, sample)  # (b, n)
+        m = bernoulli_st(p, sample, separate_clamps=self.config.separate_clamps)  # (b, n)
         # Without gradients only the rewired entries of the action discoverer are scored (exact: the blend
         # ignores the rest); training needs them all, for the straight-through gradient of m.
         pairs = None if torch.is_grad_enabled() else self.rewired(m) > 0
@@ -183,7 +183,7 @@ class CausalTransition(nn.Module):
         if identity:
             b, n = C.shape[:2]
             return torch.eye(n, device=C.device).expand(b, n, n)
-        return bernoulli_st(C, sample)
+        return bernoulli_st(C, sample, separate_clamps=self.config.separate_clamps)
 
     def graph_network(self, terms: NodeTerms, C: torch.Tensor, graph: torch.Tensor, m: torch.Tensor,
                       action: torch.Tensor | None, copies: int = 1) -> torch.Tensor:
