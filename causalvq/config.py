@@ -60,6 +60,9 @@ class ModelConfig:
     #                           constant price per edge, unlike δ's Frobenius norm); 0 is the official (no such term)
     mask_hidden: int = 0  # B22: hidden width of a mask network p(a, PE_i)[c_i] with one hidden layer, so the
     #                       action and the position interact; 0 is the official single linear layer
+    mask_context: int = 0  # B24: the mask's hidden layer also sees the codes of the (2r + 1)² grid cells around
+    #                        the node (r = mask_context), so "is this cell on the object's outline" can be said;
+    #                        needs mask_hidden > 0; 0 is the official (the node's own code only)
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
     overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"
@@ -74,6 +77,10 @@ class ModelConfig:
     separate_clamps: bool = False  # the official hard samples clamp p and 1 − p separately, so a saturated
     #                                probability keeps a straight-through gradient (True); False clamps p to
     #                                [1e-4, 1 − 1e-4], which gives it none
+    official_dropout_draws: bool = False  # the official code draws the mask's positional dropout per sample and
+    #                                       shares one draw of P between the base-mode main and identity passes
+    #                                       (True); False draws the mask's once per batch (shared by a
+    #                                       retrieval's copies) and each base-mode pass its own
     gated_attention: bool = True  # B19: the sampled graph gates the attention, so the straight-through gradient
     #                               reaches edges that were not drawn; official: the graph only lists the edges,
     #                               and an edge that was not drawn gets no gradient from the transition loss
@@ -142,6 +149,11 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.positional_dropout must be in [0, 1), got {self.positional_dropout}")
         if not 0 <= self.mask_hidden <= MAX_SIZE:
             raise ValueError(f"ModelConfig.mask_hidden must be in [0, {MAX_SIZE}], got {self.mask_hidden}")
+        if not 0 <= self.mask_context < self.grid_size:
+            raise ValueError(f"ModelConfig.mask_context must be in [0, {self.grid_size - 1}] (the grid side is "
+                             f"{self.grid_size}), got {self.mask_context}")
+        if self.mask_context and not self.mask_hidden:
+            raise ValueError("ModelConfig.mask_context needs a hidden mask layer: set mask_hidden > 0 too")
         for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight", "mask_weight",
                      "edge_weight"):
             value = getattr(self, name)
@@ -180,7 +192,7 @@ class ModelConfig:
                    num_codebooks=1, codebook_size=64, beta=0.1, discoverer_width=800, graph_width=100,
                    overlapping_slices=True, intervention_edges="outgoing", action_node=False,
                    dropout_on_codes=True, retrieval_score="mean", graph_residual=False, unit_positional=False,
-                   gated_attention=False, renormalised_ce=True, separate_clamps=True)
+                   gated_attention=False, renormalised_ce=True, separate_clamps=True, official_dropout_draws=True)
 
     @classmethod
     def small(cls, **changes: Any) -> ModelConfig:

@@ -130,9 +130,9 @@ class DenseGATv2(nn.Module):
         return NodeTerms(*terms, None) if self.lin_root is None else NodeTerms(*terms)
 
     def project_onehot(self, codes: torch.Tensor, extra: torch.Tensor) -> NodeTerms:
-        """``project(one_hot(codes) + extra)`` for codes `(b, n)` and ``extra`` `(n, in)` shared by the batch,
-        exactly: a linear map of a one-hot vector is its weight's column at the code, so each map is a gather
-        plus its map of ``extra``, computed once."""
+        """``project(one_hot(codes) + extra)`` for codes `(b, n)` and ``extra`` `(n, in)` shared by the batch (or one
+        per sample, `(b, n, in)`), exactly: a linear map of a one-hot vector is its weight's column at the code, so
+        each map is a gather plus its map of ``extra``."""
         def linear(lin: nn.Linear | None) -> torch.Tensor | None:
             if lin is None:
                 return None

@@ -282,8 +282,10 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
     def base_losses(self, codes_x: torch.Tensor) -> TransitionLosses:
         """Stage 2, no action: γ·[CE(ŷ, c^x) + α·(CE(ŷ^I, c^x) + MSE(Gr, I))]."""
         cfg, nodes = self.config, self.flatten_codes(codes_x)
-        out = self.transition(nodes, None, sample=True)
-        ident = self.transition(nodes, None, sample=True, identity_graph=True)
+        # official_dropout_draws: both passes see one draw of P, as in the official code; else each draws its own
+        features = self.transition.node_features(nodes) if cfg.official_dropout_draws else None
+        out = self.transition(nodes, None, sample=True, nodes=features)
+        ident = self.transition(nodes, None, sample=True, identity_graph=True, nodes=features)
         r = cfg.renormalised_ce
         ce = losses.code_cross_entropy(out.probs, nodes, r)
         reg = cfg.alpha * (losses.code_cross_entropy(ident.probs, nodes, r) + losses.identity_graph_mse(out.graph))

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 from causalvq.config import ModelConfig
@@ -88,6 +89,10 @@ class CausalTransition(nn.Module):
         self.mask_net = nn.Linear(a + v, config.mask_hidden or v)
         # B22: a hidden layer lets the action and the position interact (official: one linear layer)
         self.mask_out = nn.Linear(config.mask_hidden, v) if config.mask_hidden else None
+        # B24: the hidden layer also reads the codes around the node, a convolution over the one-hot code grid
+        r = config.mask_context
+        self.mask_context = (nn.Conv2d(config.num_codebooks * v, config.mask_hidden, 2 * r + 1, padding=r, bias=False)
+                             if r else None)
         self.discoverers = GraphDiscoverers(a + 1, v, config.discoverer_width)
         self.gat1 = DenseGATv2(v, config.graph_width, a + 1, residual=config.graph_residual)
         self.gat2 = DenseGATv2(config.graph_width * (a + 1), v, a + 1, residual=config.graph_residual)
@@ -98,8 +103,14 @@ class CausalTransition(nn.Module):
         X = F.one_hot(codes, self.config.codebook_size).float()  # (b, n, v)
         if self.config.dropout_on_codes:
             return NodeFeatures(X, self.dropout(X + self.pe), codes, None)
-        pe = self.dropout(self.pe)
+        pe = self.dropped_positional(X.shape[0])
         return NodeFeatures(X, X + pe, codes, pe)
+
+    def dropped_positional(self, batch: int) -> torch.Tensor:
+        """drop(PE): one draw `(n, v)` for the batch, or one per sample `(b, n, v)` with ``official_dropout_draws``."""
+        if self.config.official_dropout_draws and self.training and self.dropout.p > 0:
+            return self.dropout(self.pe.expand(batch, *self.pe.shape))
+        return self.dropout(self.pe)
 
     def project_nodes(self, nodes: NodeFeatures) -> NodeTerms:
         """The first graph layer's node terms of P. With P = X + drop(PE) a linear map of P is exactly its
@@ -114,14 +125,25 @@ class CausalTransition(nn.Module):
 
         The one-hot action selects a column of the weight: W·[a ; PE_i] + b = W_a[:, a] + (W_pe·PE_i + b),
         computed as that sum (exact) without a `(b, n, A + v)` input. With ``mask_hidden`` (B22) that sum is a
-        hidden layer: p_i = σ(Linear(LeakyReLU(W·[a ; drop(PE_i)] + b)))[c_i].
+        hidden layer: p_i = σ(Linear(LeakyReLU(W·[a ; drop(PE_i)] + b)))[c_i]. With ``mask_context`` (B24) the
+        hidden layer adds a convolution of the one-hot code grid around node i.
         """
         a = self.config.num_actions
         W = self.mask_net.weight  # (v or H, A + v)
-        pre = W[:, :a].t().index_select(0, action)[:, None] + F.linear(self.dropout(self.pe), W[:, a:],
-                                                                       self.mask_net.bias)  # (b, n, v or H)
+        pe = self.dropped_positional(action.shape[0])  # (n, v) or (b, n, v)
+        pre = W[:, :a].t().index_select(0, action)[:, None] + F.linear(pe, W[:, a:], self.mask_net.bias)  # (b, n, ·)
+        if self.mask_context is not None:
+            pre = pre + self.code_context(X)
         logits = pre if self.mask_out is None else self.mask_out(F.leaky_relu(pre))  # (b, n, v)
         return (torch.sigmoid(logits) * X).sum(-1)  # (b, n)
+
+    def code_context(self, X: torch.Tensor) -> torch.Tensor:
+        """B24: the mask's hidden-layer term of the codes around each node, `(b, n, H)` from one-hot X `(b, n, v)`:
+        a (2r + 1)² convolution over the K one-hot code grids (zero past the border), shared by the K nodes of a
+        grid cell."""
+        k, g = self.config.num_codebooks, self.config.grid_size
+        grid = rearrange(X, "b (k h w) v -> b (k v) h w", k=k, h=g, w=g)
+        return repeat(self.mask_context(grid), "b c h w -> b (k h w) c", k=k)
 
     def rewired(self, m: torch.Tensor) -> torch.Tensor:
         """Which entries of the `(b, n, n)` adjacency the action discoverer decides under mask `m (b, n)`, as a
@@ -154,7 +176,7 @@ class CausalTransition(nn.Module):
         return Edges(self.blend_edges(C, self.discoverers(P, action + 1, pairs=pairs), m), m, p)
 
     def forward(self, codes: torch.Tensor, action: torch.Tensor | None = None, *, sample: bool = True,
-                identity_graph: bool = False, copies: int = 1) -> TransitionOutput:
+                identity_graph: bool = False, copies: int = 1, nodes: NodeFeatures | None = None) -> TransitionOutput:
         """One CT pass.
 
         Args:
@@ -167,8 +189,10 @@ class CausalTransition(nn.Module):
                 actions of one pair). Node features, the no-action graph and the first graph layer's node
                 projections are computed once per grid; exact in eval mode only, where dropout does not differ
                 between copies.
+            nodes: the ``node_features`` of ``codes`` already drawn, to share one dropout draw between passes
+                (``official_dropout_draws``); None draws them here.
         """
-        nodes = self.node_features(codes)  # X, P
+        nodes = self.node_features(codes) if nodes is None else nodes  # X, P
         terms = self.project_nodes(nodes)  # first-layer node terms: the same for every graph over these nodes
         if identity_graph and action is None:
             return self._identity_pass(terms)

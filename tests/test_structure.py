@@ -3,6 +3,7 @@ hand-built cases whose answer is known."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -114,6 +115,43 @@ def test_mask_network_with_a_hidden_layer_equals_the_mlp_on_the_concatenated_inp
     assert "transition.mask_out.weight" not in official.state_dict()
     assert official.transition.mask_net.weight.shape == (cfg.codebook_size, cfg.num_actions + cfg.codebook_size)
 
+
+
+def test_mask_context_adds_each_neighbours_code_weight_and_nothing_past_the_border() -> None:
+    """B24: the hidden layer gains Σ over the (2r + 1)² cells around node i of the weight of that cell's code,
+    computed here cell by cell; a code far from the node does not move its probability."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(mask_hidden=5, mask_context=1, positional_dropout=0.0)
+    tr = CausalVQ(cfg).eval().transition
+    g, v, k = cfg.grid_size, cfg.codebook_size, cfg.num_codebooks
+    codes = torch.randint(0, v, (2, cfg.num_nodes))
+    action = torch.tensor([1, 4])
+    X = F.one_hot(codes, v).float()
+    grid = codes.view(2, k, g, g)
+    weight = tr.mask_context.weight  # (H, k·v, 3, 3)
+    context = torch.zeros(2, k, g, g, weight.shape[0])
+    for b, y, x in itertools.product(range(2), range(g), range(g)):
+        for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+            if 0 <= y + dy < g and 0 <= x + dx < g:
+                for c in range(k):
+                    context[b, :, y, x] += weight[:, c * v + grid[b, c, y + dy, x + dx], dy + 1, dx + 1]
+    inp = torch.cat([F.one_hot(action, cfg.num_actions).float()[:, None].expand(-1, cfg.num_nodes, -1),
+                     tr.pe.expand(2, -1, -1)], -1)
+    hidden = tr.mask_net(inp) + context.flatten(1, 3)
+    expected = torch.sigmoid(tr.mask_out(F.leaky_relu(hidden))).gather(-1, codes[..., None])[..., 0]
+    assert torch.allclose(tr.intervention_probs(X, action), expected, atol=1e-5)
+    if g > 3:  # a code three cells away from node 0 is outside its window
+        far = codes.clone()
+        far[:, 3 * g + 3] = (far[:, 3 * g + 3] + 1) % v
+        X_far = F.one_hot(far, v).float()
+        assert torch.allclose(tr.intervention_probs(X_far, action)[:, 0], tr.intervention_probs(X, action)[:, 0])
+
+
+def test_mask_context_needs_a_hidden_layer_and_fits_the_grid() -> None:
+    with pytest.raises(ValueError, match="mask_hidden"):
+        ModelConfig.tiny(mask_context=1)
+    with pytest.raises(ValueError, match="mask_context"):
+        ModelConfig.tiny(mask_hidden=4, mask_context=ModelConfig.tiny().grid_size)
 
 # --- the evaluation section, on models whose structure is set by hand --------------------------------------------
 def _forced(mask_logit: float, edge_logit: float) -> CausalVQ:
