@@ -7,8 +7,9 @@ node (B24).
 Encodes one-step shapes3d pairs of the train split with the checkpoint's (frozen) image model, then fits only the
 mask network of a fresh transition layer, p_i = σ(f(a, PE_i))[c_i], to the changed nodes (c^x_i ≠ c^y_i) with the
 mask loss of B21 (``causalvq.losses.mask_supervision``): once with the official single linear layer
-(``mask_hidden = 0``), once with a hidden layer of 64, once with that layer and the 3×3 code context. Prints, on 2,000 test pairs with the deterministic mask
-(p > 0.5): precision and recall against the changed nodes, mask size over changed nodes, and precision per factor.
+(``mask_hidden = 0``), once with a hidden layer of 64, once with that layer and the 3×3 code context. Prints, on
+2,000 test pairs with the deterministic mask (p > 0.5): precision and recall against the changed nodes, mask size
+over changed nodes, and precision per factor.
 Without B24 the mask sees the action, the node's position and its own code only; what it cannot express here it
 cannot learn inside the whole model either.
 """
@@ -66,7 +67,7 @@ def main() -> None:
         r = fit(model.config.replace(mask_hidden=hidden, mask_context=context), train, test, args.steps)
         s = r["scores"]
         form = ("linear (official)" if hidden == 0 else f"hidden layer of {hidden}"
-                + (f", 3×3 code context" if context else ""))
+                + (", 3×3 code context" if context else ""))
         worst = min(v for v in r["per_factor"].values() if v is not None)
         print(f"{form:>34}: precision {s.precision:.3f}  recall {s.recall:.3f}  size/changed {s.size_ratio:.2f}  "
               f"empty {s.empty_share:.3f}  worst factor precision {worst:.3f}  ({r['seconds']:.0f} s)")

@@ -65,7 +65,8 @@ def test_official_dropout_draws_share_one_p_between_the_base_mode_passes() -> No
         model = CausalVQ(ModelConfig.tiny(official_dropout_draws=official, positional_dropout=0.5)).train()
         seen: list[torch.Tensor] = []
         project = model.transition.project_nodes
-        model.transition.project_nodes = lambda nodes: seen.append(nodes.features) or project(nodes)
+        model.transition.project_nodes = lambda nodes, seen=seen, project=project: (seen.append(nodes.features)
+                                                                                    or project(nodes))
         g = model.config.grid_size
         codes = torch.randint(0, model.config.codebook_size, (2, model.config.num_codebooks, g, g))
         model.base_losses(codes).loss.backward()
