@@ -86,6 +86,17 @@ class DisentanglementResult:
 
 
 @dataclass(frozen=True)
+class ProbeResult:
+    """The factor probe of the checkpoint folder (``causalvq.probe``) on images of the split."""
+
+    accuracy: float  # mean over the factors of the per-factor accuracy
+    chance: float  # mean over the factors of 1 / size_f
+    per_factor_accuracy: dict[str, float]  # factor name -> share of images whose estimate is the true value
+    per_factor_chance: dict[str, float]  # factor name -> 1 / size_f
+    num_images: int
+
+
+@dataclass(frozen=True)
 class MetricRow:
     name: str  # dotted metric name, e.g. "retrieval.factor_accuracy.scale"
     value: float | None  # None: no samples
@@ -111,6 +122,7 @@ class EvalReport:
     disentanglement: tuple[DisentanglementResult, ...]  # empty when switched off
     protocol: dict[str, Any]  # split seed, sample sizes and switches
     seconds: dict[str, float]  # wall time per section
+    probe: ProbeResult | None = None  # the checkpoint folder's factor probe (None: it has none, or not evaluated)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists); ``EvalReport.from_dict`` inverts it."""
@@ -131,6 +143,7 @@ class EvalReport:
             intervention=tuple(InterventionResult(**i) for i in data["intervention"]),
             disentanglement=tuple(DisentanglementResult(**d) for d in data["disentanglement"]),
             protocol=dict(data["protocol"]), seconds=dict(data["seconds"]),
+            probe=ProbeResult(**data["probe"]) if data.get("probe") else None,
         )  # fmt: skip
 
     def rows(self) -> list[MetricRow]:
@@ -165,6 +178,10 @@ class EvalReport:
                     MetricRow(f"{key}.mse", res.mse, None, res.num_pairs)]
             out += [MetricRow(f"{key}.accuracy.{name}", res.per_factor_accuracy[name], None,
                               res.per_factor_pairs[name]) for name in self.factor_names]
+        if (probe := self.probe) is not None:
+            out.append(MetricRow("probe.accuracy.mean", probe.accuracy, probe.chance, probe.num_images))
+            out += [MetricRow(f"probe.accuracy.{name}", probe.per_factor_accuracy[name], probe.per_factor_chance[name],
+                              probe.num_images) for name in self.factor_names]
         sizes = self.protocol.get("disentanglement") or {}
         points = sizes.get("num_train", 0) + sizes.get("num_test", 0)
         samples = {"dci": sizes.get("dci_num_train", sizes.get("num_train", 0))
@@ -245,6 +262,15 @@ def format_markdown(report: EvalReport) -> str:
               "with a applicable k times; correct when the decoded `intervene(x, a, steps=k)` is strictly nearest "
               "(pixel MSE) to the true y_k among x and every k-step neighbour of x; chance = hit rate of a "
               f"uniformly drawn candidate; `mse` = MSE to y_k. Pairs per k: {p['intervention_pairs']}."]
+    if report.probe is not None:
+        lines.append(f"- factor probe (causalvq addition; `causalvq.probe`, the checkpoint's `probe.safetensors` + "
+                     f"`probe.json`): a softmax classifier per factor over the one-hot codes, fitted on images of the "
+                     f"train split; `probe.accuracy.<factor>` = share of {report.probe.num_images} images of the split "
+                     "whose estimated value is the true one (chance 1 / number of values), `probe.accuracy.mean` their "
+                     "mean.")
+    else:
+        lines.append("- factor probe: none evaluated (the checkpoint folder has no `probe.safetensors` / "
+                     "`probe.json`; `python -m train probe --checkpoint DIR` fits one).")
     if report.disentanglement:
         lines.append(disentanglement_protocol(p["disentanglement"]))
         lines += [f"  - `{r.representation}`: {r.description}; {r.dims} dims." for r in report.disentanglement]
