@@ -1,28 +1,41 @@
 """Evaluation for the CLI: the library's ``causalvq.metrics.evaluation`` with a recipe's settings.
 
-``evaluate(model, dataset, recipe)`` returns the report (``causalvq.metrics.evaluation.write_report`` writes it)
-and the model card takes ``markdown_table(report)``. The evaluation itself (reconstruction, retrieval, k-step
-intervention, disentanglement) lives in the library.
+``evaluate(model, dataset, recipe, probe)`` returns the report (``causalvq.metrics.report.write_report`` writes
+it) and the model card takes ``markdown_table(report)``. The evaluation itself (reconstruction, retrieval, k-step
+intervention, disentanglement, the factor probe's accuracy) lives in the library.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import time
 
 from causalvq.data import FactorDataset
 from causalvq.metrics.evaluation import evaluate_model
 from causalvq.metrics.report import EvalReport, metric_table
 from causalvq.model import CausalVQ
+from causalvq.probe import FactorProbe, evaluate_probe
 from train.data import make_sampler
 from train.recipes import Recipe
 
 
-def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe) -> EvalReport:
-    """Evaluate ``model`` on the test split of ``dataset`` with the recipe's split and ``[eval]`` settings."""
+def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, probe: FactorProbe | None = None) -> EvalReport:
+    """Evaluate ``model`` on the test split of ``dataset`` with the recipe's split and ``[eval]`` settings; with
+    the checkpoint's ``probe``, also its accuracy on ``eval.num_images`` test images (the ``probe.*`` rows)."""
     settings = recipe.eval
-    return evaluate_model(
-        model, dataset, split="test", sampler=make_sampler(dataset, recipe.data, "test"), seed=settings.seed,
+    sampler = make_sampler(dataset, recipe.data, "test")
+    report = evaluate_model(
+        model, dataset, split="test", sampler=sampler, seed=settings.seed,
         num_images=settings.num_images, num_pairs=settings.num_pairs, max_steps=settings.max_steps,
         disentanglement=settings.disentanglement,
         disentanglement_sizes=settings.sizes(), batch_size=settings.batch_size)
+    if probe is None:
+        return report
+    start = time.perf_counter()
+    result = evaluate_probe(probe, model, dataset, sampler, num_images=settings.num_images, seed=settings.seed,
+                            batch_size=settings.batch_size)
+    return dataclasses.replace(report, probe=result,
+                               seconds={**report.seconds, "probe": time.perf_counter() - start})
 
 
 def markdown_table(report: EvalReport) -> str:

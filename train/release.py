@@ -2,8 +2,12 @@
 
 A release folder holds ``config.json`` and ``model.safetensors`` (what ``CausalVQ.from_pretrained`` reads),
 ``recipe.toml`` (the recipe that trained it; ``python -m train evaluate`` reads it), ``README.md`` (a Hub model
-card with front matter, the recipe and, once evaluated, the evaluation table) and, after an evaluation,
-``eval/``.
+card with front matter, the recipe and, once evaluated, the evaluation table), ``probe.safetensors`` +
+``probe.json`` (the factor probe, ``causalvq.probe``, fitted on the frozen codes of train-split images; the
+evaluation reports its accuracy) and, after an evaluation, ``eval/``.
+
+``fit_probe`` fits that probe with a recipe's split and seed; ``add_probe`` fits and writes one into an existing
+release folder (``python -m train probe --checkpoint DIR``), so a checkpoint gets one without retraining.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCardData
 from safetensors import SafetensorError
 
+from causalvq.data import FactorDataset
 from causalvq.model import CausalVQ
+from causalvq.probe import FactorProbe, ProbeSettings
 from train.checkpoint import atomic_write_text, write_error
+from train.data import make_sampler
 from train.recipes import Recipe
 
 TAGS = ["causalvq", "ct-vae", "vq-vae", "causal-representation-learning", "disentanglement"]
@@ -48,6 +55,10 @@ def model_card(model: CausalVQ, recipe: Recipe, stage: int, evaluation: str | No
         "codes = model.encode_codes(x)                 # x: (b, c, S, S) in [0, 1]",
         "moved = model.intervene(x, action=0).image    # apply one action",
         "guess = model.retrieve_action(x, y).action    # which action turns x into y",
+        "",
+        "from causalvq.probe import load_probe         # the factor probe, if the folder has probe.json",
+        'probe = load_probe("<this folder>", model)',
+        "values = probe.predict(codes).values          # (b, factors): each factor's estimated value",
         "```", "",
         "## How to read its structure", "",
         "Each of the nodes is one cell of the code grid, a causal variable whose value is a code index. An action "
@@ -70,8 +81,9 @@ def model_card(model: CausalVQ, recipe: Recipe, stage: int, evaluation: str | No
 
 
 def write_release(model: CausalVQ, folder: str | Path, recipe: Recipe, stage: int,
-                  evaluation: str | None = None) -> Path:
-    """``save_pretrained`` into ``folder``, then ``recipe.toml`` and the model card."""
+                  evaluation: str | None = None, dataset: FactorDataset | None = None) -> Path:
+    """``save_pretrained`` into ``folder``, then ``recipe.toml`` and the model card; with ``dataset``, also the
+    factor probe fitted on the model's codes of its train split (``fit_probe``)."""
     folder = Path(folder)
     try:
         model.save_pretrained(folder)
@@ -79,7 +91,33 @@ def write_release(model: CausalVQ, folder: str | Path, recipe: Recipe, stage: in
         raise write_error(folder / "model.safetensors", err) from err
     atomic_write_text(folder / "recipe.toml", recipe.to_toml())
     atomic_write_text(folder / "README.md", model_card(model, recipe, stage, evaluation))
+    if dataset is not None:
+        write_probe(fit_probe(model, dataset, recipe), folder)
     return folder
+
+
+def fit_probe(model: CausalVQ, dataset: FactorDataset, recipe: Recipe,
+              settings: ProbeSettings | None = None) -> FactorProbe:
+    """The factor probe of ``model``: fitted on train-split images (the recipe's split seed and fractions), drawn
+    with the recipe's seed; ``settings`` default ``ProbeSettings(seed=recipe.seed)``."""
+    settings = settings if settings is not None else ProbeSettings(seed=recipe.seed)
+    return FactorProbe.fit(model, dataset, make_sampler(dataset, recipe.data, "train"), settings)
+
+
+def write_probe(probe: FactorProbe, folder: str | Path) -> Path:
+    """``probe.save(folder)``; a failed write (a full disk) becomes the training package's ``OSError``."""
+    try:
+        return probe.save(folder)
+    except SafetensorError as err:
+        raise write_error(Path(folder) / "probe.safetensors", err) from err
+
+
+def add_probe(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, folder: str | Path,
+              settings: ProbeSettings | None = None) -> FactorProbe:
+    """Fit ``model``'s factor probe and write it into ``folder`` (the release folder, or another); returns it."""
+    probe = fit_probe(model, dataset, recipe, settings)
+    write_probe(probe, folder)
+    return probe
 
 
 def set_card_evaluation(folder: str | Path, evaluation: str) -> bool:

@@ -1,4 +1,5 @@
-"""The commands behind the CLI (``stage1``, ``stage2``, ``all``, ``evaluate``) and the checks run before them.
+"""The commands behind the CLI (``stage1``, ``stage2``, ``all``, ``evaluate``, ``probe``) and the checks run before
+them.
 
 Layout of an output folder (``--out``)::
 
@@ -9,7 +10,8 @@ Layout of an output folder (``--out``)::
     resume/stage2.safetensors
     stage2_codes.safetensors    cache of the stage-2 code pool, keyed by the data recipe and stage-1 weights
     stage1/                     stage-1 release (image model), the input of stage 2
-    model/                      final release: config.json, model.safetensors, recipe.toml, README.md, eval/
+    model/                      final release: config.json, model.safetensors, recipe.toml, README.md,
+                                probe.safetensors + probe.json (the factor probe), eval/
 
 Everything that can be checked is checked before the first byte is written: the recipe, the dataset file, the
 stage-1 checkpoint's configuration, earlier results in the folder (continuing them needs ``--resume``; nothing
@@ -30,6 +32,7 @@ from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
 from causalvq.metrics.report import write_report
 from causalvq.model import CausalVQ
+from causalvq.probe import FactorProbe, load_probe
 from train import distributed
 from train import evaluate as evaluation
 from train.checkpoint import atomic_write_text, load_state
@@ -38,7 +41,7 @@ from train.distributed import Context
 from train.loop import run_stage
 from train.monitor import MetricsLog, plot_stage
 from train.recipes import Recipe, RecipeError, check_resumable, load_recipe
-from train.release import push_to_hub, set_card_evaluation, write_release
+from train.release import add_probe, push_to_hub, set_card_evaluation, write_release
 from train.stages import check_image_model, load_image_model, stage1_spec, stage2_spec
 
 
@@ -188,7 +191,7 @@ def command_all(opts: Options) -> Path:
             source = _stage1(ctx, run, opts, dataset, sampler, config)
         model = _stage2(ctx, run, opts, dataset, sampler, config, source)
         if ctx.is_main:
-            _evaluate_into(model, dataset, opts.recipe, run.model, card=run.model)
+            _evaluate_into(model, dataset, opts.recipe, run.model, card=run.model, probe=_read_probe(run.model, model))
             if opts.push_to_hub:
                 _push(run.model, opts.push_to_hub)
         return run.model
@@ -207,14 +210,43 @@ def command_evaluate(opts: Options) -> Path:
         if tuple(model.config.factor_names) != tuple(dataset.factor_names):
             raise RunError(f"the checkpoint's factors {model.config.factor_names} are not those of the dataset "
                            f"{dataset.name!r} {dataset.factor_names}; pass the recipe it was trained with")
+        probe = _read_probe(opts.checkpoint, model)
         check_writable(opts.out)
         if not ctx.is_main:
             return opts.out / "eval"
+        if probe is None:
+            print(f"evaluate: {opts.checkpoint} has no factor probe (probe.json); no probe rows. "
+                  f"`python -m train probe --checkpoint {opts.checkpoint}` fits one.", flush=True)
         card = opts.checkpoint if opts.out.resolve() == opts.checkpoint.resolve() else None
-        _evaluate_into(model, dataset, opts.recipe, opts.out, card=card)
+        _evaluate_into(model, dataset, opts.recipe, opts.out, card=card, probe=probe)
         if opts.push_to_hub:
             _push(opts.checkpoint, opts.push_to_hub)
         return opts.out / "eval"
+
+
+def command_probe(opts: Options) -> Path:
+    """``python -m train probe --checkpoint DIR``: fit the factor probe of a release on its recipe's train split and
+    write ``probe.safetensors`` + ``probe.json`` into ``--out`` (default the checkpoint folder); returns it."""
+    if opts.checkpoint is None:
+        raise RunError("probe needs --checkpoint DIR (a folder with config.json and model.safetensors)")
+    with _session(opts) as ctx:
+        try:
+            model = CausalVQ.from_pretrained(opts.checkpoint).to(ctx.device)
+        except (ValueError, FileNotFoundError) as err:
+            raise RunError(f"cannot load --checkpoint {opts.checkpoint}: {err}") from None
+        dataset = open_dataset(opts.recipe.data)
+        if tuple(model.config.factor_names) != tuple(dataset.factor_names):
+            raise RunError(f"the checkpoint's factors {model.config.factor_names} are not those of the dataset "
+                           f"{dataset.name!r} {dataset.factor_names}; pass the recipe it was trained with")
+        check_writable(opts.out)
+        if ctx.is_main:
+            fit = add_probe(model, dataset, opts.recipe, opts.out).info.fit
+            print(f"probe: fitted on {fit['num_images']} train images in {fit['seconds']:.1f} s, train accuracy "
+                  f"{fit['train_accuracy_mean']:.3f}; `python -m train evaluate` reports its test accuracy",
+                  flush=True)
+            if opts.push_to_hub:
+                _push(opts.out, opts.push_to_hub)
+        return opts.out
 
 
 # --- pieces ---
@@ -246,7 +278,7 @@ def _stage1(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     spec = stage1_spec(model, dataset, sampler, opts.recipe.stage1)
     run_stage(ctx, spec, model, opts.recipe, run.state(1), run.log, opts.resume, opts.progress)
     if ctx.is_main:
-        write_release(model, run.stage1, opts.recipe, stage=1)
+        write_release(model, run.stage1, opts.recipe, stage=1, dataset=dataset)
         plot_stage(run.log, 1, run.plot(1))
     return model
 
@@ -272,13 +304,22 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     spec = stage2_spec(model, pool, settings)
     run_stage(ctx, spec, model, recipe, run.state(2), run.log, opts.resume, opts.progress)
     if ctx.is_main:
-        write_release(model, run.model, recipe, stage=2)
+        write_release(model, run.model, recipe, stage=2, dataset=dataset)
         plot_stage(run.log, 2, run.plot(2))
     return model
 
 
-def _evaluate_into(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, out: Path, card: Path | None) -> None:
-    report = evaluation.evaluate(model, dataset, recipe)
+def _read_probe(folder: Path, model: CausalVQ) -> FactorProbe | None:
+    """The release's factor probe for ``model`` (``None``: the folder has none); a broken one is a ``RunError``."""
+    try:
+        return load_probe(folder, model)
+    except (ValueError, FileNotFoundError) as err:
+        raise RunError(f"the factor probe of {folder} cannot be used: {err}") from None
+
+
+def _evaluate_into(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, out: Path, card: Path | None,
+                   probe: FactorProbe | None = None) -> None:
+    report = evaluation.evaluate(model, dataset, recipe, probe)
     write_report(report, out / "eval")
     if card is not None:
         set_card_evaluation(card, evaluation.markdown_table(report))
