@@ -28,16 +28,18 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 
-from causalvq.explore import drawing  # noqa: E402
+from causalvq.explore import drawing, edges  # noqa: E402
 from causalvq.explore.checkpoints import EXAMPLES_DIR, checkpoint_choices, display_name, load_model  # noqa: E402
 from causalvq.explore.explorer import Explorer  # noqa: E402
 from causalvq.explore.images import InputError, display_image, read_image_file  # noqa: E402
-from causalvq.explore.views import LoadedInput  # noqa: E402
+from causalvq.explore.views import CodeChoices, DoView, LoadedInput  # noqa: E402
 
 TITLE = "CT-VAE explorer: causal interventions on VQ codes"
 MIN_SLOTS = 8  # factor sliders / menus laid out (extra ones hidden), so a checkpoint switch can relabel them
 NO_ACTION = -1
 GRAPH_OVER = ("all codes (average)", "this input")
+GRAPH_VIEWS = ("whole graph", "one node: parents and children")
+DEFAULT_TOP_K = 3  # parents drawn per node when the page opens (the caption says how many edges exist)
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True}
 LOG = logging.getLogger("causalvq.app")
 LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code changed. **Black corner**: the node was "
@@ -249,38 +251,66 @@ class Handlers:
 
     # --- 4. causal graph ---
     @_friendly
-    def graph(self, session: Session, action: int | None, threshold: float, over: str) -> tuple:
-        """Heat map and node–link drawing of the learned graph for no action or one action."""
+    def graph(self, session: Session, action: int | None, threshold: float, over: str, view: str = GRAPH_VIEWS[0],
+              top_k: float = DEFAULT_TOP_K, node: int | None = 0) -> tuple:
+        """Heat map, node–link drawing, caption and ego table of the learned graph for no action or one action
+        (at most one model call: ``Explorer.graph`` keeps the graphs it computed)."""
         ex = self.explorer(session)
         act = None if action is None or int(action) == NO_ACTION else int(action)
         codes = session.input.codes if session.input is not None else None
         if over == GRAPH_OVER[1] and codes is None:
             raise gr.Error("Load an image first to see the graph of this input, or choose 'all codes'.")
+        if node is None:
+            raise gr.Error("Choose a node.")
+        if not 0 <= int(node) < ex.config.num_nodes:
+            raise gr.Error(f"Choose a node between 0 and {ex.config.num_nodes - 1}, got {node}.")
+        t, k, node = float(threshold), int(round(float(top_k or 0))), int(node)
         g = ex.graph(act, codes if over == GRAPH_OVER[1] else None)
         adj, marked = g.adjacency, g.intervened
         name = "no action" if act is None else f"action “{ex.action_names[act]}”"
+        ego = edges.select_edges(adj, t, k, node, g.rewired)
+        shown = ego if view == GRAPH_VIEWS[1] else edges.select_edges(adj, t, k, None, g.rewired)
         heat = drawing.graph_heatmap(adj, ex.config, marked, title=f"adjacency, {name}")
-        net = drawing.graph_network(adj, ex.config, float(threshold), marked, codes)
-        text = f"{name}: {int((adj > threshold).sum() - (np.diag(adj) > threshold).sum())} edges above " \
-               f"{float(threshold):.2f} (mean edge probability {adj.mean():.3f})."
+        net = drawing.graph_network(shown, ex.config, marked, codes if over == GRAPH_OVER[1] else None)
+        off = ~np.eye(len(adj), dtype=bool)
+        where = ("edge probabilities averaged over the code grids where every node takes code j, for each j"
+                 if over == GRAPH_OVER[0] else "edge probabilities of this input's codes")
+        text = (f"**{name}** ({where}). {edges.describe_selection(shown)} Mean edge probability between distinct "
+                f"nodes: {adj[off].mean():.3f}.")
+        if view == GRAPH_VIEWS[0]:
+            text += (f" Table: node {node}'s {int(ego.parents.sum())} parent(s) and {int(ego.children.sum())} "
+                     "child(ren) by the same rule.")
         if marked is not None:
-            text += f" Intervened nodes (red): {', '.join(map(str, np.flatnonzero(marked))) or 'none'}."
-        return heat, net, text
+            text += f" Intervened nodes (red): {_node_list(marked)}."
+        where_of = lambda i: drawing.node_label(i, ex.config).split("(", 1)[1].rstrip(")")  # noqa: E731
+        table = {"headers": list(edges.EGO_COLUMNS), "data": edges.ego_rows(ego, where_of)}
+        return heat, net, text, table
 
     @_friendly
-    def do(self, session: Session, node: int | None, code: float) -> tuple[np.ndarray, np.ndarray, str]:
-        """Hard intervention do(node = code), then propagation through the learned graph."""
+    def code_choices(self, session: Session, node: int | None) -> dict:
+        """The do() codebook entries for ``node``: the codes it takes in the dataset, most frequent first."""
+        if node is None:
+            return gr.skip()
+        c = self.explorer(session).code_choices(int(node))
+        return gr.update(choices=code_labels(c), value=c.codes[0])
+
+    @_friendly
+    def do(self, session: Session, node: int | None, code: float | None) -> tuple:
+        """Hard intervention do(node = code), then propagation through the learned graph: the image, the codes,
+        the edges that carried the change and a sentence saying what moved, or why nothing did."""
         ex, inp = self.explorer(session), self._input(session)
         if node is None:
             raise gr.Error("Choose a node.")
+        if code is None:
+            raise gr.Error("Choose a codebook entry.")
         v = ex.do(inp.codes, int(node), int(round(float(code))))
         marked = np.zeros(ex.config.num_nodes, bool)
         marked[v.node] = True
-        others = np.flatnonzero(v.changed)
-        text = (f"do({drawing.node_label(v.node, ex.config)} = {v.code}): "
-                + (f"{len(others)} other node(s) changed: {', '.join(map(str, others))}." if len(others)
-                   else "no other node changed."))
-        return display_image(v.image), self._grid(ex, v.codes, v.changed, marked), text
+        carried = edges.select_edges(v.edge_probs, 0.5, within=v.carriers)
+        fig = drawing.graph_network(carried, ex.config, marked, v.codes, highlighted=v.propagated,
+                                    title=f"{len(carried)} edge(s) that carried the change (probability > 0.5)")
+        return (display_image(v.image), self._grid(ex, v.codes, v.propagated, marked), fig,
+                do_explanation(v, ex.config))
 
     # --- 5. action retrieval ---
     @_friendly
@@ -382,14 +412,64 @@ class Handlers:
         return [*(gr.update(**kw) for kw in specs.flat()), *cleared]
 
 
+def _node_list(nodes: np.ndarray) -> str:
+    """``"3 of 64: 4, 9, 12"``; every node of the graph as ``"all 64"``."""
+    idx = np.flatnonzero(nodes)
+    if len(idx) == len(nodes):
+        return f"all {len(nodes)}"
+    return f"{len(idx)} of {len(nodes)}" + (f": {', '.join(map(str, idx))}" if len(idx) else "")
+
+
+def code_labels(choices: CodeChoices) -> list[tuple[str, int]]:
+    """The do() dropdown's entries: each code with how often the node takes it in the dataset."""
+    if not choices.images:
+        return [(f"{c}", c) for c in choices.codes]
+    return [(f"{c}: in {n} of {choices.images} dataset images" if n else
+             f"{c}: never here in {choices.images} dataset images", c) for c, n in zip(choices.codes, choices.counts)]
+
+
+def do_explanation(view: DoView, config: Any) -> str:
+    """What do() moved, and the edges that carried it; when nothing moved, why, in one sentence."""
+    i = view.node
+    head = f"do({drawing.node_label(i, config)} = {view.code}), its code was {view.before}: "
+    moved = np.flatnonzero(view.propagated)
+    if view.code == view.before:
+        text = head + f"node {i} already has code {view.code}, so the grid is unchanged and nothing can propagate."
+    elif len(moved):
+        text = head + (f"{len(moved)} other node(s) changed through propagation: {', '.join(map(str, moved))} (thick "
+                       f"outline). The arrows are the {int(view.carriers.sum())} edge(s) of the pass (probability > "
+                       f"0.5 on the edited grid) that carried the change: from node {i} directly, or through one "
+                       "of its children where there is no direct edge (the graph network has two layers).")
+        lost = [int(j) for j in moved if not view.carriers[:, j].any()]
+        if lost:
+            text += (f" Node(s) {', '.join(map(str, lost))} changed without such a path: an edge of their path "
+                     "was there before the edit.")
+    else:
+        children = np.flatnonzero(view.graph[i])
+        if not len(children):
+            text = head + (f"no other node changed, because no node has node {i} as a parent above 0.5 (the "
+                           "threshold the pass uses, on the edited grid): the new code reaches no other node.")
+        else:
+            j = int(children[np.argmax(view.edge_probs[i, children])])
+            text = head + (f"no other node changed: node {i} is a parent of {len(children)} node(s) above 0.5 "
+                           f"(strongest: node {j}, p = {view.edge_probs[i, j]:.3f}), but none of their most probable "
+                           f"codes moved; the largest change of a node's code distribution is {view.shift:.3f} in "
+                           f"total variation (node {view.shift_node}).")
+    if view.drift.any():
+        text += (f" {int(view.drift.sum())} node(s) also differ from the input without the intervention: the pass "
+                 "changes them on the unedited grid as well (not outlined).")
+    return text
+
+
 @dataclass(frozen=True)
 class WidgetSpecs:
     """Keyword arguments of the checkpoint-dependent widgets: used to build them and to update them."""
 
     sliders: list[dict]  # one per slot: label, range ±k_f, value 0, visible
     menus: list[dict]  # one per slot: factor-value choices
-    node: dict  # the do() node picker
-    code: dict  # the do() codebook-entry slider
+    node: dict  # the node picker (the graph's ego view and do())
+    code: dict  # the do() codebook-entry menu
+    top_k: dict  # the graph's parents-per-node slider
     action: dict  # the graph's action picker
     steps: dict  # the traversal steps slider
     random: dict  # the random-sample button (off without a dataset)
@@ -397,7 +477,7 @@ class WidgetSpecs:
 
     def flat(self) -> list[dict]:
         return [*self.sliders, *self.menus, self.node, self.code, self.action, self.steps, self.random,
-                self.map_action]
+                self.map_action, self.top_k]
 
 
 def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
@@ -406,8 +486,8 @@ def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
         hidden = [dict(label=f"factor {f}", visible=False) for f in range(slots)]
         return WidgetSpecs(sliders=[dict(d, minimum=-1, maximum=1, value=0) for d in hidden],
                            menus=[dict(d, choices=[], value=None) for d in hidden], node=dict(choices=[], value=None),
-                           code=dict(maximum=1, value=0), action=dict(choices=[("no action", NO_ACTION)],
-                                                                       value=NO_ACTION),
+                           code=dict(choices=[], value=None), top_k=dict(maximum=1, value=0),
+                           action=dict(choices=[("no action", NO_ACTION)], value=NO_ACTION),
                            steps=dict(maximum=8, value=3), random=dict(interactive=False),
                            map_action=dict(choices=[], value=None))
     cfg, F = ex.config, ex.config.num_factors
@@ -421,7 +501,8 @@ def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
     return WidgetSpecs(
         sliders=sliders, menus=menus,
         node=dict(choices=[(drawing.node_label(i, cfg), i) for i in range(cfg.num_nodes)], value=0),
-        code=dict(maximum=cfg.codebook_size - 1, value=0),
+        code=dict(choices=[(str(c), c) for c in range(cfg.codebook_size)], value=0),  # ordered on the graph tab
+        top_k=dict(maximum=cfg.num_nodes - 1, value=min(DEFAULT_TOP_K, cfg.num_nodes - 1)),
         action=dict(choices=[("no action", NO_ACTION), *[(n, i) for i, n in enumerate(ex.action_names)]],
                     value=NO_ACTION),
         steps=dict(maximum=max(1, min(8, max(ex.max_steps))), value=min(3, max(ex.max_steps))),
@@ -505,20 +586,27 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     action_dd = gr.Dropdown(label="Action", **specs.action)
                     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Edge threshold")
                     over = gr.Radio(list(GRAPH_OVER), value=GRAPH_OVER[0], label="Edge probabilities over")
-                graph_md = gr.Markdown("")
+                with gr.Row():
+                    view = gr.Radio(list(GRAPH_VIEWS), value=GRAPH_VIEWS[0], label="Draw")
+                    top_k = gr.Slider(minimum=0, step=1, label="Parents per node (top-k; 0 = all)", **specs.top_k)
+                    node_dd = gr.Dropdown(label="Node (parents and children; do())", **specs.node)
+                graph_md = gr.Markdown("", elem_id="graph-text")
                 with gr.Row():
                     heat_plot = gr.Plot(label="Adjacency (row = source, column = target)", show_label=False)
                     net_plot = gr.Plot(label="Edges on the code grid (red: intervened nodes)", show_label=False)
+                ego_table = gr.Dataframe(headers=list(edges.EGO_COLUMNS), label="The node's parents and children",
+                                         interactive=False, max_height=260, elem_id="ego-table")
                 gr.Markdown("#### Hard intervention: do(node = code), then one pass of the learned graph\n"
-                            "Black corner: the node set; thick outline: the nodes that followed.")
+                            "Black corner: the node set; thick outline: the nodes that changed through propagation. "
+                            "The codes are offered most frequent first: the ones this node takes in the dataset.")
                 with gr.Row():
-                    node_dd = gr.Dropdown(label="Node", scale=2, **specs.node)
-                    code_sl = gr.Slider(minimum=0, step=1, label="Codebook entry", scale=2, **specs.code)
+                    code_dd = gr.Dropdown(label="Codebook entry", scale=3, **specs.code)
                     do_btn = gr.Button("Apply do()", scale=1)
-                do_md = gr.Markdown("")
+                do_md = gr.Markdown("", elem_id="do-text")
                 with gr.Row():
                     do_img = gr.Image(label="After do() and propagation", **img)
                     do_grid = gr.Image(label="Codes after do()", **img)
+                do_plot = gr.Plot(label="The edges that carried the change", show_label=False)
 
             # --- 5: action retrieval ---
             with gr.Tab("5. Action retrieval"):
@@ -566,8 +654,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         # --- wiring ---
         load_outputs = [session, input_img, recon_img, codes_img, domain, *sliders, result_img, result_grid,
                         truth_img]
-        model_outputs = [*sliders, *menus, node_dd, code_sl, action_dd, trav_steps, random_btn, map_action, input_img,
-                         recon_img, codes_img, domain, result_img, result_grid, truth_img]
+        model_outputs = [*sliders, *menus, node_dd, code_dd, action_dd, trav_steps, random_btn, map_action, top_k,
+                         input_img, recon_img, codes_img, domain, result_img, result_grid, truth_img]
         upload.upload(h.upload_in_page, [upload, session], [*load_outputs, upload], api_visibility="private")
         # the API's /load_image answers a bad file with an error (the page's upload only warns): a hidden trigger
         api_file = gr.File(file_types=["image"], type="filepath", visible=False)
@@ -584,10 +672,13 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
               trigger_mode="always_last", show_progress="hidden")
         reset_btn.click(h.reset, [session], [*sliders, result_img, result_grid, truth_img], api_name="reset")
 
-        graph_inputs = [session, action_dd, threshold, over]
-        gr.on([graph_tab.select, action_dd.input, threshold.release, over.input], h.graph, graph_inputs,
-              [heat_plot, net_plot, graph_md], api_name="graph", trigger_mode="always_last")
-        do_btn.click(h.do, [session, node_dd, code_sl], [do_img, do_grid, do_md], api_name="do")
+        graph_inputs = [session, action_dd, threshold, over, view, top_k, node_dd]
+        gr.on([graph_tab.select, action_dd.input, threshold.release, over.input, view.input, top_k.release,
+               node_dd.input], h.graph, graph_inputs, [heat_plot, net_plot, graph_md, ego_table], api_name="graph",
+              trigger_mode="always_last")
+        gr.on([graph_tab.select, node_dd.input], h.code_choices, [session, node_dd], [code_dd],
+              api_name="code_choices", trigger_mode="always_last")
+        do_btn.click(h.do, [session, node_dd, code_dd], [do_img, do_grid, do_plot, do_md], api_name="do")
 
         pair_btn.click(h.pair_from_sliders, [session, *sliders], [x_img, y_img], api_name="pair_from_sliders")
         x_up.upload(h.upload_pair_image, [x_up, session], [x_img], api_name="upload_x")

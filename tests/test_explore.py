@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from matplotlib.quiver import Quiver
 from PIL import Image
 
 import app
@@ -32,6 +33,7 @@ from causalvq.explore.drawing import (
     save_traversal,
     traversal_grid,
 )
+from causalvq.explore.edges import describe_selection, ego_rows, select_edges
 from causalvq.explore.explorer import Explorer
 from causalvq.explore.images import InputError, display_image, read_image_file, to_model_input, to_uint8_image
 from causalvq.explore.views import DomainCheck
@@ -254,11 +256,20 @@ def test_ground_truth_moves_and_clips(explorer: Explorer, loaded) -> None:
 
 
 # --- causal graph and do ---
+def _arrows(fig: Figure) -> int:
+    """Arrows drawn in a node–link figure (every quiver's arrow count)."""
+    return sum(c.N for c in fig.axes[0].collections if isinstance(c, Quiver))
+
+
+def _title_count(fig: Figure) -> int:
+    return int(fig.axes[0].get_title().split()[0])
+
+
 def test_graph_and_intervened_nodes(explorer: Explorer, loaded) -> None:
     n = explorer.config.num_nodes
     g = explorer.graph(None)
     adj = g.adjacency
-    assert adj.shape == (n, n) and 0 <= adj.min() and adj.max() <= 1 and g.intervened is None
+    assert adj.shape == (n, n) and 0 <= adj.min() and adj.max() <= 1 and g.intervened is None and g.rewired is None
     with torch.inference_mode():
         assert np.allclose(adj, explorer.model.causal_graph(None).adjacency.numpy())
         step = explorer.model.transition_codes(loaded.codes, torch.tensor([3]))
@@ -267,15 +278,96 @@ def test_graph_and_intervened_nodes(explorer: Explorer, loaded) -> None:
     assert one.adjacency.shape == (n, n)
     assert np.array_equal(one.intervened, step.mask[0].numpy())  # the mask of the forward pass itself
     assert np.array_equal(explorer.graph(3).intervened, (over_all > 0.5).numpy())  # in most constant grids
+    # rewired: the intervened nodes' in-edges (columns, the config's "incoming")
+    assert explorer.config.intervention_edges == "incoming"
+    assert np.array_equal(one.rewired, np.broadcast_to(one.intervened[None, :], (n, n)))
     with pytest.raises(InputError, match="Unknown action"):
         explorer.graph(2 * F)
     marked = np.zeros(n, bool)
     marked[:3] = True
     assert isinstance(graph_heatmap(adj, explorer.config, marked), Figure)
-    net = graph_network(adj, explorer.config, threshold=0.5, marked=marked, codes=loaded.codes)
+    sel = select_edges(adj, 0.5, rewired=one.rewired)
+    net = graph_network(sel, explorer.config, marked=marked, codes=loaded.codes)
     edges = int((adj > 0.5).sum() - (np.diag(adj) > 0.5).sum())
-    assert net.axes[0].get_title().startswith(f"{min(edges, 600)} edges")
-    assert graph_network(adj, explorer.config, threshold=1.0).axes[0].get_title().startswith("0 edges")
+    assert _arrows(net) == _title_count(net) == len(sel) == sel.above == edges  # no cap
+    empty = graph_network(select_edges(adj, 1.0), explorer.config)
+    assert _arrows(empty) == _title_count(empty) == 0
+
+
+def _spread_adjacency(n: int = 32, seed: int = 0) -> np.ndarray:
+    """Edge probabilities spread over (0, 1), so thresholds between them matter."""
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (n, n))
+
+
+def test_edge_selection_counts_and_threshold(explorer: Explorer) -> None:
+    adj = _spread_adjacency(explorer.config.num_nodes)
+    low, high = select_edges(adj, 0.5), select_edges(adj, 0.9)
+    off = ~np.eye(len(adj), dtype=bool)
+    assert len(low) == low.above == int(((adj > 0.5) & off).sum())
+    assert 0 < len(high) < len(low)
+    for sel in (low, high):
+        fig = graph_network(sel, explorer.config)
+        assert _arrows(fig) == _title_count(fig) == len(sel)  # the title states what is drawn
+        assert f"**Drawn: {len(sel)}**" in describe_selection(sel)
+        assert np.allclose(sel.prob, adj[sel.source, sel.target]) and (sel.source != sel.target).all()
+        assert (np.diff(sel.prob) <= 0).all()  # strongest first
+
+
+def test_top_k_parents_per_node(explorer: Explorer) -> None:
+    adj = _spread_adjacency(explorer.config.num_nodes, seed=1)
+    n, t = len(adj), 0.3
+    for k in (1, 3):
+        sel = select_edges(adj, t, top_k=k)
+        for j in range(n):
+            parents = sel.source[sel.target == j]
+            above = [i for i in range(n) if i != j and adj[i, j] > t]
+            want = sorted(above, key=lambda i: -adj[i, j])[:k]
+            assert sorted(parents.tolist()) == sorted(want)
+        assert sel.above == select_edges(adj, t).above  # the caption still counts the whole graph
+        fig = graph_network(sel, explorer.config)
+        assert _arrows(fig) == _title_count(fig) == len(sel) <= k * n
+        assert f"{k} most probable parent" in describe_selection(sel)
+
+
+def test_ego_view_and_table(explorer: Explorer) -> None:
+    cfg = explorer.config
+    adj = _spread_adjacency(cfg.num_nodes, seed=2)
+    node, t = 5, 0.6
+    sel = select_edges(adj, t, node=node)
+    rows = ego_rows(sel, str)
+    parents = [r for r in rows if r[0].startswith("parent")]
+    children = [r for r in rows if r[0].startswith("child")]
+    want_parents = {i: adj[i, node] for i in range(len(adj)) if i != node and adj[i, node] > t}
+    want_children = {j: adj[node, j] for j in range(len(adj)) if j != node and adj[node, j] > t}
+    assert {r[1] for r in parents} == set(want_parents) and len(parents) == len(want_parents)
+    assert {r[1] for r in children} == set(want_children) and len(children) == len(want_children)
+    for r in parents:
+        assert r[3] == pytest.approx(want_parents[r[1]], abs=5e-4)  # the true probability
+    for r in children:
+        assert r[3] == pytest.approx(want_children[r[1]], abs=5e-4)
+    assert sel.parents_above == len(want_parents) and sel.children_above == len(want_children)
+    fig = graph_network(sel, cfg)
+    assert _arrows(fig) == _title_count(fig) == len(rows)
+    # within the top-k rule: the node's k best parents, and the nodes that have it among theirs
+    top = select_edges(adj, t, top_k=2, node=node)
+    whole = select_edges(adj, t, top_k=2)
+    into, out = whole.target == node, whole.source == node
+    assert set(top.source[top.parents]) == set(whole.source[into])
+    assert set(top.target[top.children]) == set(whole.target[out])
+    assert top.parents_above == len(want_parents)  # the counts before narrowing stay
+
+
+def test_rewired_edges_are_highlighted(explorer: Explorer, loaded) -> None:
+    g = explorer.graph(3, loaded.codes)
+    sel = select_edges(g.adjacency, 0.0, rewired=g.rewired)
+    assert np.array_equal(sel.rewired, g.intervened[sel.target])  # an intervened node's in-edges
+    assert sel.rewired_above == int((g.rewired & ~np.eye(len(g.rewired), dtype=bool)).sum())
+    fig = graph_network(sel, explorer.config, marked=g.intervened)
+    colours = next(c for c in fig.axes[0].collections if isinstance(c, Quiver)).get_facecolors()  # (e, 4)
+    reddish = colours[:, 0] > colours[:, 2]
+    assert reddish.sum() == sel.rewired.sum()
+    if sel.rewired.any():
+        assert "rewired by the action" in describe_selection(sel)
 
 
 def test_do_matches_model_do(explorer: Explorer, loaded) -> None:
@@ -283,14 +375,99 @@ def test_do_matches_model_do(explorer: Explorer, loaded) -> None:
     with torch.inference_mode():
         ref = explorer.model.do(loaded.codes, 5, 3)
         image = to_uint8(explorer.model.decode_codes(ref.codes))[0]
+        plain = explorer.model.transition_codes(loaded.codes, None)  # the pass on the unedited grid
     assert torch.equal(view.codes, ref.codes) and view.codes.reshape(-1)[5] == 3
     assert np.array_equal(view.image, image)
     expected = ref.changed[0].numpy().copy()
     expected[5] = False
     assert np.array_equal(view.changed, expected)
+    flat = lambda c: c.reshape(-1).numpy()  # noqa: E731
+    moved = flat(ref.codes) != flat(plain.codes)
+    moved[5] = False
+    assert np.array_equal(view.propagated, moved)
+    drift = flat(plain.codes) != flat(loaded.codes)
+    drift[5] = False
+    assert np.array_equal(view.drift, drift)
+    assert view.before == int(flat(loaded.codes)[5])
     for node, code in ((-1, 0), (explorer.config.num_nodes, 0), (0, explorer.config.codebook_size)):
         with pytest.raises(InputError):
             explorer.do(loaded.codes, node, code)
+
+
+def test_do_edges_that_carried_the_change(explorer: Explorer, loaded) -> None:
+    """Each propagated node is reached from the node by the carrier edges (one edge, or two through a child),
+    every carrier is an edge of the pass, and the handler draws exactly the carriers."""
+    handlers = app.Handlers(explorer)
+    session = _session(handlers, explorer, loaded)
+    found = 0
+    for node in range(0, explorer.config.num_nodes, 3):
+        for code in range(explorer.config.codebook_size):
+            v = explorer.do(loaded.codes, node, code)
+            assert not (v.carriers & ~v.graph).any() and not v.carriers[:, node].any()
+            reach = v.carriers[node] | (v.carriers[node][:, None] & v.carriers).any(0)  # (n,)
+            assert not (v.carriers.any(0) & ~reach).any()  # every carrier lies on a path from the node
+            found += int(v.propagated.any())
+            if v.propagated.any() and found == 1:
+                _, _, fig, text = handlers.do(session, node, code)
+                assert _arrows(fig) == _title_count(fig) == int(v.carriers.sum())
+                assert "changed through propagation" in text
+                assert all(str(j) in text for j in np.flatnonzero(v.propagated))
+    assert found  # the untrained tiny model does propagate somewhere
+
+
+def test_do_says_why_nothing_propagates(checkpoint: Path, loaded) -> None:
+    """Without an edge out of the node nothing can move, and the sentence says so; with every edge present and
+    nothing moved, it says the node is a parent and how little the children moved."""
+    sessions = {}
+    for name, bias in (("none", -30.0), ("all", 30.0)):
+        model = CausalVQ.from_pretrained(checkpoint)
+        with torch.no_grad():
+            model.transition.discoverers.b2.fill_(bias)  # edge probabilities ≈ 0 or ≈ 1 everywhere
+        ex = Explorer(model, source=name, calibration_samples=4)
+        handlers = app.Handlers(ex)
+        sessions[name] = (ex, handlers, _session(handlers, ex, loaded))
+    ex, handlers, session = sessions["none"]
+    v = ex.do(loaded.codes, 5, (int(loaded.codes.reshape(-1)[5]) + 1) % ex.config.codebook_size)
+    assert not v.graph.any() and not v.propagated.any() and v.shift < 1e-6
+    *_, text = handlers.do(session, 5, v.code)
+    assert "no other node changed, because no node has node 5 as a parent above 0.5" in text
+    ex, handlers, session = sessions["all"]
+    for code in range(ex.config.codebook_size):
+        v = ex.do(loaded.codes, 5, code)
+        *_, text = handlers.do(session, 5, code)
+        if code == v.before:
+            assert "already has code" in text and not v.propagated.any()
+        elif not v.propagated.any():
+            assert f"node 5 is a parent of {int(v.graph[5].sum())} node(s) above 0.5" in text
+            assert f"{v.shift:.3f} in total variation" in text
+        else:
+            assert "changed through propagation" in text
+
+
+def test_code_choices_follow_dataset_frequency(explorer: Explorer, checkpoint: Path) -> None:
+    cfg = explorer.config
+    counts = explorer.code_counts()
+    factors = explorer.dataset.sample_factors(explorer.code_images, np.random.default_rng(0))
+    with torch.inference_mode():
+        codes = torch.cat([explorer.model.encode_codes(to_model_input(im, cfg.image_size, cfg.in_channels))
+                           for im in explorer.dataset.render(factors)])
+    flat = explorer.model.flatten_codes(codes).numpy()  # (b, n)
+    for node in (0, 7, cfg.num_nodes - 1):
+        c = explorer.code_choices(node)
+        want = np.bincount(flat[:, node], minlength=cfg.codebook_size)
+        assert np.array_equal(counts[node], want)
+        assert sorted(c.codes) == list(range(cfg.codebook_size)) and c.images == explorer.code_images
+        assert list(c.counts) == [int(want[k]) for k in c.codes]
+        assert list(c.counts) == sorted(c.counts, reverse=True)  # most frequent first
+    handlers = app.Handlers(explorer)
+    update = handlers.code_choices(_session(handlers, explorer), 7)
+    c = explorer.code_choices(7)
+    assert [v for _, v in update["choices"]] == list(c.codes) and update["value"] == c.codes[0]
+    assert update["choices"][0][0].startswith(f"{c.codes[0]}: in {c.counts[0]} of {c.images} dataset images")
+    bare = Explorer(CausalVQ.from_pretrained(checkpoint), dataset=False)
+    assert bare.code_choices(7).codes == tuple(range(cfg.codebook_size)) and bare.code_choices(7).images == 0
+    with pytest.raises(InputError):
+        explorer.code_choices(cfg.num_nodes)
 
 
 # --- retrieval ---
@@ -403,20 +580,29 @@ def test_handlers_intervention_events(handlers: app.Handlers, explorer: Explorer
 
 def test_handlers_graph_do_retrieval_traversal(handlers: app.Handlers, explorer: Explorer, loaded) -> None:
     session = _session(handlers, explorer, loaded)
-    heat, net, text = handlers.graph(session, app.NO_ACTION, 0.5, app.GRAPH_OVER[0])
+    heat, net, text, table = handlers.graph(session, app.NO_ACTION, 0.5, app.GRAPH_OVER[0])
     assert isinstance(heat, Figure) and isinstance(net, Figure) and "no action" in text
+    assert f"**Drawn: {_arrows(net)}**" in text and _title_count(net) == _arrows(net)  # caption = drawing
     calls = []
     original = explorer.model.causal_graph
-    with pytest.MonkeyPatch.context() as mp:  # one model call per graph event
+    with pytest.MonkeyPatch.context() as mp:  # one model call per graph event, none for a graph already drawn
         mp.setattr(explorer.model, "causal_graph", lambda *a, **k: calls.append(1) or original(*a, **k))
-        heat, net, text = handlers.graph(session, 2, 0.3, app.GRAPH_OVER[1])
-    assert "Intervened nodes" in text and len(calls) == 1
-    marked = explorer.graph(2, loaded.codes).intervened
-    assert text.endswith(f"Intervened nodes (red): {', '.join(map(str, np.flatnonzero(marked))) or 'none'}.")
+        heat, net, text, table = handlers.graph(session, 4, 0.3, app.GRAPH_OVER[1], app.GRAPH_VIEWS[1], 0, 6)
+        assert len(calls) == 1
+        for t, k, node, view in ((0.6, 0, 6, app.GRAPH_VIEWS[1]), (0.3, 2, 6, app.GRAPH_VIEWS[0]),
+                                 (0.3, 0, 9, app.GRAPH_VIEWS[1])):
+            handlers.graph(session, 4, t, app.GRAPH_OVER[1], view, k, node)
+        assert len(calls) == 1
+    g = explorer.graph(4, loaded.codes)
+    marked = g.intervened
+    assert f"Intervened nodes (red): {app._node_list(marked)}." in text
+    ego = select_edges(g.adjacency, 0.3, 0, 6, g.rewired)
+    assert _arrows(net) == len(ego) == len(table["data"]) and table["headers"][0] == "edge"
+    assert f"**Drawn: {len(ego)}**" in text and f"Node 6 has {ego.parents_above} parent(s)" in text
     with pytest.raises(gr.Error, match="Load an image first"):
         handlers.graph(app.Session(checkpoint=explorer.source), 2, 0.3, app.GRAPH_OVER[1])
-    image, grid, text = handlers.do(session, 3, 1)
-    assert image.ndim == 3 and grid.ndim == 3 and text.startswith("do(node 3")
+    image, grid, fig, text = handlers.do(session, 3, 1)
+    assert image.ndim == 3 and grid.ndim == 3 and isinstance(fig, Figure) and text.startswith("do(node 3")
     x, y = handlers.pair_from_sliders(session, 0, 0, 1, 0, 0, 0, *([0] * (handlers.slots - F)))
     fig, grid, text = handlers.retrieve(session, x, y)
     assert isinstance(fig, Figure) and "Most probable action" in text

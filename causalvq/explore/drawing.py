@@ -16,16 +16,23 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
 
 from causalvq.config import ModelConfig
 from causalvq.imaging import image_grid
 
 if TYPE_CHECKING:
+    from causalvq.explore.edges import EdgeSelection
     from causalvq.explore.views import ActionMap, RetrievalView, Traversal
+
+_EDGE_CMAPS = ("Blues", "Oranges", "Reds")  # edge / ego out-edge / rewired by the action
+_NODE_RADIUS = 0.24  # arrows stop this far (grid units) from a node's centre
+_LANE = 0.09  # and run this far to the right of the line between their nodes
 
 
 # --- code grids ------------------------------------------------------------------------------------------------
@@ -112,11 +119,15 @@ def node_label(node: int, config: ModelConfig) -> str:
 # --- causal graph ----------------------------------------------------------------------------------------------
 def graph_heatmap(adjacency: np.ndarray, config: ModelConfig, marked: np.ndarray | None = None,
                   title: str = "") -> Figure:
-    """Heat map of the adjacency (row = source, column = target); marked nodes get red ticks on both axes."""
+    """Heat map of the adjacency (row = source, column = target); marked nodes get red ticks on both axes. The
+    diagonal is left blank: the graph network gives every node its self-loop whatever the adjacency says."""
     n = adjacency.shape[0]
+    shown = np.array(adjacency, dtype=np.float64)
+    np.fill_diagonal(shown, np.nan)
     fig = Figure(figsize=(5.2, 4.4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(adjacency, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    im = ax.imshow(shown, vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
     fig.colorbar(im, ax=ax, label="edge probability")
     ax.set_xlabel("target node")
     ax.set_ylabel("source node")
@@ -132,41 +143,85 @@ def graph_heatmap(adjacency: np.ndarray, config: ModelConfig, marked: np.ndarray
     return fig
 
 
-def graph_network(adjacency: np.ndarray, config: ModelConfig, threshold: float = 0.5, marked: np.ndarray | None = None,
-                  codes: torch.Tensor | None = None, max_edges: int = 600, title: str = "") -> Figure:
-    """Node–link drawing on the code grid: an arrow source → target for each edge above ``threshold``
-    (the ``max_edges`` strongest), opacity = probability; marked nodes circled in red."""
+def graph_network(selection: EdgeSelection, config: ModelConfig, marked: np.ndarray | None = None,
+                  codes: torch.Tensor | None = None, highlighted: np.ndarray | None = None,
+                  title: str = "") -> Figure:
+    """Node–link drawing on the code grid: one arrow source → target per selected edge (all of them: the caption
+    and the title count the same arrows), darker = more probable.
+
+    Arrows stop at the node circles and run on the right of the line between their nodes, so i → j and j → i are
+    two arrows side by side. Colours: blue = edge (ego view: into the node), orange = ego view: out of the node,
+    red = rewired by the action. Nodes carry their index and, with ``codes`` `(1, k, h, w)`, their code's
+    colour; ``marked`` `(n,)` nodes (intervened on) are circled in red, ``highlighted`` `(n,)` ones (changed
+    through propagation) in black, the ego view's node in a thick black ring.
+    """
     g, k, n = config.grid_size, config.num_codebooks, config.num_nodes
     node = np.arange(n)
     q, rest = np.divmod(node, g * g)
     ys, xs = np.divmod(rest, g)
     px, py = xs + q * (g + 1.5), ys.astype(float)  # codebooks side by side
-    adj = np.array(adjacency, dtype=np.float64)
-    np.fill_diagonal(adj, 0.0)
-    src, dst = np.nonzero(adj > threshold)
-    w = adj[src, dst]
-    order = np.argsort(-w)[:max_edges]
-    src, dst, w = src[order], dst[order], w[order]
-    fig = Figure(figsize=(min(9.0, max(4.5, 2.6 * k + 2.0)), 4.4), dpi=100, layout="constrained")
+    width = min(9.0, max(4.8, 2.6 * k + 2.2))
+    span_x, span_y = px.max() - px.min() + 1.6, py.max() - py.min() + 1.6
+    fig = Figure(figsize=(width, float(np.clip(width * span_y / span_x + 1.3, 3.4, 6.0))), dpi=100,
+                 layout="constrained")
     ax = fig.add_subplot()
+    src, dst = selection.source, selection.target
     if len(src):
-        colors = np.zeros((len(w), 4))
-        colors[:, 2], colors[:, 3] = 0.55, 0.15 + 0.75 * w
-        ax.quiver(px[src], py[src], px[dst] - px[src], py[dst] - py[src], angles="xy", scale_units="xy",
-                  scale=1.0, color=colors, width=0.004, headwidth=4, headlength=5, zorder=1)
+        t = selection.threshold
+        shade = np.clip((selection.prob - t) / max(1.0 - t, 1e-6), 0.0, 1.0) * 0.65 + 0.35  # (e,), 1 = darkest
+        family = np.zeros(len(src), np.int64)  # 0 blue, 1 orange, 2 red
+        family[selection.children] = 1
+        family[selection.rewired] = 2
+        colors = np.zeros((len(src), 4))
+        for f, cmap in enumerate(_EDGE_CMAPS):
+            colors[family == f] = matplotlib.colormaps[cmap](shade[family == f])
+        dx, dy = px[dst] - px[src], py[dst] - py[src]
+        length = np.hypot(dx, dy)  # (e,), at least 1: nodes sit on a unit grid
+        ux, uy = dx / length, dy / length
+        gap = np.minimum(_NODE_RADIUS, 0.3 * length)
+        x0, y0 = px[src] + ux * gap - uy * _LANE, py[src] + uy * gap + ux * _LANE
+        order = np.argsort(shade, kind="stable")  # the strongest on top
+        ax.quiver(x0[order], y0[order], (dx - 2 * ux * gap)[order], (dy - 2 * uy * gap)[order],
+                  color=colors[order], angles="xy", scale_units="xy", scale=1.0,
+                  width=0.0032 if len(src) <= 200 else 0.0022, headwidth=4.5,
+                  headlength=5.5, headaxislength=5.0, zorder=1)
     if codes is not None:
         face = code_colors(config.codebook_size)[codes.reshape(-1).cpu().numpy()] / 255.0
     else:
-        face = np.full((n, 3), 0.85)
-    ax.scatter(px, py, s=120, c=face, edgecolors="0.3", linewidths=0.6, zorder=2)
-    if marked is not None and marked.any():
-        ax.scatter(px[marked], py[marked], s=260, facecolors="none", edgecolors="red", linewidths=2, zorder=3)
+        face = np.full((n, 3), 0.9)
+    ax.scatter(px, py, s=150, c=face, edgecolors="0.35", linewidths=0.6, zorder=2)
+    if n <= 256:
+        ink = np.where(face @ np.array([0.299, 0.587, 0.114]) > 0.55, "0.1", "white")  # (n,), readable on the face
+        for i in range(n):
+            ax.text(px[i], py[i], str(i), ha="center", va="center", fontsize=5.5, color=ink[i], zorder=3)
+    if highlighted is not None and np.asarray(highlighted).any():
+        h = np.asarray(highlighted, bool)
+        ax.scatter(px[h], py[h], s=230, facecolors="none", edgecolors="black", linewidths=1.6, zorder=3)
+    if marked is not None and np.asarray(marked).any():
+        m = np.asarray(marked, bool)
+        ax.scatter(px[m], py[m], s=300, facecolors="none", edgecolors="red", linewidths=1.8, zorder=3)
+    if selection.node is not None:
+        ax.scatter(px[selection.node], py[selection.node], s=420, facecolors="none", edgecolors="black",
+                   linewidths=3, zorder=4)
     ax.set_xlim(px.min() - 0.8, px.max() + 0.8)
     ax.set_ylim(py.max() + 0.8, py.min() - 0.8)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or f"{len(src)} edges with probability > {threshold:.2f}", fontsize=10)
+    if k > 1:
+        for c in range(k):
+            ax.text(c * (g + 1.5) + (g - 1) / 2, -0.45, f"codebook {c}", ha="center", va="bottom", fontsize=8)
+    legend = [("edge" if selection.node is None else "into the node", 0)]
+    if selection.children.any():
+        legend.append(("out of the node", 1))
+    if selection.rewired.any():
+        legend.append(("rewired by the action", 2))
+    handles = [Line2D([], [], color=matplotlib.colormaps[_EDGE_CMAPS[f]](0.8), lw=2, label=lab) for lab, f in legend]
+    ax.legend(handles=handles, loc="upper center",
+              bbox_to_anchor=(0.5, 0.0), ncol=len(legend), fontsize=7, frameon=False,
+              title="darker = more probable", title_fontsize=7)
+    ax.set_title(title or f"{len(selection)} of {selection.above} edges with probability > "
+                          f"{selection.threshold:.2f} drawn", fontsize=10)
     return fig
 
 

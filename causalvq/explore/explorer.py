@@ -12,8 +12,9 @@ Panels and the methods behind them:
 2. codes: the encoded input's code grid (``LoadedInput.codes``);
 3. atomic interventions: ``apply_sliders`` — slider ``s_f`` applies action ``"<factor f> +"`` (``s_f > 0``) or
    ``"<factor f> -"`` (``s_f < 0``) ``|s_f|`` times, factors composed in factor order (f = 0 first);
-4. causal graph: ``graph`` (adjacency and intervened nodes); hard intervention ``do`` (``model.do``:
-   do(node = code), then one no-action pass of the learned graph);
+4. causal graph: ``graph`` (adjacency, intervened nodes, rewired entries); hard intervention ``do`` (as
+   ``model.do``: do(node = code), then one no-action pass of the learned graph, beside the pass on the unedited
+   grid) and ``code_choices`` (the codes a node takes in the dataset, most frequent first);
 5. action retrieval: ``retrieve``;
 6. traversals: ``traverse``;
 7. factor maps: ``factor_maps`` (per action, where the mask falls and what the step changes over dataset pairs,
@@ -44,6 +45,7 @@ from causalvq.explore.checkpoints import ENV_CHECKPOINT, SHIPPED_CHECKPOINT, fin
 from causalvq.explore.images import InputError, read_image_file, to_model_input
 from causalvq.explore.views import (
     ActionMap,
+    CodeChoices,
     DomainCheck,
     DoView,
     GraphView,
@@ -58,6 +60,7 @@ from causalvq.metrics.structure import FactorMaps, factor_maps
 from causalvq.model import CausalVQ
 
 DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
+GRAPHS_KEPT = 32  # graphs kept by ``Explorer.graph`` (a threshold, top-k or node change redraws without the model)
 
 
 class Explorer:
@@ -72,11 +75,12 @@ class Explorer:
         calibration_samples: in-domain samples measured for the out-of-domain notice.
         map_pairs: one-step test pairs behind the factor maps (computed once, on first use).
         cache_size: code grids kept by the slider cache (one per applied action prefix).
+        code_images: dataset images whose codes are counted to order the do() choices (on first use).
     """
 
     def __init__(self, model: CausalVQ, dataset: FactorDataset | None | bool = None, source: str = "",
                  notice: str = "", calibration_samples: int = 32, map_pairs: int = 384,
-                 cache_size: int = 4096) -> None:
+                 cache_size: int = 4096, code_images: int = 256) -> None:
         self.model = model.eval()
         cfg = model.config
         if dataset is None:
@@ -92,6 +96,10 @@ class Explorer:
         self.map_pairs = map_pairs
         self._maps: FactorMaps | None = None
         self._maps_lock = threading.Lock()
+        self._graphs: OrderedDict[tuple, GraphView] = OrderedDict()
+        self.code_images = code_images
+        self._counts: np.ndarray | None = None
+        self._counts_lock = threading.Lock()
         if self.dataset is None and dataset is not False:
             self.notice = (f"{notice} " if notice else "") + (
                 "No procedural dataset has this checkpoint's factors "
@@ -277,31 +285,107 @@ class Explorer:
 
     # --- causal graph ---
     def graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> GraphView:
-        """The learned graph for no action or ``action`` (one ``model.causal_graph`` call): its adjacency and the
-        nodes the action intervenes on, averaged over all constant code grids, or for ``codes`` `(1, k, h, w)`.
+        """The learned graph for no action or ``action`` (one ``model.causal_graph`` call, kept for the next
+        events on the same graph): its adjacency, the nodes the action intervenes on, averaged over all constant
+        code grids or for ``codes`` `(1, k, h, w)`, and the entries the action rewires (``rewired``).
 
         Raises:
             InputError: an action index out of range.
         """
         if action is not None and not 0 <= action < self.config.num_actions:
             raise InputError(f"Unknown action {action}: choose one of {', '.join(self.action_names)}.")
+        key = (action, None if codes is None else codes.cpu().numpy().tobytes())
+        with self._lock:
+            hit = self._graphs.get(key)
+        if hit is not None:
+            return hit
         with torch.inference_mode():
             g = self.model.causal_graph(action, codes)
-        return GraphView(adjacency=g.adjacency.numpy(), intervened=None if action is None else (g.mask > 0.5).numpy())
+            intervened = rewired = None
+            if action is not None:
+                intervened = (g.mask > 0.5).numpy()
+                n = self.config.num_nodes
+                weight = self.model.transition.rewired(torch.as_tensor(intervened, dtype=torch.float32)[None])
+                rewired = np.broadcast_to(weight[0].numpy() > 0, (n, n)).copy()  # (n, n)
+        view = GraphView(adjacency=g.adjacency.numpy(), intervened=intervened, rewired=rewired)
+        with self._lock:
+            self._graphs[key] = view
+            while len(self._graphs) > GRAPHS_KEPT:
+                self._graphs.popitem(last=False)
+        return view
 
     @torch.inference_mode()
     def do(self, codes: torch.Tensor, node: int, code: int) -> DoView:
-        """Hard intervention: do(node = code) via ``model.do``, decoded; which other nodes changed."""
+        """Hard intervention do(node = code), decoded, and why other nodes moved or did not.
+
+        The codes are ``model.do``'s: the node set, one no-action pass of the learned graph over the edited grid,
+        the node kept. The same pass runs on the unedited grid in the same batch (one transition call), so the
+        view separates the nodes the intervention moved (``propagated``) from those the pass changes anyway
+        (``drift``), and gives the edges the pass used and the ones that carried the change.
+        """
         n, v = self.config.num_nodes, self.config.codebook_size
         if not 0 <= int(node) < n:
             raise InputError(f"Choose a node between 0 and {n - 1}, got {node}.")
         if not 0 <= int(code) < v:
             raise InputError(f"Choose a codebook entry between 0 and {v - 1}, got {code}.")
-        res = self.model.do(codes, int(node), int(code))
-        changed = res.changed[0].numpy().copy()
-        changed[int(node)] = False
-        return DoView(image=to_uint8(self.model.decode_codes(res.codes))[0], codes=res.codes, changed=changed,
-                      node=int(node), code=int(code))
+        node, code = int(node), int(code)
+        nodes = self.model.flatten_codes(codes)  # (1, n)
+        edited = nodes.clone()
+        edited[:, node] = code
+        out = self.model.transition(torch.cat([nodes, edited]), None, sample=False)  # as model.do, both grids
+        pred = out.probs.argmax(-1)  # (2, n)
+        after = pred[1].clone()
+        after[node] = code
+        other = torch.arange(n) != node  # (n,)
+        propagated = ((after != pred[0]) & other).numpy()
+        graph = (out.graph[1] > 0.5).numpy()  # (n, n), row = source
+        graph[np.diag_indices(n)] = False
+        direct = graph[node] & propagated  # (n,)
+        via = graph[node][:, None] & graph & (propagated & ~direct)[None, :]  # (n, n): node → m → j
+        carriers = via.copy()
+        carriers[node] |= direct | via.any(1)
+        tv = 0.5 * (out.probs[1] - out.probs[0]).abs().sum(-1) * other  # (n,)
+        codes_after = self.model.unflatten_codes(after[None])  # (1, k, h, w)
+        return DoView(image=to_uint8(self.model.decode_codes(codes_after))[0], codes=codes_after,
+                      changed=((after != nodes[0]) & other).numpy(), node=node, code=code,
+                      before=int(nodes[0, node]), propagated=propagated, drift=((pred[0] != nodes[0]) & other).numpy(),
+                      edge_probs=out.edge_probs[1].numpy(), graph=graph, carriers=carriers, shift=float(tv.max()),
+                      shift_node=int(tv.argmax()))
+
+    def code_counts(self) -> np.ndarray | None:
+        """How often each node takes each code over ``code_images`` dataset images (seed 0): long `(n, v)`,
+        computed once, lazily; ``None`` without a dataset."""
+        if self.dataset is None:
+            return None
+        with self._counts_lock:
+            if self._counts is None:
+                factors = self.dataset.sample_factors(self.code_images, np.random.default_rng(0))
+                with torch.inference_mode():
+                    codes = torch.cat([self.model.encode_codes(self._prepare(self.dataset.render(factors[s:s + 64])))
+                                       for s in range(0, len(factors), 64)])  # (b, k, h, w)
+                nodes = self.model.flatten_codes(codes)  # (b, n)
+                v = self.config.codebook_size
+                onehot = torch.nn.functional.one_hot(nodes, v)  # (b, n, v)
+                self._counts = onehot.sum(0).numpy()  # (n, v)
+        return self._counts
+
+    def code_choices(self, node: int) -> CodeChoices:
+        """The codebook entries to offer for do() at ``node``: the codes it takes in the dataset, most frequent
+        first, then the others (index order); all in index order without a dataset.
+
+        Raises:
+            InputError: a node out of range.
+        """
+        n, v = self.config.num_nodes, self.config.codebook_size
+        if not 0 <= int(node) < n:
+            raise InputError(f"Choose a node between 0 and {n - 1}, got {node}.")
+        counts = self.code_counts()
+        if counts is None:
+            return CodeChoices(node=int(node), codes=tuple(range(v)), counts=(0,) * v, images=0)
+        row = counts[int(node)]
+        order = np.argsort(-row, kind="stable")
+        return CodeChoices(node=int(node), codes=tuple(int(c) for c in order), counts=tuple(int(row[c]) for c in order),
+                           images=self.code_images)
 
     # --- action retrieval ---
     @torch.inference_mode()

@@ -52,15 +52,40 @@ class GraphView:
     adjacency: np.ndarray  # float (n, n) edge probabilities (row = source), averaged over the code grids
     intervened: np.ndarray | None  # bool (n,): nodes the action intervenes on (in most grids: the model's mask
     #                                averaged, > 0.5; for one grid exactly the mask); None without an action
+    rewired: np.ndarray | None  # bool (n, n): the entries the action's discoverer decides under ``intervened``
+    #                             (the intervened nodes' in-edges, or out-edges with intervention_edges="outgoing")
 
 
 @dataclass(frozen=True)
 class DoView:
+    """do(node = code) and one no-action pass, beside the same pass on the unedited grid (one batched call)."""
+
     image: np.ndarray  # uint8 (S, S, C) after do(node = code) and propagation
-    codes: torch.Tensor  # long (1, k, h, w)
-    changed: np.ndarray  # bool (n,), nodes other than ``node`` whose code changed
+    codes: torch.Tensor  # long (1, k, h, w), as ``model.do``
+    changed: np.ndarray  # bool (n,), nodes other than ``node`` whose code differs from the input's
     node: int
     code: int
+    before: int  # the node's code in the input
+    propagated: np.ndarray  # bool (n,), nodes other than ``node`` whose code differs from the pass on the unedited
+    #                         grid: moved by the intervention
+    drift: np.ndarray  # bool (n,), nodes the pass changes on the unedited grid too (not the intervention's doing)
+    edge_probs: np.ndarray  # float (n, n), edge probabilities on the edited grid (row = source)
+    graph: np.ndarray  # bool (n, n), the edges the pass used on the edited grid (probability > 0.5)
+    carriers: np.ndarray  # bool (n, n), edges of ``graph`` on a path of at most two edges (the graph network's
+    #                       two layers) from ``node`` to a propagated node: the direct edge where there is one
+    shift: float  # largest total-variation distance between a node's code distribution on the edited and the
+    #               unedited grid, over the nodes other than ``node``
+    shift_node: int  # where it is
+
+
+@dataclass(frozen=True)
+class CodeChoices:
+    """The codebook entries offered for do() at one node, in a useful order."""
+
+    node: int
+    codes: tuple[int, ...]  # every entry, most frequent at this node in the dataset first (ties, unseen: index)
+    counts: tuple[int, ...]  # dataset images in which the node takes each of ``codes``
+    images: int  # dataset images counted (0 without a dataset: ``codes`` in index order)
 
 
 @dataclass(frozen=True)
