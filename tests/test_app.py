@@ -22,13 +22,13 @@ from causalvq.model import CausalVQ
 
 ENDPOINTS = {"/load_image", "/sample_random", "/sample_factors", "/slide", "/ground_truth", "/reset", "/graph",
              "/do", "/pair_from_sliders", "/upload_x", "/upload_y", "/retrieve", "/traverse", "/checkpoint",
-             "/factor_maps"}
+             "/factor_maps", "/code_choices"}
 F = len(SHAPES3D_FACTORS)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    """(url, slots, other checkpoint, example image) of the running app; closed on teardown."""
+    """(url, slots, other checkpoint, example image, explorer) of the running app; closed on teardown."""
     root = tmp_path_factory.mktemp("app")
     torch.manual_seed(0)
     config = ModelConfig.tiny(factor_names=SHAPES3D_FACTORS, factor_sizes=SHAPES3D_SIZES)
@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
                             **app.LAUNCH_OPTIONS)
     try:
-        yield url, demo.handlers.slots, root / "other", example
+        yield url, demo.handlers.slots, root / "other", example, explorer
     finally:
         demo.close()
 
@@ -60,7 +60,7 @@ def test_the_api_lists_every_endpoint(client: Client) -> None:
 
 
 def test_input_and_slider_endpoints(client: Client, server) -> None:
-    _, slots, _, example = server
+    _, slots, _, example, _ = server
     out = client.predict(handle_file(str(example)), api_name="/load_image")
     shown, recon, codes, notice = out[:4]
     assert _pixels(shown).shape[:2] == _pixels(recon).shape[:2] and _pixels(codes).ndim == 3
@@ -87,14 +87,19 @@ def test_input_and_slider_endpoints(client: Client, server) -> None:
 
 
 def test_graph_do_retrieval_traversal_endpoints(client: Client, server) -> None:
-    _, slots, _, example = server
+    _, slots, _, example, explorer = server
     client.predict(handle_file(str(example)), api_name="/load_image")
-    heat, net, text = client.predict(app.NO_ACTION, 0.5, app.GRAPH_OVER[0], api_name="/graph")
+    heat, net, text, table = client.predict(app.NO_ACTION, 0.5, app.GRAPH_OVER[0], app.GRAPH_VIEWS[0], 0, 3,
+                                            api_name="/graph")
     assert heat["type"] == net["type"] == "matplotlib" and "no action" in text
-    *_, text = client.predict(2, 0.3, app.GRAPH_OVER[1], api_name="/graph")
-    assert "Intervened nodes" in text
-    image, grid, text = client.predict(3, 1, api_name="/do")
-    assert _pixels(image).ndim == 3 and text.startswith("do(node 3")
+    *_, text, table = client.predict(2, 0.3, app.GRAPH_OVER[1], app.GRAPH_VIEWS[1], 0, 3, api_name="/graph")
+    assert "Intervened nodes" in text and "Node 3 has" in text
+    parents = int(text.split("Node 3 has ")[1].split(" parent")[0])
+    assert sum(r[0].startswith("parent") for r in table["data"]) == parents  # the table lists them all
+    update, want = client.predict(3, api_name="/code_choices"), explorer.code_choices(3)
+    assert [c for _, c in update["choices"]] == list(want.codes) and update["value"] == want.codes[0]  # most frequent
+    image, grid, plot, text = client.predict(3, 1, api_name="/do")
+    assert _pixels(image).ndim == 3 and plot["type"] == "matplotlib" and text.startswith("do(node 3")
 
     x, y = client.predict(0, 0, 2, 0, 0, 0, *([0] * (slots - F)), api_name="/pair_from_sliders")
     plot, grid, text = client.predict(handle_file(x), handle_file(y), api_name="/retrieve")
@@ -118,7 +123,7 @@ def test_factor_maps_endpoint(client: Client, server) -> None:
 
 
 def test_checkpoint_switch(client: Client, server) -> None:
-    _, slots, other, _ = server
+    _, slots, other, _, _ = server
     out = client.predict("other", api_name="/checkpoint")  # the dropdown names the folder, not its path
     assert "`other`" in out[0] and str(other) not in out[0]
     assert [u["label"] for u in out[1:1 + F]] == list(SHAPES3D_FACTORS)  # the sliders relabelled, at 0
