@@ -224,3 +224,17 @@ def test_release_probe_command_and_evaluation_rows(tmp_path, capsys):
     assert cli("evaluate", "--checkpoint", bare, *FAST_EVAL) == 2
     assert "probe.json is not a valid probe file" in capsys.readouterr().err
     assert snapshot(bare) == before
+
+
+def test_the_stage2_release_reuses_the_stage1_probe(tmp_path, monkeypatch):
+    """Stage 2 leaves the encoder and the codebook as they were, so its release carries the stage-1 probe
+    instead of fitting the same probe again; a stage 1 that changed the codes would not match (its digest)."""
+    run = tmp_path / "run"
+    assert cli("stage1", "--recipe", "tiny", "--out", run) == 0
+    fits = []
+    real = FactorProbe.fit
+    monkeypatch.setattr(FactorProbe, "fit", classmethod(lambda cls, *a, **k: fits.append(1) or real(*a, **k)))
+    assert cli("stage2", "--recipe", "tiny", "--out", run) == 0
+    assert fits == []
+    model = CausalVQ.from_pretrained(run / "model")
+    assert torch.equal(FactorProbe.load(run / "model", model).weight, FactorProbe.load(run / "stage1", model).weight)

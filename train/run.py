@@ -41,7 +41,7 @@ from train.distributed import Context
 from train.loop import run_stage
 from train.monitor import MetricsLog, plot_stage
 from train.recipes import Recipe, RecipeError, check_resumable, load_recipe
-from train.release import add_probe, push_to_hub, set_card_evaluation, write_release
+from train.release import add_probe, push_to_hub, set_card_evaluation, write_probe, write_release
 from train.stages import check_image_model, load_image_model, stage1_spec, stage2_spec
 
 
@@ -304,7 +304,10 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     spec = stage2_spec(model, pool, settings)
     run_stage(ctx, spec, model, recipe, run.state(2), run.log, opts.resume, opts.progress)
     if ctx.is_main:
-        write_release(model, run.model, recipe, stage=2, dataset=dataset)
+        probe = _stage1_probe(opts.checkpoint or run.stage1, model)  # stage 2 leaves the codes as they were
+        write_release(model, run.model, recipe, stage=2, dataset=None if probe is not None else dataset)
+        if probe is not None:
+            write_probe(probe, run.model)
         plot_stage(run.log, 2, run.plot(2))
     return model
 
@@ -315,6 +318,15 @@ def _read_probe(folder: Path, model: CausalVQ) -> FactorProbe | None:
         return load_probe(folder, model)
     except (ValueError, FileNotFoundError) as err:
         raise RunError(f"the factor probe of {folder} cannot be used: {err}") from None
+
+
+def _stage1_probe(folder: Path, model: CausalVQ) -> FactorProbe | None:
+    """The stage-1 release's factor probe when it reads ``model``'s codes (same encoder and codebook weights), so
+    the stage-2 release reuses it instead of fitting it again; ``None`` when there is none or it does not fit."""
+    try:
+        return load_probe(folder, model)
+    except (ValueError, FileNotFoundError):
+        return None
 
 
 def _evaluate_into(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, out: Path, card: Path | None,
