@@ -29,7 +29,13 @@ import numpy as np  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 
 from causalvq.explore import drawing, edges  # noqa: E402
-from causalvq.explore.checkpoints import EXAMPLES_DIR, checkpoint_choices, display_name, load_model  # noqa: E402
+from causalvq.explore.checkpoints import (  # noqa: E402
+    EXAMPLES_DIR,
+    checkpoint_choices,
+    display_name,
+    load_checkpoint_probe,
+    load_model,
+)
 from causalvq.explore.explorer import Explorer  # noqa: E402
 from causalvq.explore.images import InputError, display_image, read_image_file  # noqa: E402
 from causalvq.explore.views import CodeChoices, DoView, LoadedInput  # noqa: E402
@@ -141,10 +147,11 @@ class Handlers:
         if inp.factors is not None:
             parts = [f"{n} = {lab}" for n, lab in zip(ex.factor_names, self._factor_labels(ex, inp.factors))]
             notice = f"Dataset sample: {', '.join(parts)}. {notice}"
+        notice += " " + estimate_text(ex, inp)
         recon = display_image(inp.reconstruction)
-        truth = display_image(inp.image) if inp.factors is not None else None
+        truth, truth_text = self._truth(ex, inp, [0] * ex.config.num_factors)
         return (session, display_image(inp.image), recon, self._grid(ex, inp.codes), notice,
-                *([0] * self.slots), recon, self._grid(ex, inp.codes), truth)
+                *([0] * self.slots), recon, self._grid(ex, inp.codes), truth, truth_text, "")
 
     @staticmethod
     def _factor_labels(ex: Explorer, factors: Sequence[int]) -> list[str]:
@@ -167,7 +174,7 @@ class Handlers:
         except gr.Error as err:
             LOG.warning("upload refused: %s", err.message)
             gr.Warning(err.message)
-            return (*[gr.skip()] * (5 + self.slots + 3), None)
+            return (*[gr.skip()] * (5 + self.slots + 5), None)
         return (*out, None)
 
     @_friendly
@@ -208,7 +215,7 @@ class Handlers:
     def first_example(self, session: Session) -> tuple:
         """Page load: the first example, so no panel starts empty (nothing happens without examples)."""
         if not self.examples or session.checkpoint not in self.explorers:
-            return (session, *([gr.skip()] * (4 + self.slots + 3)))
+            return (session, *([gr.skip()] * (4 + self.slots + 5)))
         return self.load_example(session, 0)
 
     def _menu_values(self, factors: Sequence[int] | None) -> list:
@@ -218,36 +225,47 @@ class Handlers:
     # --- 3. atomic interventions ---
     @_friendly
     def slide(self, session: Session, *sliders: float) -> tuple:
-        """A slider moved: compose all sliders (factor order) on the cached codes, decode, show changed nodes.
-        Without an input yet, nothing happens."""
+        """A slider moved: compose all sliders (factor order) on the cached codes, decode, show changed nodes, and
+        say which sliders move a factor past its end (extrapolation). Without an input yet, nothing happens."""
         if session.input is None:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         ex, inp = self.explorer(session), session.input
-        r = ex.apply_sliders(inp.codes, self._steps(ex, sliders))
-        return display_image(r.image), self._grid(ex, r.codes, r.changed, r.intervened)
+        steps = self._steps(ex, sliders)
+        r = ex.apply_sliders(inp.codes, steps, inp.start)
+        return (display_image(r.image), self._grid(ex, r.codes, r.changed, r.intervened),
+                extrapolation_text(ex, inp, ex.slider_steps(steps), r.extrapolated))
+
+    def _truth(self, ex: Explorer, inp: LoadedInput, steps: Sequence[float | None]) -> tuple[Any, str]:
+        """The ground-truth image and its caption: true values for dataset samples, the probe's estimate for
+        other inputs (labelled as estimated), else why there is none."""
+        if ex.dataset is None:
+            return None, "No procedural dataset matches this checkpoint: there is no ground truth to render."
+        if inp.start is None:
+            return None, ("No estimate is available: this checkpoint has no factor probe, so an upload has no ground "
+                          "truth (`python -m train probe --checkpoint DIR` fits one).")
+        gt = ex.ground_truth(inp.start, steps, estimated=inp.estimated)
+        values = ", ".join(f"{n} = {lab}" for n, lab in zip(ex.factor_names, self._factor_labels(ex, gt.factors)))
+        text = (f"**Estimated** ground truth, rendered from the probe's estimate of this input's factors: {values}"
+                if gt.estimated else f"Ground truth: {values}")
+        if gt.clipped:
+            text += " (a slider goes past the end of its factor: the ground truth stops at the end)"
+        return display_image(gt.image), text
 
     @_friendly
     def ground_truth(self, session: Session, *sliders: float) -> tuple:
-        """The dataset image with the factors really moved (sampled inputs only)."""
+        """The dataset image with the factors really moved: from the true values of a dataset sample, from the
+        probe's estimate for an upload (labelled), else a sentence saying why there is none."""
         if session.input is None:
             return gr.skip(), gr.skip()
-        ex, inp = self.explorer(session), session.input
-        steps = self._steps(ex, sliders)
-        if inp.factors is None or ex.dataset is None:
-            return None, "Ground truth is shown for dataset samples only."
-        gt = ex.ground_truth(inp.factors, steps)
-        text = "Ground truth: " + ", ".join(f"{n} = {lab}" for n, lab in
-                                            zip(ex.factor_names, self._factor_labels(ex, gt.factors)))
-        if gt.clipped:
-            text += " (a slider goes past the end of its factor: clipped)"
-        return display_image(gt.image), text
+        ex = self.explorer(session)
+        return self._truth(ex, session.input, self._steps(ex, sliders))
 
     @_friendly
     def reset(self, session: Session) -> tuple:
         """Sliders back to 0: the reconstruction."""
         ex, inp = self.explorer(session), self._input(session)
-        truth = display_image(inp.image) if inp.factors is not None else None
-        return (*([0] * self.slots), display_image(inp.reconstruction), self._grid(ex, inp.codes), truth)
+        truth, text = self._truth(ex, inp, [0] * ex.config.num_factors)
+        return (*([0] * self.slots), display_image(inp.reconstruction), self._grid(ex, inp.codes), truth, text, "")
 
     # --- 4. causal graph ---
     @_friendly
@@ -334,10 +352,7 @@ class Handlers:
             raise gr.Error("Both x and y are needed: upload two images, or use the input and its slider result.")
         ex = self.explorer(session)
         v = ex.retrieve(x, y)
-        name, p = v.ranking[0]
-        text = (f"Most probable action: **{name}** (p = {p:.2f}); it intervenes on "
-                f"{int(v.intervened.sum())} node(s). {int(v.changed.sum())} code(s) differ between x and y.")
-        return drawing.retrieval_figure(v), self._grid(ex, v.codes_x, v.changed, v.intervened), text
+        return drawing.retrieval_figure(v), self._grid(ex, v.codes_x, v.changed, v.intervened), retrieval_text(ex, v)
 
     @_friendly
     def retrieve_files(self, session: Session, x: dict | None, y: dict | None) -> tuple:
@@ -358,7 +373,7 @@ class Handlers:
     def traverse(self, session: Session, steps: float) -> tuple[np.ndarray, str, str]:
         """Per factor, −k..+k applications of its actions: a grid image, its PNG and an animated GIF."""
         ex, inp = self.explorer(session), self._input(session)
-        t = ex.traverse(inp.codes, int(round(float(steps))))
+        t = ex.traverse(inp.codes, int(round(float(steps))), inp.start, inp.estimated)
         png, gif = drawing.save_traversal(t)
         return drawing.traversal_grid(t), str(png), str(gif)
 
@@ -400,7 +415,9 @@ class Handlers:
                     raise gr.Error(f"This checkpoint has {loaded.model.config.num_factors} factors; the app was "
                                    f"laid out for {self.slots}. Start it with {display_name(choice)} in "
                                    "CAUSALVQ_CHECKPOINT.")
-                self.explorers[choice] = Explorer(loaded.model, source=choice, notice=loaded.notice)
+                probe, probe_notice = load_checkpoint_probe(choice, loaded.model)
+                self.explorers[choice] = Explorer(loaded.model, source=choice, probe=probe,
+                                                  notice=" ".join(s for s in (loaded.notice, probe_notice) if s))
         ex = self.explorers[choice]
         return (Session(checkpoint=choice), describe(ex), *self.model_updates(ex))
 
@@ -408,8 +425,58 @@ class Handlers:
         """Updates of the widgets that depend on the checkpoint, and the cleared input panels (order:
         ``build_demo``'s ``model_outputs``)."""
         specs = widget_specs(ex, self.slots)
-        cleared = [None, None, None, "Load an image.", None, None, None]
+        cleared = [None, None, None, "Load an image.", None, None, None, "", ""]
         return [*(gr.update(**kw) for kw in specs.flat()), *cleared]
+
+
+def estimate_text(ex: Explorer, inp: LoadedInput) -> str:
+    """The probe's estimate of the input's factors (with the true values beside it for a dataset sample), or why
+    there is none."""
+    if inp.estimate is None:
+        return ("No factor estimate is available: this checkpoint has no factor probe." if inp.factors is None
+                else "")
+    est = inp.estimate
+    parts = []
+    for f, name in enumerate(ex.factor_names):
+        v = int(est.values[0, f])
+        part = f"{name} = {ex.factor_value_labels(f)[v]} (p {float(est.confidence[0, f]):.2f})"
+        if inp.factors is not None and inp.factors[f] != v:
+            part += f" ✗ true {inp.factors[f]}"
+        parts.append(part)
+    return f"Probe estimate: {', '.join(parts)}."
+
+
+def extrapolation_text(ex: Explorer, inp: LoadedInput, steps: Sequence[int], extrapolated: np.ndarray | None) -> str:
+    """Which sliders move a factor past its end (the result is then an extrapolation), or why that is unknown."""
+    if extrapolated is None:
+        return ("No estimate is available (this checkpoint has no factor probe): it is unknown which moves leave a "
+                "factor's range." if any(steps) else "")
+    where = "estimated" if inp.estimated else "true"
+    start = inp.start
+    bad = [f"{ex.factor_names[f]} {steps[f]:+d} from {start[f]} (range 0..{ex.config.factor_sizes[f] - 1})"
+           for f in np.flatnonzero(extrapolated)]
+    if not bad:
+        return f"Every move stays inside its factor's range (from the input's {where} values)." if any(steps) else ""
+    return (f"⚠️ **Extrapolation**: {'; '.join(bad)} goes past the factor's end from the input's {where} values. "
+            "The result shows what the model does there, not a valid value of the factor.")
+
+
+def retrieval_text(ex: Explorer, view: Any) -> str:
+    """The retrieval answer: (action, k), or that no single-factor move explains the pair, with the rule."""
+    name, k, d = ex.action_names[view.action], view.steps, float(view.distances[view.action, view.steps - 1])
+    K = view.distances.shape[1]
+    move = f"**{name}** × {k}"
+    changed = f"{int(view.changed.sum())} code(s) differ between x and y."
+    if view.accepted is None:
+        return (f"Closest single-factor move (1..{K} steps): {move}, distance {d:.3f}. No dataset matches this "
+                f"checkpoint, so there is no calibrated threshold: this cannot say no. {changed}")
+    if view.accepted:
+        return (f"Answer: {move} (distance {d:.3f} ≤ {view.threshold:.3f}, the threshold that accepts "
+                f"{ex.retrieval_calibration().quantile:.0%} of true {k}-step moves on dataset pairs); it intervenes "
+                f"on {int(view.intervened.sum())} node(s). {changed}")
+    return (f"Answer: **no single-factor move of 1..{K} steps explains this pair.** The closest, {name} × {k}, has "
+            f"distance {d:.3f}, above {view.threshold:.3f}, which accepts "
+            f"{ex.retrieval_calibration().quantile:.0%} of true {k}-step moves on dataset pairs. {changed}")
 
 
 def _node_list(nodes: np.ndarray) -> str:
@@ -576,8 +643,9 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     with gr.Column(scale=2):
                         with gr.Row():
                             result_img = gr.Image(label="After the interventions", elem_id="result-image", **img)
-                            truth_img = gr.Image(label="Ground truth (dataset samples)", **img)
-                        truth_md = gr.Markdown("")
+                            truth_img = gr.Image(label="Ground truth (uploads: from the estimated factors)", **img)
+                        result_md = gr.Markdown("", elem_id="result-text")
+                        truth_md = gr.Markdown("", elem_id="truth-text")
                         result_grid = gr.Image(label="Codes after the interventions", **img)
 
             # --- 4: causal graph and hard interventions ---
@@ -653,9 +721,10 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
 
         # --- wiring ---
         load_outputs = [session, input_img, recon_img, codes_img, domain, *sliders, result_img, result_grid,
-                        truth_img]
+                        truth_img, truth_md, result_md]
         model_outputs = [*sliders, *menus, node_dd, code_dd, action_dd, trav_steps, random_btn, map_action, top_k,
-                         input_img, recon_img, codes_img, domain, result_img, result_grid, truth_img]
+                         input_img, recon_img, codes_img, domain, result_img, result_grid, truth_img, truth_md,
+                         result_md]
         upload.upload(h.upload_in_page, [upload, session], [*load_outputs, upload], api_visibility="private")
         # the API's /load_image answers a bad file with an error (the page's upload only warns): a hidden trigger
         api_file = gr.File(file_types=["image"], type="filepath", visible=False)
@@ -666,11 +735,12 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         demo.load(h.first_example, [session], load_outputs, api_visibility="private")
 
         slider_events = [s.input for s in sliders]
-        gr.on(slider_events, h.slide, [session, *sliders], [result_img, result_grid], api_name="slide",
+        gr.on(slider_events, h.slide, [session, *sliders], [result_img, result_grid, result_md], api_name="slide",
               trigger_mode="always_last", show_progress="hidden")
         gr.on(slider_events, h.ground_truth, [session, *sliders], [truth_img, truth_md], api_name="ground_truth",
               trigger_mode="always_last", show_progress="hidden")
-        reset_btn.click(h.reset, [session], [*sliders, result_img, result_grid, truth_img], api_name="reset")
+        reset_btn.click(h.reset, [session], [*sliders, result_img, result_grid, truth_img, truth_md, result_md],
+                        api_name="reset")
 
         graph_inputs = [session, action_dd, threshold, over, view, top_k, node_dd]
         gr.on([graph_tab.select, action_dd.input, threshold.release, over.input, view.input, top_k.release,
@@ -700,7 +770,10 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
 def load_demo() -> gr.Blocks:
     """Load the checkpoint (``$CAUSALVQ_CHECKPOINT``, else the shipped one) once and build the UI."""
     loaded = load_model(os.environ.get("CAUSALVQ_CHECKPOINT"))
-    explorer = Explorer(loaded.model, source=loaded.source) if loaded.model is not None else None
+    explorer = None
+    if loaded.model is not None:
+        probe, probe_notice = load_checkpoint_probe(loaded.source, loaded.model)
+        explorer = Explorer(loaded.model, source=loaded.source, probe=probe, notice=probe_notice)
     return build_demo(explorer, notice=loaded.notice)
 
 

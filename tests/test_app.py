@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     config = ModelConfig.tiny(factor_names=SHAPES3D_FACTORS, factor_sizes=SHAPES3D_SIZES)
     CausalVQ(config).save_pretrained(root / "other")
-    explorer = Explorer(CausalVQ(config), source="tiny", calibration_samples=4)
+    explorer = Explorer(CausalVQ(config), source="tiny", calibration_samples=4, retrieval_steps=2, retrieval_pairs=2)
     demo = app.build_demo(explorer, choices=["tiny", str(root / "other")])
     example = root / "example.png"
     Image.fromarray(explorer.dataset.render(np.array([[1, 2, 3, 4, 0, 5]]))[0]).save(example)
@@ -68,12 +68,13 @@ def test_input_and_slider_endpoints(client: Client, server) -> None:
     assert list(out[4:4 + slots]) == [0] * slots
     zero = [0] * slots
     moved = [3] + [0] * (slots - 1)
-    still, grid0 = client.predict(*zero, api_name="/slide")
-    after, grid = client.predict(*moved, api_name="/slide")
+    still, grid0, _ = client.predict(*zero, api_name="/slide")
+    after, grid, text = client.predict(*moved, api_name="/slide")
+    assert "No estimate is available" in text  # an upload, and this checkpoint has no probe
     assert np.array_equal(_pixels(still), _pixels(recon))
     assert not np.array_equal(_pixels(grid), _pixels(grid0))  # changed nodes are outlined
     truth, text = client.predict(*moved, api_name="/ground_truth")
-    assert truth is None and "dataset samples only" in text  # an upload has no factors
+    assert truth is None and text.startswith("No estimate is available")  # an upload, no probe
     out = client.predict(api_name="/reset")
     assert list(out[:slots]) == [0] * slots and np.array_equal(_pixels(out[slots]), _pixels(recon))
 
@@ -84,6 +85,10 @@ def test_input_and_slider_endpoints(client: Client, server) -> None:
     assert "floor_hue = 1" in out[3]
     truth, text = client.predict(1, 0, 0, 0, 0, 0, 0, 0, api_name="/ground_truth")
     assert truth is not None and "floor_hue = 2" in text
+    *_, text = client.predict(0, 0, 0, 0, -1, 0, 0, 0, api_name="/slide")  # shape 0 − 1 leaves 0..3
+    assert "Extrapolation" in text and "shape -1 from 0" in text
+    *_, text = client.predict(0, 0, 0, 0, 1, 0, 0, 0, api_name="/slide")
+    assert "Extrapolation" not in text and "inside" in text
 
 
 def test_graph_do_retrieval_traversal_endpoints(client: Client, server) -> None:
@@ -103,7 +108,7 @@ def test_graph_do_retrieval_traversal_endpoints(client: Client, server) -> None:
 
     x, y = client.predict(0, 0, 2, 0, 0, 0, *([0] * (slots - F)), api_name="/pair_from_sliders")
     plot, grid, text = client.predict(handle_file(x), handle_file(y), api_name="/retrieve")
-    assert plot["type"] == "matplotlib" and "Most probable action" in text
+    assert plot["type"] == "matplotlib" and text.startswith("Answer:")
     ux = client.predict(handle_file(str(example)), api_name="/upload_x")
     uy = client.predict(handle_file(y), api_name="/upload_y")
     assert np.array_equal(_pixels(ux), _pixels(x)) and np.array_equal(_pixels(uy), _pixels(y))

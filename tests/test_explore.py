@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -21,7 +22,14 @@ from PIL import Image
 
 import app
 from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
-from causalvq.explore.checkpoints import display_name, find_dataset, load_model, render_examples
+from causalvq.explore.checkpoints import (
+    SHIPPED_CHECKPOINT,
+    display_name,
+    find_dataset,
+    load_checkpoint_probe,
+    load_model,
+    render_examples,
+)
 from causalvq.explore.drawing import (
     code_colors,
     draw_code_grid,
@@ -38,7 +46,9 @@ from causalvq.explore.explorer import Explorer
 from causalvq.explore.images import InputError, display_image, read_image_file, to_model_input, to_uint8_image
 from causalvq.explore.views import DomainCheck
 from causalvq.imaging import to_tensor, to_uint8
+from causalvq.losses import retrieval_distance
 from causalvq.model import CausalVQ
+from causalvq.probe import FactorProbe, ProbeSettings, codes_digest
 
 F = len(SHAPES3D_FACTORS)
 
@@ -57,7 +67,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def explorer(checkpoint: Path) -> Explorer:
-    return Explorer(CausalVQ.from_pretrained(checkpoint), source=str(checkpoint), calibration_samples=4)
+    return Explorer(CausalVQ.from_pretrained(checkpoint), source=str(checkpoint), calibration_samples=4,
+                    retrieval_steps=2, retrieval_pairs=2)
 
 
 @pytest.fixture(scope="module")
@@ -474,18 +485,158 @@ def test_code_choices_follow_dataset_frequency(explorer: Explorer, checkpoint: P
 def test_retrieval_ranking(explorer: Explorer, loaded) -> None:
     y = explorer.apply_sliders(loaded.codes, [0, 0, 1, 0, 0, 0]).image
     view = explorer.retrieve(loaded.image, y)
+    K = explorer.retrieval_steps
     probs = [p for _, p in view.ranking]
-    assert len(view.ranking) == 2 * F and probs == sorted(probs, reverse=True)
+    assert len(view.ranking) == 2 * F * K and probs == sorted(probs, reverse=True)
     assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-    assert {n for n, _ in view.ranking} == set(explorer.action_names)
+    assert {n for n, _ in view.ranking} == {f"{a} ×{k}" for a in explorer.action_names for k in range(1, K + 1)}
     with torch.inference_mode():
         ref = explorer.model.retrieve_action(to_tensor(loaded.image), to_tensor(y))
-    assert view.action == int(ref.action) and view.ranking[0][0] == explorer.action_names[view.action]
-    assert view.ranking[0][1] == pytest.approx(float(ref.probs.max()), abs=1e-6)
+    # one step is the model's own retrieval score; the answer is the closest move over every (action, k)
+    assert np.allclose(view.distances[:, 0], ref.scores[0].numpy(), atol=1e-5)
+    assert view.distances[view.action, view.steps - 1] == view.distances.min()
+    assert view.ranking[0][0] == f"{explorer.action_names[view.action]} ×{view.steps}"
     assert view.intervened.shape == view.changed.shape == (explorer.config.num_nodes,)
     same = explorer.retrieve(loaded.codes, loaded.codes)  # code grids work too
     assert not same.changed.any()
     assert isinstance(retrieval_figure(view), Figure)
+
+
+def test_move_distances_follow_the_slider_chains(explorer: Explorer, loaded) -> None:
+    y = explorer.apply_sliders(loaded.codes, [0, 0, 0, 0, 0, -2]).codes
+    d = explorer.move_distances(loaded.codes, y, 3)[0]  # (a, 3)
+    a = 2 * F - 1  # "orientation -"
+    with torch.inference_mode():  # the k-th step's distribution after k − 1 argmax steps, as the sliders apply them
+        c = explorer.apply_actions(loaded.codes, [a, a])[0]
+        probs = explorer.model.transition_codes(c, torch.tensor([a])).probs
+    cfg = explorer.config
+    want = retrieval_distance(probs[:, None], explorer.model.flatten_codes(y), cfg.retrieval_score, cfg.renormalised_ce)
+    assert float(d[a, 2]) == pytest.approx(float(want[0, 0]), rel=1e-5)
+
+
+def test_reject_rule_answers_no_above_the_threshold_of_its_k(explorer: Explorer, loaded) -> None:
+    cal = explorer.retrieval_calibration()
+    assert cal.thresholds.shape == (explorer.retrieval_steps,) and cal is explorer.retrieval_calibration()  # once
+    assert 0 <= cal.true_accept <= 1 and 0 <= cal.unrelated_reject <= 1
+    view = explorer.retrieve(loaded.codes, loaded.codes)
+    d = float(view.distances[view.action, view.steps - 1])
+    assert view.threshold == float(cal.thresholds[view.steps - 1]) and view.accepted == (d <= view.threshold)
+    for thresholds, answer in ((np.full(explorer.retrieval_steps, d + 1.0), "Answer: **"),
+                               (np.full(explorer.retrieval_steps, d / 2), "Answer: **no single-factor move")):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(explorer, "_calibration", replace(cal, thresholds=thresholds))
+            v = explorer.retrieve(loaded.codes, loaded.codes)
+            assert v.accepted == (answer == "Answer: **")
+            assert app.retrieval_text(explorer, v).startswith(answer)
+            assert isinstance(retrieval_figure(v), Figure)
+    without = Explorer(explorer.model, dataset=False)
+    v = without.retrieve(loaded.codes, loaded.codes)
+    assert v.accepted is None and "cannot say no" in app.retrieval_text(without, v)
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_retrieval_says_no_to_unrelated_images_and_finds_two_steps() -> None:
+    ex = Explorer(CausalVQ.from_pretrained(SHIPPED_CHECKPOINT), retrieval_pairs=8)
+    x = ex.sample([2, 5, 1, 3, 1, 4])
+    two = ex.sample([2, 5, 3, 3, 1, 4])  # object_hue + twice
+    unrelated = ex.sample([8, 1, 7, 6, 3, 12])
+    true = ex.retrieve(x.codes, two.codes)
+    assert (ex.action_names[true.action], true.steps, true.accepted) == ("object_hue +", 2, True)
+    assert ex.retrieve(x.codes, unrelated.codes).accepted is False
+
+
+# --- valid ranges and the factor estimate ---
+def test_moves_past_a_factors_end_are_marked_extrapolated(explorer: Explorer, loaded, tmp_path: Path) -> None:
+    start = loaded.factors  # (3, 4, 5, 2, 1, 7); sizes 10, 10, 10, 8, 4, 15
+    inside = explorer.apply_sliders(loaded.codes, [6, -4, 4, 0, 2, 0], start)
+    assert not inside.extrapolated.any()
+    past = explorer.apply_sliders(loaded.codes, [7, -5, 4, 0, 2, 0], start)
+    assert past.extrapolated.tolist() == [True, True, False, False, False, False]
+    assert explorer.apply_sliders(loaded.codes, [7, 0, 0, 0, 0, 0]).extrapolated is None  # start unknown
+    t = explorer.traverse(loaded.codes, 2, start)
+    assert t.extrapolated.shape == (F, 5)
+    assert t.extrapolated[4].tolist() == [True, False, False, False, False]  # shape 1: −2 leaves 0..3
+    assert not t.extrapolated[[0, 1, 2, 5]].any() and t.extrapolated[3].tolist() == [False] * 5
+    plain = traversal_grid(replace(t, extrapolated=None))
+    marked = traversal_grid(t)
+    cell = explorer.config.image_size * max(1, 96 // explorer.config.image_size) + 2
+    rows, cols = np.nonzero((marked[:plain.shape[0]] != plain).any(-1))  # only the one shaded cell differs
+    assert len(rows) and rows.min() >= 20 + 4 * cell and rows.max() < 20 + 5 * cell + 2
+    assert cols.max() - cols.min() < cell and marked.shape[0] > plain.shape[0]  # plus the legend line
+    png, gif = save_traversal(t, tmp_path)
+    with Image.open(gif) as g:
+        first = np.asarray(g.convert("RGB"))
+    _, plain_gif = save_traversal(replace(t, extrapolated=None), tmp_path / "plain")
+    with Image.open(plain_gif) as g:
+        assert not np.array_equal(first, np.asarray(g.convert("RGB")))  # frame −2 marks shape
+
+
+@pytest.fixture(scope="module")
+def probed(explorer: Explorer) -> Explorer:
+    """The tiny explorer with a factor probe fitted on its codes of 64 dataset images."""
+    ds = explorer.dataset
+    factors = ds.sample_factors(64, np.random.default_rng(1))
+    codes = explorer._encode_factors(factors).clone()  # a normal tensor: the fit differentiates through its rows
+    probe = FactorProbe.fit_codes(codes, factors, ds.factor_names, ds.factor_sizes, explorer.config.codebook_size,
+                                  ProbeSettings(num_images=64, steps=5), codes_digest=codes_digest(explorer.model))
+    return Explorer(explorer.model, source=explorer.source, calibration_samples=4, probe=probe,
+                    retrieval_steps=2, retrieval_pairs=2)
+
+
+def test_every_input_gets_the_probes_estimate(probed: Explorer, tmp_path: Path) -> None:
+    sample = probed.sample([3, 4, 5, 2, 1, 7])
+    want = probed.probe.predict(sample.codes)
+    assert torch.equal(sample.estimate.values, want.values) and sample.start == (3, 4, 5, 2, 1, 7)  # true values
+    path = tmp_path / "up.png"
+    Image.fromarray(probed.dataset.render(np.asarray([[1, 2, 3, 4, 2, 9]]))[0]).save(path)
+    up = probed.load_image(str(path))
+    assert up.factors is None and up.estimated and up.start == tuple(probed.probe.predict(up.codes).values[0].tolist())
+    h = app.Handlers(probed)
+    out = h.load_upload(str(path), app.Session(checkpoint=probed.source))
+    assert "Probe estimate: floor_hue = " in out[4]
+    session = out[0]
+    pad = [0] * (h.slots - F)
+    truth, text = h.ground_truth(session, 1, 0, 0, 0, 0, 0, *pad)
+    gt = probed.ground_truth(up.start, [1, 0, 0, 0, 0, 0], estimated=True)
+    assert text.startswith("**Estimated** ground truth") and np.array_equal(truth, display_image(gt.image))
+    steps = [0] * F
+    steps[4] = -(up.start[4] + 1) if up.start[4] <= 1 else 4 - up.start[4]  # one past shape's end (0..3)
+    _, _, text = h.slide(session, *steps, *pad)
+    assert "Extrapolation" in text and "estimated values" in text
+    t = probed.traverse(up.codes, 2, up.start, up.estimated)
+    assert t.estimated and t.extrapolated is not None
+
+
+def test_without_a_probe_uploads_say_no_estimate_and_samples_keep_their_truth(handlers: app.Handlers,
+                                                                            explorer: Explorer,
+                                                                            tmp_path: Path) -> None:
+    assert explorer.probe is None
+    path = tmp_path / "up.png"
+    Image.new("RGB", (32, 32), "teal").save(path)
+    out = handlers.load_upload(str(path), _session(handlers, explorer))
+    session, notice = out[0], out[4]
+    assert "No factor estimate is available" in notice and session.input.start is None
+    pad = [0] * (handlers.slots - F)
+    truth, text = handlers.ground_truth(session, 1, 0, 0, 0, 0, 0, *pad)
+    assert truth is None and text.startswith("No estimate is available")
+    _, _, text = handlers.slide(session, 1, 0, 0, 0, 0, 0, *pad)
+    assert "No estimate is available" in text
+    sample = _session(handlers, explorer, explorer.sample([3, 4, 5, 2, 1, 7]))
+    truth, text = handlers.ground_truth(sample, 1, 0, 0, 0, 0, 0, *pad)
+    assert truth is not None and text.startswith("Ground truth: floor_hue = 4")
+
+
+def test_checkpoint_probe_loading(probed: Explorer, checkpoint: Path, tmp_path: Path) -> None:
+    assert load_checkpoint_probe(str(checkpoint), probed.model) == (None, "")  # no probe: no notice
+    folder = tmp_path / "with-probe"
+    probed.model.save_pretrained(folder)
+    probed.probe.save(folder)
+    probe, notice = load_checkpoint_probe(str(folder), probed.model)
+    assert notice == "" and torch.equal(probe.weight, probed.probe.weight)
+    (folder / "probe.safetensors").write_bytes(b"broken")
+    probe, notice = load_checkpoint_probe(str(folder), probed.model)
+    assert probe is None and "cannot be used" in notice and str(tmp_path) not in notice
+    assert Explorer.from_checkpoint(str(checkpoint)).probe is None
 
 
 # --- traversals ---
@@ -528,13 +679,13 @@ def test_handlers_input_events(handlers: app.Handlers, explorer: Explorer, tmp_p
     path = tmp_path / "in.png"
     Image.new("RGB", (48, 40), "orange").save(path)
     out = handlers.load_upload(str(path), _session(handlers, explorer))
-    assert len(out) == 5 + slots + 3
+    assert len(out) == 5 + slots + 5
     session, shown, recon, grid, notice = out[:5]
     assert session.input is not None and session.input.factors is None
     assert shown.shape == recon.shape and grid.ndim == 3 and isinstance(notice, str)
     assert list(out[5:5 + slots]) == [0] * slots
     out = handlers.sample_random(_session(handlers, explorer))
-    assert len(out) == 5 + slots + 3 + slots and out[0].input.factors is not None
+    assert len(out) == 5 + slots + 5 + slots and out[0].input.factors is not None
     assert list(out[-slots:-slots + F]) == list(out[0].input.factors)
     out = handlers.sample_factors(_session(handlers, explorer), 1, 2, 3, 4, 0, 5, None, None)
     assert out[0].input.factors == (1, 2, 3, 4, 0, 5) and "Dataset sample" in out[4]
@@ -557,7 +708,7 @@ def test_handlers_refuse_bad_input(handlers: app.Handlers, explorer: Explorer, t
     with pytest.raises(gr.Error, match="No model is loaded"):
         app.Handlers(None).sample_random(app.Session(checkpoint=""))
     # sliders before any input do nothing (no error toast while the first image loads)
-    assert handlers.slide(_session(handlers, explorer), *([1] * handlers.slots)) == (gr.skip(), gr.skip())
+    assert handlers.slide(_session(handlers, explorer), *([1] * handlers.slots)) == (gr.skip(),) * 3
     loaded = _session(handlers, explorer, explorer.sample([0] * F))
     with pytest.raises(gr.Error, match="The slider for wall_hue needs a value"):
         handlers.slide(loaded, 0, None, *([0] * (handlers.slots - 2)))
@@ -568,9 +719,11 @@ def test_handlers_refuse_bad_input(handlers: app.Handlers, explorer: Explorer, t
 def test_handlers_intervention_events(handlers: app.Handlers, explorer: Explorer, loaded) -> None:
     session = _session(handlers, explorer, loaded)
     pad = [0] * (handlers.slots - F)
-    image, grid = handlers.slide(session, 2, 0, 0, 0, 0, 0, *pad)
+    image, grid, text = handlers.slide(session, 2, 0, 0, 0, 0, 0, *pad)
     assert np.array_equal(image, display_image(explorer.apply_sliders(loaded.codes, [2, 0, 0, 0, 0, 0]).image))
-    assert grid.ndim == 3
+    assert grid.ndim == 3 and "inside" in text and "Extrapolation" not in text  # floor_hue 3 + 2 = 5 of 0..9
+    _, _, text = handlers.slide(session, 0, 0, 0, 0, 3, 0, *pad)  # shape 1 + 3 = 4, past 0..3
+    assert "Extrapolation" in text and "shape +3 from 1 (range 0..3)" in text
     truth, text = handlers.ground_truth(session, 2, 0, 0, 0, 0, 0, *pad)
     assert truth is not None and "Ground truth" in text
     out = handlers.reset(session)
@@ -605,7 +758,7 @@ def test_handlers_graph_do_retrieval_traversal(handlers: app.Handlers, explorer:
     assert image.ndim == 3 and grid.ndim == 3 and isinstance(fig, Figure) and text.startswith("do(node 3")
     x, y = handlers.pair_from_sliders(session, 0, 0, 1, 0, 0, 0, *([0] * (handlers.slots - F)))
     fig, grid, text = handlers.retrieve(session, x, y)
-    assert isinstance(fig, Figure) and "Most probable action" in text
+    assert isinstance(fig, Figure) and text.startswith("Answer:")
     with pytest.raises(gr.Error, match="Both x and y"):
         handlers.retrieve(session, x, None)
     grid, png, gif = handlers.traverse(session, 2)
@@ -719,7 +872,7 @@ def test_a_bad_upload_in_the_page_changes_nothing_but_the_upload_box(handlers: a
     bad.write_bytes(b"this is not a png")
     with caplog.at_level("WARNING", logger="causalvq.app"):
         out = handlers.upload_in_page(str(bad), _session(handlers, explorer, loaded))
-    assert len(out) == 5 + handlers.slots + 3 + 1
+    assert len(out) == 5 + handlers.slots + 5 + 1
     assert all(v == gr.skip() for v in out[:-1]) and out[-1] is None  # state, images, sliders kept; box cleared
     assert len(caplog.records) == 1 and "not an image this explorer can read" in caplog.records[0].getMessage()
     good = tmp_path / "good.png"

@@ -1,7 +1,9 @@
 """What the explorer opens: a checkpoint (folder or Hub repo id), the dropdown's choices, the matching dataset.
 
 ``load_model`` never leaves the app without a model when one can be had: a checkpoint that fails to load falls
-back to the shipped one, with a notice saying what happened. ``render_examples`` writes the gallery's example
+back to the shipped one, with a notice saying what happened. ``load_checkpoint_probe`` reads the checkpoint's
+factor probe (``probe.json`` + ``probe.safetensors``) when it has one: a checkpoint without one still opens, and a
+broken one is reported, never used. ``render_examples`` writes the gallery's example
 images, their factors in the file names.
 """
 
@@ -19,6 +21,7 @@ from causalvq.checkpoint import CONFIG_NAME
 from causalvq.config import ModelConfig
 from causalvq.data import DSprites, FactorDataset, Shapes3D
 from causalvq.model import CausalVQ
+from causalvq.probe import PROBE_CONFIG, PROBE_WEIGHTS, FactorProbe, load_probe
 
 ENV_CHECKPOINT = "CAUSALVQ_CHECKPOINT"  # checkpoint folder or Hub repo id the app opens with
 ENV_CHOICES = "CAUSALVQ_CHECKPOINTS"  # extra entries of the checkpoint dropdown, comma-separated
@@ -90,6 +93,37 @@ def load_model(choice: str | None, fallback: Path | None = SHIPPED_CHECKPOINT,
     return LoadResult(None, "", (f"{notice} " if notice else "") + (
         f"No checkpoint found: {missing}. Set {ENV_CHECKPOINT} to a checkpoint folder (config.json + "
         "model.safetensors) or a Hub repo id and restart the app."), error)
+
+
+def load_checkpoint_probe(source: str, model: CausalVQ, timeout: float | None = None) -> tuple[FactorProbe | None, str]:
+    """The factor probe saved with a checkpoint (folder or Hub repo id), checked against ``model``'s codes.
+
+    Returns ``(probe, "")``, ``(None, "")`` when the checkpoint has no probe, or ``(None, notice)`` when its probe
+    cannot be used (corrupt, fitted on other weights, the Hub unreachable): the explorer then estimates nothing.
+    """
+    try:
+        if Path(source).is_dir():
+            return load_probe(source, model), ""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        timeout = float(os.environ.get(ENV_HUB_TIMEOUT, "10")) if timeout is None else timeout
+
+        def fetch() -> Path | None:
+            try:
+                files = [hf_hub_download(source, name) for name in (PROBE_CONFIG, PROBE_WEIGHTS)]
+            except EntryNotFoundError:
+                return None
+            return Path(files[0]).parent
+
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(fetch)
+        pool.shutdown(wait=False)
+        folder = future.result(timeout=timeout)
+        return (None if folder is None else FactorProbe.load(folder, model)), ""
+    except Exception as err:  # noqa: BLE001 - any failure leaves the app without estimates, and says why
+        reason = str(err).replace(source, display_name(source))[:200] or type(err).__name__
+        return None, f"The factor probe of `{display_name(source)}` cannot be used ({reason}): no factor estimates."
 
 
 def display_name(source: str) -> str:

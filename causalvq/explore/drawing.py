@@ -277,17 +277,23 @@ def overlay_nodes(image: np.ndarray, config: ModelConfig, mask: np.ndarray, chan
 
 # --- action retrieval ------------------------------------------------------------------------------------------
 def retrieval_figure(view: RetrievalView, top: int = 12) -> Figure:
-    """Horizontal bar chart of the ``top`` most probable actions, the first in orange."""
+    """Horizontal bars of the ``top`` closest moves (action ×k) by distance, the best first (orange when it is
+    accepted, grey when it is rejected); a black tick on each bar marks the threshold of its k."""
+    d = view.distances.reshape(-1)
+    order = np.argsort(d, kind="stable")[:top][::-1]  # the ranking's order (p = softmax(−d)), best at the top
     names = [n for n, _ in view.ranking[:top]][::-1]
-    probs = [p for _, p in view.ranking[:top]][::-1]
+    K = view.distances.shape[1]
     fig = Figure(figsize=(5.0, 0.3 * len(names) + 1.0), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    colors = ["#4c72b0"] * (len(names) - 1) + ["#dd8452"]
-    ax.barh(names, probs, color=colors)
-    for i, p in enumerate(probs):
-        ax.text(min(p + 0.01, 0.9), i, f"{p:.2f}", va="center", fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("p(action | x, y)")
+    best = "#dd8452" if view.accepted is not False else "#999999"
+    ax.barh(names, d[order], color=["#4c72b0"] * (len(names) - 1) + [best])
+    if view.thresholds is not None:
+        ax.scatter([view.thresholds[i % K] for i in order], names, marker="|", s=200, color="black",
+                   label="threshold for its k", zorder=3)
+        ax.legend(loc="lower right", fontsize=7)
+    for i, v in enumerate(d[order]):
+        ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+    ax.set_xlabel("distance of y from the move (node NLL; smaller is closer)")
     return fig
 
 
@@ -297,11 +303,14 @@ def traversal_grid(traversal: Traversal, scale: int | None = None) -> np.ndarray
     F, T, S = traversal.images.shape[:3]
     scale = scale or max(1, 96 // S)
     tiles = _enlarged_rgb(traversal.images.reshape(F * T, S, S, -1), scale)
+    if traversal.extrapolated is not None:
+        tiles = np.where(traversal.extrapolated.reshape(-1)[:, None, None, None], shade(tiles), tiles)
     grid = image_grid(tiles, nrow=T, pad=2, pad_value=255)
     font = _font(13)
     label_w = 8 + max(int(font.getlength(n)) for n in traversal.factor_names)
     head = 20
-    canvas = Image.new("RGB", (label_w + grid.shape[1], head + grid.shape[0]), (255, 255, 255))
+    foot = 20 if traversal.extrapolated is not None else 0
+    canvas = Image.new("RGB", (label_w + grid.shape[1], head + grid.shape[0] + foot), (255, 255, 255))
     canvas.paste(Image.fromarray(grid), (label_w, head))
     draw = ImageDraw.Draw(canvas)
     cell = S * scale + 2
@@ -311,7 +320,20 @@ def traversal_grid(traversal: Traversal, scale: int | None = None) -> np.ndarray
                   font=font, anchor="mm")
     for f, name in enumerate(traversal.factor_names):
         draw.text((4, head + 2 + f * cell + cell / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+    if foot:
+        draw.text((4, head + grid.shape[0] + foot / 2), f"Striped: past the factor's end from the input's "
+                  f"{'estimated' if traversal.estimated else 'true'} values (extrapolation)", fill=(0, 0, 0),
+                  font=font, anchor="lm")
     return np.asarray(canvas)
+
+
+def shade(images: np.ndarray) -> np.ndarray:
+    """Mark uint8 RGB images ``(..., H, W, 3)`` as extrapolated: dimmed towards grey with dark diagonal stripes."""
+    h, w = images.shape[-3:-1]
+    stripes = ((np.arange(h)[:, None] + np.arange(w)[None, :]) // 3) % 4 == 0  # (H, W)
+    out = (0.5 * images.astype(np.float32) + 0.5 * 160).astype(np.uint8)
+    out[..., stripes, :] = 60
+    return out
 
 
 def save_traversal(traversal: Traversal, folder: str | os.PathLike | None = None,
@@ -333,6 +355,8 @@ def _gif_frame(traversal: Traversal, t: int, scale: int | None = None) -> Image.
     F, _, S = traversal.images.shape[:3]
     scale = scale or max(1, 96 // S)
     tiles = _enlarged_rgb(traversal.images[:, t], scale)  # (F, S·scale, S·scale, 3)
+    extra = traversal.extrapolated[:, t] if traversal.extrapolated is not None else np.zeros(F, bool)
+    tiles = np.where(extra[:, None, None, None], shade(tiles), tiles)
     cell = S * scale + 4
     font = _font(11)
     canvas = Image.new("RGB", (F * cell + 4, cell + 36), (255, 255, 255))
@@ -342,7 +366,10 @@ def _gif_frame(traversal: Traversal, t: int, scale: int | None = None) -> Image.
         draw.text((4 + f * cell + cell / 2 - 2, 9), traversal.factor_names[f][:14], fill=(0, 0, 0), font=font,
                   anchor="mm")
     s = t - traversal.steps
-    draw.text((4, cell + 20), f"step {s:+d}" if s else "step 0 (reconstruction)", fill=(0, 0, 0), font=font)
+    label = f"step {s:+d}" if s else "step 0 (reconstruction)"
+    if extra.any():
+        label += "; striped: extrapolation (past the factor's end)"
+    draw.text((4, cell + 20), label, fill=(0, 0, 0), font=font)
     return canvas.convert("P", palette=Image.Palette.ADAPTIVE)
 
 

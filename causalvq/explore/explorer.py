@@ -7,16 +7,21 @@ only wires them to widgets. Nothing here imports gradio: bad input raises ``Inpu
 
 Panels and the methods behind them:
 
-1. input: ``load_image`` (any array / PIL image / file, converted to the model input), ``sample`` (from the
-   dataset, random or by factor values), ``domain_check`` (reconstruction error against in-domain samples);
+1. input: ``load_image`` (any array / PIL image / file, converted to the model input, with the factor probe's
+   estimate when the checkpoint has a probe), ``sample`` (from the dataset, random or by factor values, with its
+   true values), ``domain_check`` (reconstruction error against in-domain samples);
 2. codes: the encoded input's code grid (``LoadedInput.codes``);
 3. atomic interventions: ``apply_sliders`` — slider ``s_f`` applies action ``"<factor f> +"`` (``s_f > 0``) or
-   ``"<factor f> -"`` (``s_f < 0``) ``|s_f|`` times, factors composed in factor order (f = 0 first);
+   ``"<factor f> -"`` (``s_f < 0``) ``|s_f|`` times, factors composed in factor order (f = 0 first); a move that
+   takes a factor past its end from the input's values (true or estimated) is marked ``extrapolated``;
+   ``ground_truth`` renders the dataset at the moved values (for uploads: from the estimate);
 4. causal graph: ``graph`` (adjacency, intervened nodes, rewired entries); hard intervention ``do`` (as
    ``model.do``: do(node = code), then one no-action pass of the learned graph, beside the pass on the unedited
    grid) and ``code_choices`` (the codes a node takes in the dataset, most frequent first);
-5. action retrieval: ``retrieve``;
-6. traversals: ``traverse``;
+5. action retrieval: ``retrieve`` searches every single-factor move of k = 1..K steps and answers (action, k),
+   or "no" when even the best move's distance is above what true k-step moves score on dataset pairs
+   (``retrieval_calibration``);
+6. traversals: ``traverse`` (cells past a factor's end marked ``extrapolated``);
 7. factor maps: ``factor_maps`` (per action, where the mask falls and what the step changes over dataset pairs,
    computed once) and ``action_map`` (the same for one action on the current input).
 
@@ -35,13 +40,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from PIL import Image
 
 from causalvq.config import ModelConfig
 from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
-from causalvq.explore.checkpoints import ENV_CHECKPOINT, SHIPPED_CHECKPOINT, find_dataset, load_model
+from causalvq.explore.checkpoints import (
+    ENV_CHECKPOINT,
+    SHIPPED_CHECKPOINT,
+    find_dataset,
+    load_checkpoint_probe,
+    load_model,
+)
 from causalvq.explore.images import InputError, read_image_file, to_model_input
 from causalvq.explore.views import (
     ActionMap,
@@ -51,16 +62,21 @@ from causalvq.explore.views import (
     GraphView,
     GroundTruth,
     LoadedInput,
+    RetrievalCalibration,
     RetrievalView,
     SliderResult,
     Traversal,
 )
 from causalvq.imaging import to_uint8
+from causalvq.losses import retrieval_distance
 from causalvq.metrics.structure import FactorMaps, factor_maps
 from causalvq.model import CausalVQ
+from causalvq.probe import FactorProbe
 
 DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
 GRAPHS_KEPT = 32  # graphs kept by ``Explorer.graph`` (a threshold, top-k or node change redraws without the model)
+RETRIEVAL_STEPS = 4  # K: retrieval searches moves of 1..K steps of one action
+REJECT_QUANTILE = 0.95  # a move is accepted when its distance is within this quantile of true moves of its size
 
 
 class Explorer:
@@ -76,12 +92,25 @@ class Explorer:
         map_pairs: one-step test pairs behind the factor maps (computed once, on first use).
         cache_size: code grids kept by the slider cache (one per applied action prefix).
         code_images: dataset images whose codes are counted to order the do() choices (on first use).
+        probe: the checkpoint's factor probe (``causalvq.probe``), or ``None``: then uploads get no estimate.
+        retrieval_steps: K, the longest move retrieval searches.
+        retrieval_pairs: true dataset pairs per k (and unrelated pairs in all) behind the reject threshold.
     """
 
     def __init__(self, model: CausalVQ, dataset: FactorDataset | None | bool = None, source: str = "",
                  notice: str = "", calibration_samples: int = 32, map_pairs: int = 384,
-                 cache_size: int = 4096, code_images: int = 256) -> None:
+                 cache_size: int = 4096, code_images: int = 256, probe: FactorProbe | None = None,
+                 retrieval_steps: int = RETRIEVAL_STEPS, retrieval_pairs: int = 16) -> None:
+        if not 1 <= retrieval_steps <= 32 or retrieval_pairs < 2:
+            raise ValueError(f"need 1 <= retrieval_steps <= 32 and retrieval_pairs >= 2, got {retrieval_steps}, "
+                             f"{retrieval_pairs}")
+        if probe is not None:
+            probe.check_model(model)
         self.model = model.eval()
+        self.probe = probe
+        self.retrieval_steps, self.retrieval_pairs = retrieval_steps, retrieval_pairs
+        self._calibration: RetrievalCalibration | None = None
+        self._calibration_lock = threading.Lock()
         cfg = model.config
         if dataset is None:
             dataset = find_dataset(cfg)
@@ -112,7 +141,10 @@ class Explorer:
         loaded = load_model(choice if choice is not None else os.environ.get(ENV_CHECKPOINT), fallback)
         if loaded.model is None:
             return None
-        return cls(loaded.model, source=loaded.source, notice=loaded.notice, calibration_samples=calibration_samples)
+        probe, probe_notice = load_checkpoint_probe(loaded.source, loaded.model)
+        notice = " ".join(s for s in (loaded.notice, probe_notice) if s)
+        return cls(loaded.model, source=loaded.source, notice=notice, calibration_samples=calibration_samples,
+                   probe=probe)
 
     # --- names and sizes ---
     @property
@@ -190,7 +222,7 @@ class Explorer:
             notice = "No in-domain dataset for this checkpoint: cannot say whether this image is in its domain."
         return LoadedInput(image=to_uint8(x)[0], codes=rec.codes, reconstruction=to_uint8(rec.image)[0],
                            error=error, factors=None if factors is None else tuple(int(v) for v in factors),
-                           notice=notice)
+                           notice=notice, estimate=None if self.probe is None else self.probe.predict(rec.codes))
 
     def sample(self, factors: Sequence[int] | None = None, seed: int | None = None) -> LoadedInput:
         """Render one dataset image, at ``factors`` or at random (``seed``), and load it."""
@@ -265,23 +297,37 @@ class Explorer:
                     self._cache.popitem(last=False)
         return c, mask
 
+    def extrapolated(self, start: Sequence[int], offsets: np.ndarray) -> np.ndarray:
+        """Whether moving each factor from ``start`` `(f,)` by ``offsets`` `(f, ...)` steps leaves its range
+        0..size_f − 1: bool, the shape of ``offsets``. Such a move asks the model for a value the data never had."""
+        sizes = np.asarray(self.config.factor_sizes).reshape(-1, *[1] * (np.ndim(offsets) - 1))
+        moved = np.asarray(start, dtype=np.int64).reshape(sizes.shape) + np.asarray(offsets)
+        return (moved < 0) | (moved >= sizes)
+
     @torch.inference_mode()
-    def apply_sliders(self, codes: torch.Tensor, steps: Sequence[float | None]) -> SliderResult:
-        """The slider panel: compose all sliders (factor order) on ``codes`` and decode."""
+    def apply_sliders(self, codes: torch.Tensor, steps: Sequence[float | None],
+                      start: Sequence[int] | None = None) -> SliderResult:
+        """The slider panel: compose all sliders (factor order) on ``codes`` and decode. With the input's factor
+        values ``start`` (true or estimated), ``extrapolated`` marks the sliders that move a factor past its end."""
         actions = self.slider_actions(steps)
         out, mask = self.apply_actions(codes, actions)
         image = to_uint8(self.model.decode_codes(out))[0]
         changed = (self.model.flatten_codes(out) != self.model.flatten_codes(codes))[0].numpy()
-        return SliderResult(image=image, codes=out, changed=changed, intervened=mask[0].numpy(), actions=actions)
+        extra = None if start is None else self.extrapolated(start, np.asarray(self.slider_steps(steps)))
+        return SliderResult(image=image, codes=out, changed=changed, intervened=mask[0].numpy(), actions=actions,
+                            extrapolated=extra)
 
-    def ground_truth(self, factors: Sequence[int], steps: Sequence[float | None]) -> GroundTruth | None:
-        """The dataset image with each factor moved by its slider (clipped into range); ``None`` without one."""
+    def ground_truth(self, factors: Sequence[int], steps: Sequence[float | None],
+                     estimated: bool = False) -> GroundTruth | None:
+        """The dataset image with each factor moved by its slider (clipped into range); ``None`` without one.
+        ``estimated``: ``factors`` are the probe's estimate for an upload (the result says so)."""
         if self.dataset is None:
             return None
         f = np.asarray(factors, dtype=np.int64) + np.asarray(self.slider_steps(steps))
         clipped = np.clip(f, 0, np.asarray(self.config.factor_sizes) - 1)
         image = to_uint8(self._prepare(self.dataset.render(clipped[None])))[0]
-        return GroundTruth(image=image, factors=tuple(int(v) for v in clipped), clipped=bool((f != clipped).any()))
+        return GroundTruth(image=image, factors=tuple(int(v) for v in clipped), clipped=bool((f != clipped).any()),
+                           estimated=estimated)
 
     # --- causal graph ---
     def graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> GraphView:
@@ -389,20 +435,112 @@ class Explorer:
 
     # --- action retrieval ---
     @torch.inference_mode()
+    def move_distances(self, codes_x: torch.Tensor, codes_y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Distance of y from x moved k = 1..``steps`` (default K) times by each action: `(b, k, h, w)` twice →
+        float `(b, a, K)`.
+
+        Entry (a, k) is the model's retrieval score (``losses.retrieval_distance``: y's node NLL under the code
+        distribution of the k-th transition, averaged or summed as the checkpoint's ``retrieval_score``) after k − 1
+        argmax steps of action a, as the sliders apply them; k = 1 is ``model.retrieve_action_codes``'s score. All
+        b·A chains advance together: one transition call per step.
+        """
+        steps = self.retrieval_steps if steps is None else int(steps)
+        A, cfg = self.config.num_actions, self.config
+        cur = repeat(self.model.flatten_codes(codes_x), "b n -> (b a) n", a=A)  # (b·a, n)
+        actions = torch.arange(A).repeat(codes_x.shape[0])  # (b·a,)
+        target = self.model.flatten_codes(codes_y)  # (b, n)
+        out = []
+        for _ in range(steps):
+            probs = self.model.transition(cur, actions, sample=False).probs  # (b·a, n, v)
+            grouped = rearrange(probs, "(b a) n v -> b a n v", a=A)
+            out.append(retrieval_distance(grouped, target, cfg.retrieval_score, cfg.renormalised_ce))  # (b, a)
+            cur = probs.argmax(-1)  # (b·a, n)
+        return torch.stack(out, -1)  # (b, a, K)
+
+    def calibration_pairs(self, per_step: int, seed: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Dataset factor pairs for the reject rule: ``per_step`` true moves of each size k = 1..K (x in the test
+        split, then one factor's value redrawn so that moving it k steps up or down, at random, stays in range) and
+        ``per_step``·K unrelated pairs (x and y drawn independently). Returns x, y `(m, f)`, the true action and k
+        `(m,)` of the true pairs, then the unrelated pairs' x and y stacked as `(2, m, f)`."""
+        ds, K, F = self.dataset, self.retrieval_steps, self.config.num_factors
+        rng = np.random.default_rng([seed, 0xCA1B])
+        sampler = TransitionSampler(ds, split="test")
+        sizes = np.asarray(self.config.factor_sizes)
+        k = np.repeat(np.arange(1, K + 1), per_step)  # (m,)
+        x = sampler.sample_images(len(k), rng)  # (m, f)
+        f = np.array([rng.choice(np.flatnonzero(sizes - 1 >= kk)) for kk in k])  # factors long enough for k
+        up = rng.random(len(k)) < 0.5  # (m,)
+        rows = np.arange(len(k))
+        x[rows, f] = np.where(up, 0, k) + rng.integers(0, sizes[f] - k)  # a start from which the move stays in range
+        y = x.copy()
+        y[rows, f] += np.where(up, k, -k)
+        unrelated = np.stack([sampler.sample_images(len(k), rng), sampler.sample_images(len(k), rng)])
+        return x, y, f + F * (~up), k, unrelated
+
+    def _encode_factors(self, factors: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([self.model.encode_codes(self._prepare(self.dataset.render(factors[s:s + 64])))
+                              for s in range(0, len(factors), 64)])  # (b, k, h, w)
+
+    def retrieval_rates(self, per_step: int | None = None, seed: int = 0,
+                        thresholds: np.ndarray | None = None) -> RetrievalCalibration:
+        """Measure the reject rule on fresh dataset pairs (``calibration_pairs``): the thresholds are the
+        ``REJECT_QUANTILE`` of the true pairs' distance at their own (action, k), per k, unless ``thresholds``
+        `(K,)` are given (then they are tested on these pairs); the rates are those of ``retrieve``'s answer."""
+        if self.dataset is None:
+            raise InputError("No procedural dataset matches this checkpoint: there are no pairs to measure on.")
+        per_step = self.retrieval_pairs if per_step is None else per_step
+        x, y, action, k, unrelated = self.calibration_pairs(per_step, seed)
+        codes = self._encode_factors(np.concatenate([x, y, unrelated[0], unrelated[1]]))
+        cx, cy, ux, uy = codes.split(len(x))
+        d_true = torch.cat([self.move_distances(cx[s:s + 16], cy[s:s + 16]) for s in range(0, len(x), 16)]).numpy()
+        d_unrel = torch.cat([self.move_distances(ux[s:s + 16], uy[s:s + 16]) for s in range(0, len(x), 16)]).numpy()
+        own = d_true[np.arange(len(x)), action, k - 1]  # (m,)
+        if thresholds is None:
+            thresholds = np.array([np.quantile(own[k == kk], REJECT_QUANTILE)
+                                   for kk in range(1, self.retrieval_steps + 1)])
+        best_true = [_best_move(d, thresholds) for d in d_true]
+        best_unrel = [_best_move(d, thresholds) for d in d_unrel]
+        hit = [acc and (a, s) == (int(aa), int(kk)) for (a, s, _, acc), aa, kk in zip(best_true, action, k)]
+        return RetrievalCalibration(thresholds=np.asarray(thresholds, dtype=np.float64), quantile=REJECT_QUANTILE,
+                                    pairs=per_step, true_accept=float(np.mean(hit)),
+                                    unrelated_reject=float(np.mean([not acc for *_, acc in best_unrel])))
+
+    def retrieval_calibration(self) -> RetrievalCalibration | None:
+        """The reject rule of this checkpoint, measured once (lazily) on ``retrieval_pairs`` true pairs per k and
+        as many unrelated pairs (seed 0); ``None`` without a dataset."""
+        if self.dataset is None:
+            return None
+        with self._calibration_lock:
+            if self._calibration is None:
+                self._calibration = self.retrieval_rates()
+        return self._calibration
+
+    @torch.inference_mode()
     def retrieve(self, x: np.ndarray | Image.Image | torch.Tensor, y: np.ndarray | Image.Image | torch.Tensor
                  ) -> RetrievalView:
-        """Which action turns image x into image y: all actions ranked by p(a | x, y).
+        """Which single-factor move of k = 1..K steps turns image x into image y, or none.
 
-        ``x`` and ``y`` are images (any size or mode) or code grids `(1, k, h, w)`.
+        ``x`` and ``y`` are images (any size or mode) or code grids `(1, k, h, w)`. Every (action, k) is scored
+        by ``move_distances``; the best (smallest distance) is the answer when its distance is at most the
+        calibrated threshold for k steps (``retrieval_calibration``), else the answer is "no single-factor move
+        explains this pair". Without a dataset to calibrate on, the best move is given unjudged.
         """
         cx, cy = self._codes_of(x), self._codes_of(y)
-        r = self.model.retrieve_action_codes(cx, cy)
-        probs = r.probs[0].numpy()
+        d = self.move_distances(cx, cy)[0].numpy()  # (a, K)
+        cal = self.retrieval_calibration()
+        action, steps, threshold, accepted = _best_move(d, None if cal is None else cal.thresholds)
+        flat = d.reshape(-1)
+        probs = np.exp(-(flat - flat.min()))
+        probs /= probs.sum()
         order = np.argsort(-probs, kind="stable")
-        top = int(order[0])
+        K = d.shape[1]
         return RetrievalView(
-            ranking=tuple((self.action_names[i], float(probs[i])) for i in order), action=top,
-            intervened=(self.model.intervention_probs(cx, torch.tensor([top]))[0] > 0.5).numpy(),
+            ranking=tuple((f"{self.action_names[i // K]} ×{i % K + 1}", float(probs[i])) for i in order),
+            action=action, steps=steps, distances=d, thresholds=None if cal is None else cal.thresholds,
+            threshold=threshold, accepted=accepted,
+            intervened=(self.model.intervention_probs(cx, torch.tensor([action]))[0] > 0.5).numpy(),
             changed=(self.model.flatten_codes(cx) != self.model.flatten_codes(cy))[0].numpy(),
             codes_x=cx, codes_y=cy)
 
@@ -414,10 +552,12 @@ class Explorer:
 
     # --- traversals ---
     @torch.inference_mode()
-    def traverse(self, codes: torch.Tensor, steps: int = 3) -> Traversal:
+    def traverse(self, codes: torch.Tensor, steps: int = 3, start: Sequence[int] | None = None,
+                 estimated: bool = False) -> Traversal:
         """For each factor, −steps..+steps applications of its actions to ``codes`` `(1, k, h, w)`, decoded.
 
-        All 2F action chains advance together in one batched transition per step.
+        All 2F action chains advance together in one batched transition per step. With the input's factor values
+        ``start`` (``estimated``: the probe's), the cells whose move leaves a factor's range are ``extrapolated``.
         """
         if not 1 <= int(steps) <= 32:
             raise InputError(f"Choose between 1 and 32 traversal steps, got {steps}.")
@@ -432,7 +572,10 @@ class Explorer:
         images = to_uint8(self.model.decode_codes(stacked))  # (1 + steps·2F, S, S, C)
         centre, moved = images[0], rearrange(images[1:], "(t d f) H W C -> f d t H W C", t=steps, d=2)
         rows = [np.concatenate([moved[f, 1, ::-1], centre[None], moved[f, 0]]) for f in range(F)]
-        return Traversal(images=np.stack(rows), steps=steps, factor_names=self.factor_names)
+        offsets = np.broadcast_to(np.arange(-steps, steps + 1), (F, 2 * steps + 1))  # (F, 2·steps + 1)
+        extra = None if start is None else self.extrapolated(start, offsets)
+        return Traversal(images=np.stack(rows), steps=steps, factor_names=self.factor_names, extrapolated=extra,
+                         estimated=estimated and start is not None)
 
     # --- factor maps ---
     def factor_maps(self) -> FactorMaps | None:
@@ -472,3 +615,13 @@ class Explorer:
                          mask_share=None if maps is None else maps.mask[a].numpy(),
                          changed_share=None if maps is None else maps.changed[a].numpy(),
                          pairs=0 if maps is None else int(maps.pairs[a]))
+
+
+def _best_move(distances: np.ndarray, thresholds: np.ndarray | None) -> tuple[int, int, float | None, bool | None]:
+    """The smallest of ``distances`` `(a, K)` as (action, k, threshold for k, accepted); without ``thresholds``
+    `(K,)` the last two are ``None``."""
+    a, k = np.unravel_index(int(np.argmin(distances)), distances.shape)
+    if thresholds is None:
+        return int(a), int(k) + 1, None, None
+    t = float(thresholds[k])
+    return int(a), int(k) + 1, t, bool(distances[a, k] <= t)

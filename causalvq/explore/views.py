@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from causalvq.probe import FactorEstimate
+
 
 @dataclass(frozen=True)
 class DomainCheck:
@@ -29,6 +31,19 @@ class LoadedInput:
     error: float  # per-pixel MSE between input and reconstruction, in [0, 1] units
     factors: tuple[int, ...] | None  # dataset factors when sampled, else None
     notice: str  # "" or a warning (far from the training domain, unknown domain)
+    estimate: FactorEstimate | None = None  # the factor probe's reading of ``codes`` (None: no probe)
+
+    @property
+    def start(self) -> tuple[int, ...] | None:
+        """The factor values moves start from: the true ones for dataset samples, else the probe's estimate."""
+        if self.factors is not None:
+            return self.factors
+        return None if self.estimate is None else tuple(int(v) for v in self.estimate.values[0])
+
+    @property
+    def estimated(self) -> bool:
+        """Whether ``start`` is the probe's estimate rather than the dataset's true values."""
+        return self.factors is None and self.estimate is not None
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,8 @@ class SliderResult:
     changed: np.ndarray  # bool (n,), codes that differ from the input's
     intervened: np.ndarray  # bool (n,), nodes any applied action intervened on
     actions: tuple[int, ...]  # the applied action sequence, in order
+    extrapolated: np.ndarray | None = None  # bool (f,): the slider moves the factor past its end from the start
+    #                                          values (None: the start values are unknown)
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,7 @@ class GroundTruth:
     image: np.ndarray  # uint8 (S, S, C): the dataset image at the moved factors
     factors: tuple[int, ...]  # the factors rendered (clipped into range)
     clipped: bool  # whether a slider went past the end of its factor
+    estimated: bool = False  # rendered from the probe's estimate of the input's factors (an upload), not true values
 
 
 @dataclass(frozen=True)
@@ -89,9 +107,26 @@ class CodeChoices:
 
 
 @dataclass(frozen=True)
+class RetrievalCalibration:
+    """What true single-factor moves of k = 1..K steps score, measured on dataset pairs: the reject rule."""
+
+    thresholds: np.ndarray  # float (K,): the ``quantile`` of the true pairs' distance at their own move, per k
+    quantile: float  # share of true k-step moves a threshold accepts on the pairs it was measured on
+    pairs: int  # true pairs per k (and unrelated pairs in all) behind it
+    true_accept: float  # share of the true pairs answered with their own (action, k)
+    unrelated_reject: float  # share of the unrelated pairs (two independent images) answered "no"
+
+
+@dataclass(frozen=True)
 class RetrievalView:
-    ranking: tuple[tuple[str, float], ...]  # (action name, p(a | x, y)), most probable first
-    action: int  # the most probable action
+    ranking: tuple[tuple[str, float], ...]  # ("<action> ×k", p) over every move, p = softmax(−distance), best first
+    action: int  # the action of the best move (smallest distance)
+    steps: int  # its number of steps k
+    distances: np.ndarray  # float (a, K): code-grid distance of y from x moved k steps by action a (the model's
+    #                        retrieval score: node NLL, averaged or summed as the checkpoint's retrieval_score)
+    thresholds: np.ndarray | None  # float (K,): the calibrated threshold per k (None: no dataset to calibrate on)
+    threshold: float | None  # the one for ``steps`` steps
+    accepted: bool | None  # the best move explains the pair (distance <= threshold); None without a threshold
     intervened: np.ndarray  # bool (n,), nodes the most probable action intervenes on, on x's codes
     changed: np.ndarray  # bool (n,), nodes whose code differs between x and y
     codes_x: torch.Tensor  # long (1, k, h, w)
@@ -103,6 +138,9 @@ class Traversal:
     images: np.ndarray  # uint8 (F, 2·steps + 1, S, S, C), column ``steps`` is the reconstruction
     steps: int
     factor_names: tuple[str, ...]
+    extrapolated: np.ndarray | None = None  # bool (F, 2·steps + 1): the cell's move leaves the factor's range
+    #                                          from the start values (None: unknown start)
+    estimated: bool = False  # the start values are the probe's estimate, not the dataset's true values
 
 
 @dataclass(frozen=True)
