@@ -806,6 +806,7 @@ demo = load_demo()
 if __name__ == "__main__":
     configure_threads()
     start_fused_kernel()
-    for ex in demo.handlers.explorers.values():  # measure the in-domain error in the background
+    for ex in demo.handlers.explorers.values():  # measure the in-domain error and the reject rule in the background
         threading.Thread(target=ex.domain_check, daemon=True).start()
+        threading.Thread(target=ex.retrieval_calibration, daemon=True).start()
     demo.launch(**LAUNCH_OPTIONS)
