@@ -467,6 +467,9 @@ def retrieval_text(ex: Explorer, view: Any) -> str:
     K = view.distances.shape[1]
     move = f"**{name}** × {k}"
     changed = f"{int(view.changed.sum())} code(s) differ between x and y."
+    if not view.changed.any():
+        return ("Answer: **no move**: x and y have the same codes, so no action changed anything between them "
+                f"(the closest move would be {move}, distance {d:.3f}).")
     if view.accepted is None:
         return (f"Closest single-factor move (1..{K} steps): {move}, distance {d:.3f}. No dataset matches this "
                 f"checkpoint, so there is no calibrated threshold: this cannot say no. {changed}")

@@ -543,6 +543,7 @@ def test_shipped_checkpoint_retrieval_says_no_to_unrelated_images_and_finds_two_
     true = ex.retrieve(x.codes, two.codes)
     assert (ex.action_names[true.action], true.steps, true.accepted) == ("object_hue +", 2, True)
     assert ex.retrieve(x.codes, unrelated.codes).accepted is False
+    assert ex.retrieve(x.codes, x.codes).accepted is False  # the same codes: no move, whatever the scores
 
 
 # --- valid ranges and the factor estimate ---

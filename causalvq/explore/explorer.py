@@ -525,12 +525,15 @@ class Explorer:
         ``x`` and ``y`` are images (any size or mode) or code grids `(1, k, h, w)`. Every (action, k) is scored
         by ``move_distances``; the best (smallest distance) is the answer when its distance is at most the
         calibrated threshold for k steps (``retrieval_calibration``), else the answer is "no single-factor move
-        explains this pair". Without a dataset to calibrate on, the best move is given unjudged.
+        explains this pair". Two images with the same codes are answered "no move". Without a dataset to calibrate
+        on, the best move is given unjudged.
         """
         cx, cy = self._codes_of(x), self._codes_of(y)
         d = self.move_distances(cx, cy)[0].numpy()  # (a, K)
         cal = self.retrieval_calibration()
         action, steps, threshold, accepted = _best_move(d, None if cal is None else cal.thresholds)
+        if bool((cx == cy).all()):  # the same codes: nothing moved, whatever the scores say
+            accepted = False
         flat = d.reshape(-1)
         probs = np.exp(-(flat - flat.min()))
         probs /= probs.sum()
