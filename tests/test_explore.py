@@ -518,20 +518,24 @@ def test_reject_rule_answers_no_above_the_threshold_of_its_k(explorer: Explorer,
     cal = explorer.retrieval_calibration()
     assert cal.thresholds.shape == (explorer.retrieval_steps,) and cal is explorer.retrieval_calibration()  # once
     assert 0 <= cal.true_accept <= 1 and 0 <= cal.unrelated_reject <= 1
-    view = explorer.retrieve(loaded.codes, loaded.codes)
+    other = loaded.codes.clone()  # y differs from x in one code (the same codes are always "no move")
+    other[0, 0, 0, 0] = (other[0, 0, 0, 0] + 1) % explorer.config.codebook_size
+    view = explorer.retrieve(loaded.codes, other)
     d = float(view.distances[view.action, view.steps - 1])
     assert view.threshold == float(cal.thresholds[view.steps - 1]) and view.accepted == (d <= view.threshold)
     for thresholds, answer in ((np.full(explorer.retrieval_steps, d + 1.0), "Answer: **"),
                                (np.full(explorer.retrieval_steps, d / 2), "Answer: **no single-factor move")):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(explorer, "_calibration", replace(cal, thresholds=thresholds))
-            v = explorer.retrieve(loaded.codes, loaded.codes)
+            v = explorer.retrieve(loaded.codes, other)
             assert v.accepted == (answer == "Answer: **")
             assert app.retrieval_text(explorer, v).startswith(answer)
             assert isinstance(retrieval_figure(v), Figure)
     without = Explorer(explorer.model, dataset=False)
-    v = without.retrieve(loaded.codes, loaded.codes)
+    v = without.retrieve(loaded.codes, other)
     assert v.accepted is None and "cannot say no" in app.retrieval_text(without, v)
+    same = explorer.retrieve(loaded.codes, loaded.codes)
+    assert same.accepted is False and app.retrieval_text(explorer, same).startswith("Answer: **no move**")
 
 
 @pytest.mark.slow
