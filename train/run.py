@@ -199,17 +199,8 @@ def command_all(opts: Options) -> Path:
 
 def command_evaluate(opts: Options) -> Path:
     """``python -m train evaluate --checkpoint DIR``: score a release; returns the report folder."""
-    if opts.checkpoint is None:
-        raise RunError("evaluate needs --checkpoint DIR (a folder with config.json and model.safetensors)")
     with _session(opts) as ctx:
-        try:
-            model = CausalVQ.from_pretrained(opts.checkpoint).to(ctx.device)
-        except (ValueError, FileNotFoundError) as err:
-            raise RunError(f"cannot load --checkpoint {opts.checkpoint}: {err}") from None
-        dataset = open_dataset(opts.recipe.data)
-        if tuple(model.config.factor_names) != tuple(dataset.factor_names):
-            raise RunError(f"the checkpoint's factors {model.config.factor_names} are not those of the dataset "
-                           f"{dataset.name!r} {dataset.factor_names}; pass the recipe it was trained with")
+        model, dataset = _release_and_dataset(ctx, opts, "evaluate")
         probe = _read_probe(opts.checkpoint, model)
         check_writable(opts.out)
         if not ctx.is_main:
@@ -227,17 +218,8 @@ def command_evaluate(opts: Options) -> Path:
 def command_probe(opts: Options) -> Path:
     """``python -m train probe --checkpoint DIR``: fit the factor probe of a release on its recipe's train split and
     write ``probe.safetensors`` + ``probe.json`` into ``--out`` (default the checkpoint folder); returns it."""
-    if opts.checkpoint is None:
-        raise RunError("probe needs --checkpoint DIR (a folder with config.json and model.safetensors)")
     with _session(opts) as ctx:
-        try:
-            model = CausalVQ.from_pretrained(opts.checkpoint).to(ctx.device)
-        except (ValueError, FileNotFoundError) as err:
-            raise RunError(f"cannot load --checkpoint {opts.checkpoint}: {err}") from None
-        dataset = open_dataset(opts.recipe.data)
-        if tuple(model.config.factor_names) != tuple(dataset.factor_names):
-            raise RunError(f"the checkpoint's factors {model.config.factor_names} are not those of the dataset "
-                           f"{dataset.name!r} {dataset.factor_names}; pass the recipe it was trained with")
+        model, dataset = _release_and_dataset(ctx, opts, "probe")
         check_writable(opts.out)
         if ctx.is_main:
             fit = add_probe(model, dataset, opts.recipe, opts.out).info.fit
@@ -310,6 +292,22 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
             write_probe(probe, run.model)
         plot_stage(run.log, 2, run.plot(2))
     return model
+
+
+def _release_and_dataset(ctx: Context, opts: Options, command: str) -> tuple[CausalVQ, FactorDataset]:
+    """The release in ``--checkpoint`` on the context's device, and the dataset of its recipe, with the factors
+    checked to agree; a missing or unreadable checkpoint is a ``RunError`` that names ``command``."""
+    if opts.checkpoint is None:
+        raise RunError(f"{command} needs --checkpoint DIR (a folder with config.json and model.safetensors)")
+    try:
+        model = CausalVQ.from_pretrained(opts.checkpoint).to(ctx.device)
+    except (ValueError, FileNotFoundError) as err:
+        raise RunError(f"cannot load --checkpoint {opts.checkpoint}: {err}") from None
+    dataset = open_dataset(opts.recipe.data)
+    if tuple(model.config.factor_names) != tuple(dataset.factor_names):
+        raise RunError(f"the checkpoint's factors {model.config.factor_names} are not those of the dataset "
+                       f"{dataset.name!r} {dataset.factor_names}; pass the recipe it was trained with")
+    return model, dataset
 
 
 def _read_probe(folder: Path, model: CausalVQ) -> FactorProbe | None:
