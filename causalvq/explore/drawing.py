@@ -288,12 +288,11 @@ def retrieval_figure(view: RetrievalView, top: int = 12) -> Figure:
     best = "#dd8452" if view.accepted is not False else "#999999"
     ax.barh(names, d[order], color=["#4c72b0"] * (len(names) - 1) + [best])
     if view.thresholds is not None:
-        ax.scatter([view.thresholds[i % K] for i in order], names, marker="|", s=200, color="black",
-                   label="threshold for its k", zorder=3)
-        ax.legend(loc="lower right", fontsize=7)
+        ax.scatter([view.thresholds[i % K] for i in order], names, marker="|", s=200, color="black", zorder=3)
+        ax.set_title("black tick: the threshold of the move's k", fontsize=8)  # a legend would cover a bar
     for i, v in enumerate(d[order]):
         ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
-    ax.set_xlabel("distance of y from the move (node NLL; smaller is closer)")
+    ax.set_xlabel("distance of y from the move (node NLL)\nsmaller is closer")
     return fig
 
 
