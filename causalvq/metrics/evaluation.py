@@ -190,21 +190,38 @@ def evaluate_codes(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarra
 
 def evaluate_intervention(model: CausalVQ, dataset: FactorDataset, x_factors: np.ndarray, actions: np.ndarray,
                           steps: int, batch_size: int = 64) -> InterventionResult:
-    """k-step intervention accuracy on pairs (x, a): factors `(b, f)` and actions `(b,)` applicable k times."""
+    """k-step intervention accuracy on pairs (x, a): factors `(b, f)` and actions `(b,)` applicable k times.
+
+    On an incomplete grid (a partial file, Cars3D without every car, CelebA's attribute vectors) only what has an
+    image takes part (``dataset.contains``): a pair whose x or y_k has no image is skipped, and the rivals of a
+    pair are the k-step neighbours that exist, so its chance level is 1 / (number of existing candidates) when
+    all renderings differ. ``num_pairs`` (and ``per_factor_pairs``) count the pairs that were scored; with none
+    left, the scores are ``None``.
+
+    Raises:
+        ValueError: an action cannot be applied ``steps`` times to its x without leaving the factor range.
+    """
     sizes, names = tuple(dataset.factor_sizes), tuple(dataset.factor_names)
+    x_factors, actions = np.asarray(x_factors, dtype=np.int64), np.asarray(actions, dtype=np.int64)
+    if len(x_factors):
+        y_factors, in_range = move_factors(x_factors, actions, steps, sizes)  # (b, f), (b,)
+        if not in_range.all():
+            raise ValueError(f"some actions cannot be applied {steps} times without leaving the factor range")
+        usable = dataset.contains(x_factors) & dataset.contains(y_factors)  # (b,) both images exist
+        x_factors, actions = x_factors[usable], actions[usable]
     b = len(x_factors)
     if b == 0:
         return InterventionResult(steps=steps, accuracy=None, chance=None, mse=None,
                                   per_factor_accuracy=dict.fromkeys(names), per_factor_pairs=dict.fromkeys(names, 0),
                                   num_pairs=0)  # fmt: skip
-    # candidates: x itself, then every action applied k times; each distinct factor vector rendered once
+    # candidates: x itself, then every action applied k times where it stays in range and has an image; each
+    # distinct factor vector rendered once
     moved, valid = zip(*(move_factors(x_factors, np.full(b, a), steps, sizes) for a in range(2 * len(sizes))))
     cand_factors = np.stack([x_factors, *moved], 1)  # (b, m, f)
-    cand_valid = torch.from_numpy(np.stack([np.ones(b, dtype=bool), *valid], 1))  # (b, m)
+    exists = dataset.contains(cand_factors.reshape(-1, len(sizes))).reshape(b, -1)  # (b, m)
+    cand_valid = torch.from_numpy(np.stack([np.ones(b, dtype=bool), *valid], 1) & exists)  # (b, m)
     act = torch.as_tensor(actions, dtype=torch.long)  # (b,)
     target = act + 1  # (b,) index of y_k among the candidates
-    if not bool(cand_valid[torch.arange(b), target].all()):
-        raise ValueError(f"some actions cannot be applied {steps} times without leaving the factor range")
     unique, inverse = np.unique(cand_factors[cand_valid.numpy()], axis=0, return_inverse=True)
     images = render_images(dataset, unique, model.config.image_size)  # (u, c, S, S)
     index = torch.zeros(cand_valid.shape, dtype=torch.long)  # (b, m) row of each candidate in `images`
