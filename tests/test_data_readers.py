@@ -257,6 +257,35 @@ def test_celeba_round_trip_and_pairs(tmp_path):
     assert ((pairs.x_ids == 9) ^ (pairs.y_ids == 9)).all() and not test.in_split(np.array([0, 4])).any()
 
 
+def test_celeba_attribute_grid(tmp_path):
+    """The factor-grid view the training CLI uses: render shows one of the people who have each attribute vector,
+    the same people for the same array; grid pairs flip one attribute between two existing vectors."""
+    values, partition = _celeba_values()
+    _write_celeba(tmp_path, values, partition)
+    celeba = load_dataset("celeba", path=tmp_path)
+    grid = celeba.attribute_grid()
+    assert (grid.name, grid.factor_names, grid.factor_sizes, grid.image_shape, grid.complete) == (
+        "celeba", OFFICIAL_ATTRIBUTES, (2,) * 10, (148, 148, 3), False)
+    rows = np.repeat(celeba.factors_of(np.array([2])), 200, axis=0)  # the attributes of images 2, 6, 8, 10, 11
+    ids = grid.image_ids(rows)
+    assert set(ids.tolist()) == {2, 6, 8, 10, 11} and np.bincount(ids)[[2, 6, 8, 10, 11]].min() >= 25
+    np.testing.assert_array_equal(celeba.factors_of(ids), rows)
+    np.testing.assert_array_equal(grid.image_ids(rows), ids)  # the same array: the same people
+    assert (grid.image_ids(rows[:100]) != ids[:100]).mean() > 0.5  # another array draws again
+    np.testing.assert_array_equal(grid.render(rows[:3]), celeba.images(grid.image_ids(rows[:3])))
+    missing = np.ones((1, 10), np.int64)
+    assert not grid.contains(missing)[0]
+    with pytest.raises(ValueError, match="no image has the attributes .*'Blond_Hair': 1"):
+        grid.render(missing)
+
+    rng = np.random.default_rng(0)
+    x, y, a = TransitionSampler(grid, fractions=(1.0, 0.0, 0.0)).sample_pairs(100, rng)
+    assert grid.contains(x).all() and grid.contains(y).all() and (np.abs(x - y).sum(1) == 1).all()
+    assert set(a.tolist()) == {5, 15, 7, 17}  # Bangs and Big_Nose, both ways: the only attributes that flip
+    np.testing.assert_array_equal(celeba.factors_of(grid.image_ids(y)), y)
+    assert render_images(grid, x[:2], 16).shape == (2, 3, 16, 16)
+
+
 def test_celeba_malformed(tmp_path):
     values, partition = _celeba_values()
     _write_celeba(tmp_path, values, partition)

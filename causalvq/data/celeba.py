@@ -10,8 +10,9 @@ CelebA is not a factor grid: many images (people) share one attribute vector and
 image is named by its **image id** (its row in ``list_attr_celeba.txt``), not by its factors. ``CelebA.images(ids)``
 reads images, ``CelebA.factors_of(ids)`` gives their attributes; ``render(factors)`` raises ``ValueError``.
 ``CelebAPairSampler`` draws image ids, with the methods of ``TransitionSampler`` (``sample_images``,
-``sample_pairs``, ``in_split``); the factor-grid tools (``TransitionSampler``, the torch streams,
-``render_images``, the training CLI) do not apply.
+``sample_pairs``, ``in_split``), in the official partition. The factor-grid tools (``TransitionSampler``, the torch
+streams, ``render_images``, the evaluation, the training CLI) take ``CelebA.attribute_grid()``: the incomplete grid
+of attribute vectors, whose ``render`` draws one of the people who have each vector (``CelebAAttributeGrid``).
 
 Images: ``uint8 (n, 148, 148, 3)``, the official CenterCrop(148) of the 218 × 178 image (``crop=None`` keeps it
 whole); resize to the model's side with ``causalvq.imaging.resize_images``.
@@ -21,6 +22,7 @@ Axis legend: ``n`` images, ``f`` factors (F attributes), ``H W C`` image height,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -32,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from causalvq.config import action_names
 from causalvq.data.base import FactorDataset
-from causalvq.data.pairs import SPLITS, split_index
+from causalvq.data.pairs import SPLITS, hash_unit, split_index
 
 OFFICIAL_ATTRIBUTES: tuple[str, ...] = ("5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes",
                                         "Bald", "Bangs", "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair")
@@ -127,10 +129,81 @@ class CelebA(FactorDataset):
         """Attributes of ``n`` images drawn uniformly: ``int64 (n, F)``."""
         return self._factors[rng.integers(0, self.num_images, size=n)].reshape(n, self.num_factors)
 
+    def attribute_grid(self) -> CelebAAttributeGrid:
+        """This dataset as an incomplete grid of attribute vectors, for the factor-grid tools (see the class)."""
+        return CelebAAttributeGrid(self)
+
     def _render(self, factors: np.ndarray) -> np.ndarray:
         raise ValueError("celeba: attributes do not name one image (many different people share an attribute "
-                         "vector); draw image ids with CelebAPairSampler and read them with CelebA.images(ids). "
-                         "The factor-grid TransitionSampler, streams and training CLI do not apply to CelebA")
+                         "vector); draw image ids with CelebAPairSampler and read them with CelebA.images(ids), "
+                         "or use CelebA.attribute_grid(), whose render draws one of the people of each vector")
+
+
+class CelebAAttributeGrid(FactorDataset):
+    """CelebA as an incomplete factor grid of attribute vectors: what ``TransitionSampler``, the torch streams, the
+    evaluation and the training CLI take (build it with ``CelebA.attribute_grid()``).
+
+    A grid point is an attribute vector; it exists (``contains``) when some image has it, and ``sample_factors``
+    draws the attributes of uniformly drawn images. ``render(factors)`` shows, for each row, **one of the people
+    who have those attributes**: ``image_ids`` draws the image uniformly among them with a hash of the whole
+    ``factors`` array and the row's position. The same array always gives the same images (a resumed training
+    run sees what an uninterrupted one saw); two rows, or two arrays, draw independently. A transition pair
+    rendered as two arrays (x, then y) is therefore two different people who agree on every other chosen
+    attribute: the CelebA pair rule of the official code (paper §9.4). A pair's images are chosen uniformly on
+    each side of its cell, as in ``CelebAPairSampler``; the cells are weighted by ``TransitionSampler``'s rule (x
+    uniform over the images, then a uniform action whose y exists), not uniformly.
+
+    Splits: a ``TransitionSampler`` over this grid splits *attribute vectors* by its hash, not images by the
+    official partition (``render`` does not know a sampler's split). Every image of a vector lies in that vector's
+    split, so train and test share no image, and no attribute vector either.
+
+    Args:
+        celeba: the dataset (``load_celeba``).
+    """
+
+    name = "celeba"
+
+    def __init__(self, celeba: CelebA) -> None:
+        self.celeba = celeba
+        self.factor_names, self.factor_sizes = celeba.factor_names, celeba.factor_sizes
+        self.image_shape = celeba.image_shape
+        self._order = np.argsort(celeba.codes, kind="stable")  # (n,) image ids grouped by attribute vector
+        self._codes, self._start, self._count = np.unique(celeba.codes[self._order], return_index=True,
+                                                          return_counts=True)  # (v,) each: present vectors
+
+    @property
+    def complete(self) -> bool:
+        return self.celeba.complete
+
+    def contains(self, factors: np.ndarray) -> np.ndarray:
+        """Whether some image has each attribute vector ``(n, F)``: ``bool (n,)``."""
+        return self.celeba.contains(factors)
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Attributes of ``n`` images drawn uniformly: ``int64 (n, F)``."""
+        return self.celeba.sample_factors(n, rng)
+
+    def image_ids(self, factors: np.ndarray) -> np.ndarray:
+        """The image ids ``render(factors)`` shows: ``int64 (n,)``, each drawn uniformly among the images with its
+        row's attributes (seeded by the whole array and the row's position).
+
+        Raises:
+            ValueError: no image has one of the attribute vectors (the message names it).
+        """
+        arr = np.ascontiguousarray(self.check_factors(factors))  # (n, F)
+        codes = arr @ (1 << np.arange(self.num_factors, dtype=np.int64))  # (n,)
+        group = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)  # (n,)
+        missing = self._codes[group] != codes
+        if missing.any():
+            row = int(np.argmax(missing))
+            raise ValueError(f"celeba: no image has the attributes {dict(zip(self.factor_names, arr[row].tolist()))} "
+                             f"(row {row}); check contains(factors) first")
+        key = int.from_bytes(hashlib.blake2b(arr.tobytes(), digest_size=8).digest(), "little")
+        pick = np.floor(hash_unit(np.arange(len(arr)), key) * self._count[group]).astype(np.int64)  # (n,)
+        return self._order[self._start[group] + pick]
+
+    def _render(self, factors: np.ndarray) -> np.ndarray:
+        return self.celeba.images(self.image_ids(factors))
 
 
 def _read_lines(path: Path) -> list[str]:
