@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,3 +177,87 @@ def test_steps_are_pure_functions_of_the_step(tmp_path):
     assert cli("stage1", "--recipe", "tiny", "--out", tmp_path / "c", "--resume") == 0
     weights = {run: (tmp_path / run / "stage1" / "model.safetensors").read_bytes() for run in "abc"}
     assert weights["a"] == weights["b"] == weights["c"]
+
+
+# --- every registered dataset through the CLI, on tiny files in each release's exact format ---
+CELEBA_ATTRIBUTES = ("Bald", "Bangs", "Big_Lips", "Big_Nose", "Black_Hair")
+
+
+@pytest.fixture(scope="module")
+def real_files(tmp_path_factory) -> dict[str, Path]:
+    """A SmallNORB folder (a 72-image corner of the grid), a Cars3D folder (two cars of 32 px) and a CelebA
+    folder (64 people covering the 32 vectors of five attributes), written by tests/test_data_readers.py's writers."""
+    from test_data_readers import ALL_ATTRIBUTES, _write_car, _write_celeba, _write_norb_set
+
+    from causalvq.data.smallnorb import TRAINING_PREFIX
+
+    root = tmp_path_factory.mktemp("real")
+    norb = root / "smallnorb"
+    norb.mkdir()
+    grid = np.stack(np.meshgrid([0, 1], [0], [0, 1, 2], np.arange(6), [0, 1], indexing="ij"), -1).reshape(-1, 5)
+    _write_norb_set(norb, TRAINING_PREFIX, grid)
+    cars = root / "cars"
+    cars.mkdir()
+    for seed, name in enumerate(["car_001_mesh.mat", "car_002_mesh.mat"]):
+        _write_car(cars / name, seed, side=32)
+    celeba = root / "celeba"
+    bits = (np.arange(64)[:, None] >> np.arange(5)) & 1  # (64, 5): every vector twice
+    values = -np.ones((64, len(ALL_ATTRIBUTES)), dtype=np.int64)
+    values[:, [ALL_ATTRIBUTES.index(a) for a in CELEBA_ATTRIBUTES]] = 2 * bits - 1
+    _write_celeba(celeba, values, np.arange(64) % 3)
+    return {"smallnorb": norb, "cars3d": cars, "celeba": celeba}
+
+
+DATASET_SETTINGS = {  # extra --set per dataset: reader options, and wider val / test shares on these tiny grids
+    "smallnorb": ["data.fractions=[0.5, 0.2, 0.3]"],
+    "cars3d": ["data.reader_options={image_size = 16}"],
+    "celeba": [f"data.reader_options={{attributes = {list(CELEBA_ATTRIBUTES)}}}".replace("'", '"'),
+               "data.fractions=[0.4, 0.2, 0.4]"],
+}
+
+
+@pytest.mark.parametrize("name, channels, factors", [
+    ("smallnorb", 1, ("category", "instance", "elevation", "azimuth", "lighting")),
+    ("cars3d", 3, ("elevation", "azimuth", "object")),
+    ("celeba", 3, CELEBA_ATTRIBUTES),
+])
+def test_stage1_stage2_evaluate_on_every_file_dataset(real_files, tmp_path, name, channels, factors):
+    out = tmp_path / "run"
+    data = ["--set", f"data.name={name}", "--dataset-path", real_files[name]]
+    for setting in DATASET_SETTINGS[name]:
+        data += ["--set", setting]
+    assert cli("stage1", "--recipe", "tiny", "--out", out, *data) == 0
+    assert cli("stage2", "--recipe", "tiny", "--out", out, *data) == 0
+    assert cli("evaluate", "--checkpoint", out / "model", *FAST_EVAL) == 0  # reads the release's recipe.toml
+    config = CausalVQ.from_pretrained(out / "model").config
+    assert (config.in_channels, config.factor_names, config.num_actions) == (channels, factors, 2 * len(factors))
+    report = json.loads((out / "model" / "eval" / "eval.json").read_text())
+    assert report["dataset"] == name and report["factor_names"] == list(factors)
+    assert report["retrieval"]["num_pairs"] == 8 and report["intervention"][0]["num_pairs"] > 0
+    assert (out / "model" / "probe.json").is_file()
+
+
+def test_dataset_errors_are_one_line_and_write_nothing(real_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    (tmp_path / "empty").mkdir()
+    celeba = ["--set", "data.name=celeba", "--dataset-path", real_files["celeba"]]
+    cases = [
+        (["--set", "data.name=cars3d"], "data.name = 'cars3d' needs data.path (or --dataset-path) to the folder"),
+        (["--set", "data.name=cars3d", "--dataset-path", tmp_path / "nowhere"], "nowhere' does not exist"),
+        (["--set", "data.name=cars3d", "--dataset-path", real_files["cars3d"] / "car_001_mesh.mat"],
+         "cannot open 'cars3d' from"),
+        (["--set", "data.name=smallnorb", "--dataset-path", tmp_path / "empty"], "-training-dat.mat"),
+        (["--set", "data.name=npz", "--dataset-path", real_files["cars3d"]], "not a file"),
+        ([*celeba, "--set", 'data.reader_options.attributes=["Smile"]'], "not found: ['Smile']"),
+        ([*celeba, "--set", "data.reader_options.colour=1"], "data.reader_options {'colour': 1} are not accepted"),
+        (["--set", "data.reader_options.crop=100"], "data.path, which is not set"),
+        (["--set", "data.name=mnist"], "data.name must be one of"),
+    ]
+    for extra, words in cases:
+        assert cli("stage1", "--recipe", "tiny", "--out", out, *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, (extra, err)
+    assert snapshot(out) == before

@@ -10,6 +10,7 @@ Examples::
     python -m train probe --checkpoint assets/causalvq-shapes3d        # add a factor probe to a release
     torchrun --nproc_per_node 2 -m train stage1 --recipe cpu --out runs/ddp
     python -m train all --recipe paper --dataset-path 3dshapes.h5 --push-to-hub me/ctvae-shapes3d
+    python -m train all --recipe cpu --set data.name=cars3d --dataset-path cars/      # any dataset: docs/data.md
 
 Exit status: 0 on success, 2 for a problem stated in one line on stderr (bad recipe, missing file, earlier
 results without --resume, unwritable folder, a full disk, diverged loss).
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto picks CUDA when available")
     common.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     common.add_argument("--dataset-path", default=None,
-                        help="a real dataset file (3dshapes.h5, the dSprites .npz) instead of procedural renders")
+                        help="the real dataset file or folder (data.path): 3dshapes.h5, the dSprites .npz, your .npz, "
+                             "the SmallNORB, Cars3D or CelebA folder (with --set data.name=...)")
     common.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
                         help="upload the resulting release folder to this Hugging Face Hub repo")
     common.add_argument("--threads", type=int, default=None,

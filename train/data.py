@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from causalvq.data import FactorDataset, load_dataset, render_images
+from causalvq.data import EXPECTED_PATH, PROCEDURAL, CelebA, FactorDataset, load_dataset, render_images
 from causalvq.data.pairs import TransitionSampler
 from causalvq.model import CausalVQ
 from train.checkpoint import read_tensor_file, save_tensor_file
@@ -28,25 +28,36 @@ CODE_POOL_TAG = 0x5EED  # the stage-2 pool's generator: [seed, 2, CODE_POOL_TAG]
 
 
 def open_dataset(data: DataRecipe) -> FactorDataset:
-    """The dataset a recipe names: the real file at ``data.path`` or the procedural renderer.
+    """The dataset a recipe names, as a factor grid: the real file or folder at ``data.path`` read with
+    ``data.reader_options``, or the procedural renderer with ``data.render_options`` (shapes3d, dsprites).
+
+    CelebA comes as its grid of attribute vectors (``CelebA.attribute_grid()``): each rendered row is one of the
+    people who have those attributes, so the two images of a pair are different people, and the splits divide
+    attribute vectors, not the official partition (``causalvq.data.celeba.CelebAAttributeGrid``).
 
     Raises:
-        FileNotFoundError: ``data.path`` does not exist.
-        RecipeError: unknown dataset name or render option.
+        FileNotFoundError: ``data.path``, or a file the reader needs inside it, does not exist.
+        RecipeError: a dataset that needs ``data.path`` has none; an option its reader or renderer does not take
+            or a bad option value; a path of the wrong kind (a file where a folder is read, or the reverse); a
+            malformed file; a missing optional dependency. The message names the dataset, the path and the problem.
     """
-    if data.path and not Path(data.path).is_file():
-        raise FileNotFoundError(f"dataset file {data.path!r} does not exist (data.path / --dataset-path)")
+    if data.path and not Path(data.path).exists():
+        raise FileNotFoundError(f"dataset path {data.path!r} does not exist (data.path / --dataset-path)")
+    if not data.path and data.name not in PROCEDURAL:
+        raise RecipeError(f"data.name = {data.name!r} needs data.path (or --dataset-path) to "
+                          f"{EXPECTED_PATH[data.name]}; nothing is downloaded")
+    key, options = ("data.reader_options", data.reader_options) if data.path else \
+        ("data.render_options", data.render_options)
+    where = f"{data.name!r} from {data.path!r}" if data.path else f"the procedural {data.name!r}"
     try:
-        if data.path:
-            return load_dataset(data.name, path=data.path)
-        return load_dataset(data.name, **data.render_options)
+        dataset = load_dataset(data.name, path=data.path or None, **options)
     except TypeError as err:
-        raise RecipeError(f"data.render_options {data.render_options} are not accepted by the {data.name!r} "
-                          f"renderer: {err}") from err
+        raise RecipeError(f"{key} {options} are not accepted when opening {where}: {err}") from err
+    except ImportError as err:
+        raise RecipeError(f"cannot open {where}: {err}") from err
     except ValueError as err:
-        if "unknown dataset" in str(err):
-            raise RecipeError(f"data.name: {err}") from err
-        raise
+        raise RecipeError(f"cannot open {where} ({key} = {options}): {err}") from err
+    return dataset.attribute_grid() if isinstance(dataset, CelebA) else dataset
 
 
 def make_sampler(dataset: FactorDataset, data: DataRecipe, split: str) -> TransitionSampler:

@@ -4,15 +4,16 @@ A recipe has a top-level ``seed`` and five sections::
 
     seed = 0
     [model]   # causalvq.config.ModelConfig fields (unknown keys fail); in_channels / factor_* come from the data
-    [data]    # dataset, split and imbalance options of the TransitionSampler
+    [data]    # dataset (name, path, reader or renderer options), split and imbalance options of the sampler
     [stage1]  # image model: steps, batch size, learning rate and its decay
     [stage2]  # causal-transition layer on pre-computed codes: the same, plus pool size and mode ratio
     [eval]    # evaluation sample sizes
 
 Built-in recipes live next to this file (``train/recipes/<name>.toml``): ``tiny`` (seconds, for tests), ``cpu``
-(the small CPU model of paper §13.4) and ``paper`` (the official Shapes3D settings). Unknown sections or keys and
-ill-typed values raise ``RecipeError`` naming the key and the file. Step counts are per process: under torchrun
-each of the ``world_size`` processes draws its own ``batch_size`` samples per step.
+(the small CPU model of paper §13.4), ``cpu_dsprites`` (64-px dSprites on the CPU) and ``paper`` (the official
+Shapes3D settings). Unknown sections or keys and ill-typed values raise ``RecipeError`` naming the key and the
+file. Step counts are per process: under torchrun each of the ``world_size`` processes draws its own
+``batch_size`` samples per step.
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ class RecipeError(ValueError):
 class DataRecipe:
     """Which dataset, and how the TransitionSampler draws from it (``causalvq.data.pairs``)."""
 
-    name: str = "shapes3d"  # causalvq.data.load_dataset name: shapes3d, dsprites or npz
-    path: str = ""  # a real data file (3dshapes.h5, the dSprites .npz); "" renders the procedural set
-    render_options: dict[str, Any] = field(default_factory=dict)  # procedural renderer options (when path = ""),
-    # e.g. {image_size = 32, supersample = 1}: render at the model's size instead of 64 px
+    name: str = "shapes3d"  # causalvq.data.load_dataset name: shapes3d, dsprites, npz, smallnorb, cars3d, celeba
+    path: str = ""  # a real data file or folder (3dshapes.h5, the dSprites .npz, your .npz, the SmallNORB folder or
+    # a -dat.mat, the Cars3D folder, the CelebA folder); "" renders the procedural set (shapes3d, dsprites only)
+    render_options: dict[str, Any] = field(default_factory=dict)  # procedural renderer options, used only when
+    # path = "", e.g. {image_size = 32, supersample = 1}: render at the model's size instead of 64 px
+    reader_options: dict[str, Any] = field(default_factory=dict)  # options of the reader of `path`, e.g.
+    # {in_memory = true} (3dshapes.h5), {image_size = 64} (cars3d), {attributes = [...], crop = 148} (celeba)
     split_seed: int = 0  # which grid points are train / val / test
     fractions: tuple[float, ...] = (0.7, 0.15, 0.15)  # train / val / test shares of the factor grid
     value_weights: Any = "uniform"  # skew of x's factor values: "uniform", "zipf", a Zipf exponent or a table
@@ -71,6 +75,9 @@ class DataRecipe:
             raise ValueError(f"data.prefetch must be >= 0, got {self.prefetch}")
         if self.name not in DATASETS:
             raise ValueError(f"data.name must be one of {', '.join(DATASETS)}, got {self.name!r}")
+        if self.reader_options and not self.path:
+            raise ValueError(f"data.reader_options {self.reader_options} are options of the reader of data.path, "
+                             "which is not set (procedural renders take data.render_options)")
         fr = self.fractions  # "not <=" also catches NaN, which passes every comparison
         if len(fr) != 3 or any(not 0 <= f <= 1 for f in fr) or not abs(sum(fr) - 1) <= 1e-6:
             raise ValueError(f"data.fractions must be three non-negative shares summing to 1, got {self.fractions}")
