@@ -10,8 +10,8 @@ SHAPES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"
 
 
 def test_builtin_recipes_load_and_round_trip():
-    assert {"tiny", "cpu", "paper"} <= set(builtin_recipes())
-    for name in ("tiny", "cpu", "paper"):
+    assert {"tiny", "cpu", "cpu_dsprites", "paper"} <= set(builtin_recipes())
+    for name in ("tiny", "cpu", "cpu_dsprites", "paper"):
         recipe = load_recipe(name)
         again = recipe_from_toml(recipe.to_toml())
         assert recipe.differences(again) == []
@@ -42,6 +42,40 @@ def test_paper_recipe_matches_the_paper():
     from causalvq.config import ModelConfig
 
     assert config == ModelConfig.paper_shapes3d().replace(beta=0.25)
+
+
+def test_cpu_dsprites_recipe_builds_a_64px_greyscale_model_on_an_8x8_grid():
+    """The recipe's data section renders procedural dSprites at 64 px, one channel; the model it builds reads them
+    into an 8×8 grid of 64 nodes, with the dataset's five factors and ten actions (no training)."""
+    import numpy as np
+
+    from causalvq.data import render_images
+    from causalvq.data.dsprites import FACTOR_NAMES, FACTOR_SIZES
+    from causalvq.model import CausalVQ
+    from train.data import open_dataset
+
+    recipe = load_recipe("cpu_dsprites")
+    dataset = open_dataset(recipe.data)
+    assert (dataset.name, dataset.image_shape, dataset.factor_names, dataset.factor_sizes) == (
+        "dsprites", (64, 64, 1), FACTOR_NAMES, FACTOR_SIZES)
+    config = recipe.model_config(dataset.image_shape, dataset.factor_names, dataset.factor_sizes)
+    assert (config.factor_names, config.factor_sizes, config.num_actions) == (FACTOR_NAMES, FACTOR_SIZES, 10)
+    assert (config.image_size, config.in_channels, config.hidden_dims, config.grid_size, config.num_nodes) == (
+        64, 1, (32, 64, 64), 8, 64)
+    assert (config.codebook_size, config.graph_width) == (64, 96)
+    assert (config.change_weight, config.mask_weight, config.mask_hidden, config.edge_weight, config.delta) == (
+        1.0, 5.0, 64, 0.001, 0.0)
+    assert (recipe.stage1.steps, recipe.stage2.steps) == (10000, 12000)
+    x = render_images(dataset, dataset.sample_factors(2, np.random.default_rng(0)), config.image_size)
+    assert x.shape == (2, 1, 64, 64) and 0 <= float(x.min()) < float(x.max()) <= 1
+    assert CausalVQ(config).encode_codes(x).shape == (2, 1, 8, 8)
+
+
+def test_reader_options_need_a_path():
+    recipe = load_recipe("tiny", ["data.name=celeba", "data.path=celeba/", 'data.reader_options.attributes=["Bald"]'])
+    assert recipe.data.reader_options == {"attributes": ["Bald"]}
+    with pytest.raises(RecipeError, match="data.reader_options .* data.path, which is not set"):
+        load_recipe("tiny", ["data.reader_options.crop=100"])
 
 
 def test_overrides_are_typed_and_dotted():
