@@ -160,38 +160,60 @@ class DenseGATv2(nn.Module):
             `(b, n, k·out)` (all heads when ``heads`` is None), heads concatenated.
         """
         xs, xt, root = x if isinstance(x, NodeTerms) else self.project(x, heads)  # (b / r, n, h, c) each
-        n = xs.shape[1]
-        if heads is None:
-            e, att = self.lin_edge, self.att[None]
-            bias = rearrange(self.bias, "(h c) -> 1 h c", h=self.heads)
-        else:
-            pick = lambda t: t.index_select(0, heads.flatten()).unflatten(0, heads.shape)  # noqa: E731
-            e, att = pick(self.lin_edge), pick(self.att)  # (b, k, c)
-            bias = pick(rearrange(self.bias, "(h c) -> h c", h=self.heads))
-
         if edges is None:  # identity graph: every node attends to itself only, with weight 1
-            out = xs + bias[:, None]
+            out = xs + self._picked(heads)[2][:, None]
             return rearrange(out if root is None else out + root, "b n h c -> b n (h c)")
-        copies = weights.shape[0] // xs.shape[0]  # graphs per grid of node terms
-        eye = torch.eye(n, dtype=torch.bool, device=xs.device)
+        w, edges = self.with_self_loops(weights, edges)
+        return self.attend_rows(xt, xs, root, w, edges, heads, gate)
+
+    def _picked(self, heads: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The edge projection, attention vector and bias of the heads used: `(1, h, c)` each for all heads,
+        `(b, k, c)` for ``heads (b, k)``."""
+        if heads is None:
+            return self.lin_edge[None], self.att[None], rearrange(self.bias, "(h c) -> 1 h c", h=self.heads)
+        pick = lambda t: t.index_select(0, heads.flatten()).unflatten(0, heads.shape)  # noqa: E731
+        return pick(self.lin_edge), pick(self.att), pick(rearrange(self.bias, "(h c) -> h c", h=self.heads))
+
+    @staticmethod
+    def with_self_loops(weights: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target-major edge weights and edges `(b, n, n)` (entry [i, j] is the edge j → i) of a graph given
+        source-major, its self-loops replaced by one per node weighted by the mean weight of its incoming edges."""
+        n = weights.shape[-1]
+        eye = torch.eye(n, dtype=torch.bool, device=weights.device)
         edges = edges & ~eye  # (b, n, n) without self-loops
         w = weights * edges
         loop_w = w.sum(1) / edges.sum(1).clamp_min(1)  # (b, n): mean incoming weight
         w = torch.where(eye, torch.diag_embed(loop_w), w)
-        edges = edges | eye
+        return w.transpose(1, 2), (edges | eye).transpose(1, 2)
+
+    def attend_rows(self, xt: torch.Tensor, xs: torch.Tensor, root: torch.Tensor | None, w: torch.Tensor,
+                    edges: torch.Tensor, heads: torch.Tensor | None = None, gate: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """The attention of ``t`` targets over ``s`` sources: the layer's output at the targets.
+
+        Args:
+            xt, root: `(b / r, t, h, c)` target and root terms of the targets (root may be None).
+            xs: `(b / r, s, h, c)` source terms; each grid of terms serves r consecutive graphs.
+            w, edges: `(b, t, s)` target-major edge weights and edges, self-loops included (``with_self_loops``,
+                or rows of its output: a subset of the targets gives their rows of the whole layer's output).
+            heads, gate: as in ``forward`` (a gate needs t = s).
+
+        Returns:
+            `(b, t, k·out)`.
+        """
+        e, att, bias = self._picked(heads)
+        copies = w.shape[0] // xs.shape[0]  # graphs per grid of node terms
         if gate is None and fused_attention_available(xs):  # evaluation: logits, softmax and sum in one pass
-            out = attend(xt, xs, att, w.transpose(1, 2), e, edges.transpose(1, 2), bias, slope=0.2)  # (b, n, h, c)
+            out = attend(xt, xs, att, w, e, edges, bias, slope=0.2)  # (b, t, h, c)
             if root is not None:
                 out = (out.unflatten(0, (-1, copies)) + root[:, None]).flatten(0, 1)
             return out.flatten(2)
         xs, xt, root = NodeTerms(xs, xt, root).repeat_interleave(copies)
         # attention of target i over source j: logits use the weight of edge j → i
-        # (b, n_tgt, n_src, h): -inf off the graph, or every pair scored when the graph gates the attention
-        logits = pairwise_score(xt, xs, att, w.transpose(1, 2), e, slope=0.2,
-                                mask=edges.transpose(1, 2) if gate is None else None)
-        logits = logits.permute(0, 3, 1, 2)  # (b, h, n_tgt, n_src); contiguous from the kernel
-        alpha = logits.softmax(-1) if gate is None else gated_softmax(logits, edges.transpose(1, 2),
-                                                                      gate.transpose(1, 2))
-        out = (alpha @ xs.transpose(1, 2)).add_(bias[:, :, None])  # (b, h, n, c)
-        out = out.transpose(1, 2) if root is None else root + out.transpose(1, 2)  # (b, n, h, c)
+        # (b, t, s, h): -inf off the graph, or every pair scored when the graph gates the attention
+        logits = pairwise_score(xt, xs, att, w, e, slope=0.2, mask=edges if gate is None else None)
+        logits = logits.permute(0, 3, 1, 2)  # (b, h, t, s); contiguous from the kernel
+        alpha = logits.softmax(-1) if gate is None else gated_softmax(logits, edges, gate.transpose(1, 2))
+        out = (alpha @ xs.transpose(1, 2)).add_(bias[:, :, None])  # (b, h, t, c)
+        out = out.transpose(1, 2) if root is None else root + out.transpose(1, 2)  # (b, t, h, c)
         return rearrange(out, "b n h c -> b n (h c)")

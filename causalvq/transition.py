@@ -26,7 +26,8 @@ skipped (exact: m ≡ 0).
 ``sample_graph`` (Gr), ``graph_network`` (H) and ``blend_heads`` (ŷ). The exact rewrites that make it fast live
 behind those names: ``project_nodes`` (a linear map of a one-hot code is a column gather), ``intervention_probs``
 (the one-hot action selects a weight column), ``edges`` (without gradients only the rewired pairs are scored)
-and ``copies`` (one set of node terms for the A graphs of a retrieval).
+and ``copies`` (one set of node terms for the A graphs of a retrieval; without gradients, ``_shared_passes``
+recomputes per action only the rows its intervention changes).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class CausalTransition(nn.Module):
 
     def node_features(self, codes: torch.Tensor) -> NodeFeatures:
         """Codes `(b, n)` → one-hot X `(b, n, v)` and P = X + drop(PE) [official: drop(X + PE)]."""
-        X = F.one_hot(codes, self.config.codebook_size).float()  # (b, n, v)
+        X = F.one_hot(codes, self.config.codebook_size).to(self.pe.dtype)  # (b, n, v)
         if self.config.dropout_on_codes:
             return NodeFeatures(X, self.dropout(X + self.pe), codes, None)
         pe = self.dropped_positional(X.shape[0])
@@ -196,6 +197,8 @@ class CausalTransition(nn.Module):
         terms = self.project_nodes(nodes)  # first-layer node terms: the same for every graph over these nodes
         if identity_graph and action is None:
             return self._identity_pass(terms)
+        if copies > 1 and not sample and not identity_graph and action is not None and not torch.is_grad_enabled():
+            return self._shared_passes(nodes, terms, action, copies)
         C, m, p = self.edges(nodes, action, sample, copies)  # (b, n, n), (b, n), (b, n)
         graph = self.sample_graph(C, sample, identity_graph)  # Gr (b, n, n)
         H = self.graph_network(terms, C, graph, m, action, copies)  # (b, n, k, v), the heads used
@@ -236,10 +239,66 @@ class CausalTransition(nn.Module):
         """Append the action node (index n): it sends an edge of weight m_i to every intervened node i. Returns
         the node terms, the weighted graph and the sampled graph over the n + 1 nodes."""
         n = m.shape[1]
-        a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).float())  # (b, v)
+        a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).to(m.dtype))  # (b, v)
         terms = terms.repeat_interleave(copies).cat(self.gat1.project(a_node[:, None]))  # (b, n + 1, ...)
         append = lambda t: torch.cat([F.pad(t, (0, 1, 0, 1))[:, :n], F.pad(m, (0, 1))[:, None]], 1)  # noqa: E731
         return terms, append(W), append(graph)  # (b, n + 1, n + 1) each
+
+    def _shared_passes(self, nodes: NodeFeatures, terms: NodeTerms, action: torch.Tensor, copies: int
+                       ) -> TransitionOutput:
+        """``forward`` with ``copies`` deterministic action passes per grid and no gradient, computing once per grid
+        what the passes share (exact up to float rounding).
+
+        A pass differs from the grid's no-action pass only at the targets whose in-edges it rewires (the intervened
+        nodes, with ``intervention_edges="incoming"``) and the action node: only those rows of the first graph
+        layer are recomputed. The second layer's output changes there and at their children; every other node's
+        logits are the no-action pass's head 0, which is all the blend reads where m = 0. With a sparse mask and a
+        sparse graph a pass costs a few rows instead of every node; with a full mask it does the dense work.
+        """
+        n = nodes.codes.shape[1]
+        C, m, p = self.edges(nodes, action, False, copies)  # (b·r, n, n), (b·r, n), (b·r, n)
+        graph = self.sample_graph(C, False)  # (b·r, n, n)
+        C0 = self.discoverers(nodes.features, 0)  # (b, n, n): the no-action graph, once per grid
+        G0 = self.sample_graph(C0, False)
+        w0, e0 = self.gat1.with_self_loops(C0 * G0, G0 > 0)  # (b, n, n) target-major
+        hidden0 = F.leaky_relu(self.gat1.attend_rows(terms.tgt, terms.src, terms.root, w0, e0))  # (b, n, (A + 1)·G)
+        terms_r, W, _ = (terms.repeat_interleave(copies), C * graph, graph) if self.action_embedding is None else \
+            self._with_action_node(terms, C * graph, graph, m, action, copies)
+        w, e = self.gat1.with_self_loops(W, W > 0)  # (b·r, N, N) target-major, N = n (+ 1 action node)
+        N = w.shape[1]
+        pad = lambda t: F.pad(t, (0, N - n)).repeat_interleave(copies, 0)  # noqa: E731  (b·r, n, N)
+        # first layer: the targets whose in-edges differ from the no-action pass, and the action node
+        rewired = (w[:, :n] != pad(w0)).any(-1) | (e[:, :n] != pad(e0)).any(-1)  # (b·r, n)
+        rows1 = F.pad(rewired, (0, N - n), value=True)  # (b·r, N)
+        idx1 = _row_index(rows1)  # (b·r, R1)
+        gather = lambda t, idx: t.gather(1, idx.view(*idx.shape, *[1] * (t.dim() - 2)).expand(  # noqa: E731
+            *idx.shape, *t.shape[2:]))
+        h_rows = F.leaky_relu(self.gat1.attend_rows(gather(terms_r.tgt, idx1), terms_r.src,
+                                                    None if terms_r.root is None else gather(terms_r.root, idx1),
+                                                    gather(w, idx1), gather(e, idx1)))  # (b·r, R1, (A + 1)·G)
+        hidden = F.pad(hidden0, (0, 0, 0, N - n)).repeat_interleave(copies, 0)
+        hidden.scatter_(1, idx1[..., None].expand_as(h_rows), h_rows)
+        # second layer: the heads "unchanged" and "intervened by a"; sources' terms from the shared rows
+        heads = torch.stack([torch.zeros_like(action), action + 1], 1)  # (b·r, 2)
+        v = self.config.codebook_size
+        src_all = rearrange(F.linear(hidden0, self.gat2.lin_src.weight, self.gat2.lin_src.bias),
+                            "b n (h c) -> b n h c", h=self.gat2.heads)  # (b, n, A + 1, v), every head once
+        src = src_all.repeat_interleave(copies, 0).gather(2, heads[:, None, :, None].expand(-1, n, -1, v))
+        src = F.pad(src, (0, 0, 0, 0, 0, N - n))  # (b·r, N, 2, v)
+        src_rows = self.gat2.project(gather(hidden, idx1), heads).src  # (b·r, R1, 2, v)
+        src.scatter_(1, idx1[..., None, None].expand_as(src_rows), src_rows)
+        # rows whose output changes (rewired, or fed by a changed row) and the intervened ones (head a + 1)
+        changed = rows1[:, :n] | (e[:, :n] & rows1[:, None, :]).any(-1) | (m > 0)  # (b·r, n)
+        idx2 = _row_index(changed)  # (b·r, R2)
+        t_rows = self.gat2.project(gather(hidden, idx2), heads)
+        out_rows = self.gat2.attend_rows(t_rows.tgt, src, t_rows.root, gather(w, idx2), gather(e, idx2), heads)
+        zero = torch.zeros(hidden0.shape[0], 1, dtype=torch.long, device=hidden0.device)
+        t0 = self.gat2.project(hidden0, zero)
+        out0 = self.gat2.attend_rows(t0.tgt, t0.src, t0.root, w0, e0, zero)  # (b, n, v): the no-action pass
+        H = repeat(out0, "b n v -> (b r) n k v", r=copies, k=2).contiguous()  # head a + 1 unused where m = 0
+        H.scatter_(1, idx2[..., None, None].expand(-1, -1, 2, v), out_rows.unflatten(-1, (2, v)))
+        return TransitionOutput(probs=self.blend_heads(H, m).softmax(-1), mask=m, mask_probs=p, edge_probs=C,
+                                graph=graph, head_logits=H)
 
     def blend_heads(self, H: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Logits of ŷ `(b, n, v)`: (1 − m)·H[head 0] + m·H[head a + 1] from the heads used ``H (b, n, k, v)``."""
@@ -258,3 +317,13 @@ class CausalTransition(nn.Module):
         out = self.gat2(hidden, None, None, heads=heads).unflatten(-1, (1, self.config.codebook_size))  # (b, n, 1, v)
         return TransitionOutput(probs=out[:, :, 0].softmax(-1), mask=zero, mask_probs=zero, edge_probs=eye,
                                 graph=eye, head_logits=out)
+
+
+def _row_index(rows: torch.Tensor) -> torch.Tensor:
+    """Indices `(b, R)` of the True entries of ``rows (b, n)``, R the largest count in the batch; shorter rows
+    are padded with their last True index (or 0), so computing and scattering a padded row repeats a true one."""
+    count = int(rows.sum(1).max().clamp_min(1))
+    order = torch.argsort((~rows).to(torch.int8), dim=1, stable=True)[:, :count]  # True entries first
+    first = order[:, :1]
+    valid = torch.arange(count, device=rows.device) < rows.sum(1, keepdim=True)
+    return torch.where(valid, order, first)
