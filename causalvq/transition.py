@@ -253,11 +253,16 @@ class CausalTransition(nn.Module):
         nodes, with ``intervention_edges="incoming"``) and the action node: only those rows of the first graph
         layer are recomputed. The second layer's output changes there and at their children; every other node's
         logits are the no-action pass's head 0, which is all the blend reads where m = 0. With a sparse mask and a
-        sparse graph a pass costs a few rows instead of every node; with a full mask it does the dense work.
+        sparse graph a pass costs a few rows instead of every node. When a pass intervenes on more than half the
+        nodes, the passes run dense (the row bookkeeping would cost more than it saves).
         """
         n = nodes.codes.shape[1]
         C, m, p = self.edges(nodes, action, False, copies)  # (b·r, n, n), (b·r, n), (b·r, n)
         graph = self.sample_graph(C, False)  # (b·r, n, n)
+        if m.sum(1).max() > n // 2:  # a pass rewires most rows: the dense passes cost less than the bookkeeping
+            H = self.graph_network(terms, C, graph, m, action, copies)
+            return TransitionOutput(probs=self.blend_heads(H, m).softmax(-1), mask=m, mask_probs=p, edge_probs=C,
+                                    graph=graph, head_logits=H)
         C0 = self.discoverers(nodes.features, 0)  # (b, n, n): the no-action graph, once per grid
         G0 = self.sample_graph(C0, False)
         w0, e0 = self.gat1.with_self_loops(C0 * G0, G0 > 0)  # (b, n, n) target-major
