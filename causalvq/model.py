@@ -291,12 +291,14 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         reg = cfg.alpha * (losses.code_cross_entropy(ident.probs, nodes, r) + losses.identity_graph_mse(out.graph))
         return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes))
 
-    def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor) -> TransitionLosses:
-        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + δ·‖Gr‖_F + ε·‖v‖₂ + μ·BCE(p, c^x ≠ c^y) + κ·E[in-degree]]
+    def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor,
+                          structure: float = 1.0) -> TransitionLosses:
+        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + s·δ·‖Gr‖_F + ε·‖v‖₂ + μ·BCE(p, c^x ≠ c^y) + s·κ·E[in-degree]]
         (μ: B21, κ: B23; both 0 in the official loss).
 
         With ``change_weight`` λ > 0 the CE inside the loss weights the nodes that change by 1 + λ (B20); ``ce``
-        still reports the plain mean CE.
+        still reports the plain mean CE. ``structure`` s scales the two prices of edges, δ and κ (B25: the trainer's
+        schedule, ``Stage2Recipe.structure_scale``; 1 is the loss as written).
         """
         cfg = self.config
         nodes_x, nodes_y = self.flatten_codes(codes_x), self.flatten_codes(codes_y)
@@ -306,12 +308,12 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         fit = ce if cfg.change_weight == 0 else losses.change_weighted_cross_entropy(out.probs, nodes_y, nodes_x,
                                                                                      cfg.change_weight,
                                                                                      cfg.renormalised_ce)
-        reg = (cfg.c_beta * losses.kl_to_noise(out.edge_probs) + cfg.delta * losses.graph_size(out.graph)
+        reg = (cfg.c_beta * losses.kl_to_noise(out.edge_probs) + structure * cfg.delta * losses.graph_size(out.graph)
                + cfg.epsilon * losses.empty_row_penalty(out.edge_probs))
         if cfg.mask_weight > 0:  # B21: the mask learns which nodes the step changes
             reg = reg + cfg.mask_weight * losses.mask_supervision(out.mask_probs, nodes_x, nodes_y)
-        if cfg.edge_weight > 0:  # B23: a constant price per expected edge
-            reg = reg + cfg.edge_weight * losses.expected_in_degree(out.edge_probs)
+        if cfg.edge_weight > 0 and structure > 0:  # B23: a price per expected edge
+            reg = reg + structure * cfg.edge_weight * losses.expected_in_degree(out.edge_probs)
         return TransitionLosses(loss=cfg.gamma * (fit + reg), ce=ce, regularizer=reg,
                                 accuracy=_accuracy(out, nodes_y))
 

@@ -50,6 +50,41 @@ def test_transition_loss_includes_the_mask_term_only_when_weighted() -> None:
     assert weighted - base == pytest.approx(expected, rel=1e-4)
 
 
+def test_structure_scale_multiplies_the_prices_of_edges_only() -> None:
+    """B25: ``structure`` s scales δ·‖Gr‖_F and κ·E[in-degree] and nothing else; s = 0 removes them."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(positional_dropout=0.0, delta=0.3, edge_weight=0.2, mask_weight=1.0)
+    model = CausalVQ(cfg)
+    k, h = cfg.num_codebooks, cfg.grid_size
+    cx = torch.randint(0, 8, (4, k, h, h))
+    cy = torch.randint(0, 8, (4, k, h, h))
+    a = torch.tensor([0, 1, 2, 3])
+
+    def run(s: float):
+        torch.manual_seed(1)
+        return model.transition_losses(cx, cy, a, structure=s)
+
+    full, half, off = run(1.0), run(0.5), run(0.0)
+    torch.manual_seed(1)
+    out = model.transition(model.flatten_codes(cx), a, sample=True)
+    prices = float(cfg.delta * losses.graph_size(out.graph) + cfg.edge_weight * losses.expected_in_degree(out.edge_probs))
+    assert prices > 0
+    assert float(full.regularizer - off.regularizer) == pytest.approx(prices, rel=1e-5)
+    assert float(full.regularizer - half.regularizer) == pytest.approx(prices / 2, rel=1e-5)
+    assert float(full.ce) == float(off.ce)  # the same draws: only the prices moved
+
+
+def test_structure_schedule_of_the_stage2_recipe() -> None:
+    from train.recipes import Stage2Recipe
+
+    ramp = Stage2Recipe(structure_start=10, structure_ramp=4)
+    assert [ramp.structure_scale(t) for t in (0, 9, 10, 11, 12, 13, 14, 1000)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert [Stage2Recipe(structure_start=3).structure_scale(t) for t in (2, 3)] == [0, 1]
+    assert Stage2Recipe().structure_scale(0) == 1.0  # default: the paper's loss from the first step
+    with pytest.raises(ValueError, match="structure_start"):
+        Stage2Recipe(structure_start=-1)
+
+
 def test_config_checks_the_mask_fields() -> None:
     with pytest.raises(ValueError, match="mask_weight"):
         ModelConfig.tiny(mask_weight=-1.0)

@@ -79,7 +79,7 @@ class StageSpec:
     settings: StageRecipe  # the [stageN] section
     parameters: list[nn.Parameter]  # what the optimiser updates
     draw: Callable[[np.random.Generator, np.random.Generator], Any]  # (shared, local) -> a CPU batch
-    step: Callable[[Objective, Any], StepResult]  # (objective, batch) -> losses
+    step: Callable[[Objective, Any, int], StepResult]  # (objective, batch, step index) -> losses
     digest: Callable[[Any], str]  # short hash of a batch (to check that ranks draw different data)
     find_unused_parameters: bool = False  # DDP: some steps leave some parameters unused (stage 2's uses)
 
@@ -164,7 +164,7 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
         for step, batch in enumerate(data, start):
             torch.manual_seed(step_torch_seed(recipe.seed, stage, step, ctx.rank))
             optimizer.zero_grad(set_to_none=True)
-            result = spec.step(objective, batch)
+            result = spec.step(objective, batch, step)
             loss = distributed.all_mean(ctx, result.loss.detach()).item()
             if not np.isfinite(loss):
                 raise TrainingError(

@@ -131,13 +131,29 @@ class Stage2Recipe(StageRecipe):
     mode_ratio: tuple[float, ...] = (1.0, 1.0, 1.0)  # base : action : retrieval batches (official ≈ 7:1:1)
     encode_batch_size: int = 256  # images per forward pass when pre-computing the codes
     retrieval_batch_size: int = 0  # pairs per retrieval batch (each scored against all A actions); 0: batch_size
+    # B25: the prices of edges (δ, κ) are off before step structure_start, then rise linearly to their full value
+    # over structure_ramp steps: the graph network first learns which neighbours help, then pays for its edges.
+    # 0 and 0 (the default): full prices from the first step, as the paper's loss.
+    structure_start: int = 0
+    structure_ramp: int = 0
 
     _section = "stage2"
+
+    def structure_scale(self, step: int) -> float:
+        """The factor on δ and κ at ``step`` (B25): 0 before ``structure_start``, 1 after the ramp."""
+        if step < self.structure_start:
+            return 0.0
+        if self.structure_ramp == 0:
+            return 1.0
+        return min(1.0, (step - self.structure_start + 1) / self.structure_ramp)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.retrieval_batch_size < 0:
             raise ValueError(f"stage2.retrieval_batch_size must be >= 0, got {self.retrieval_batch_size}")
+        if self.structure_start < 0 or self.structure_ramp < 0:
+            raise ValueError(f"stage2.structure_start and stage2.structure_ramp must be >= 0, got "
+                             f"{self.structure_start}, {self.structure_ramp}")
         if self.num_pairs < 1 or self.encode_batch_size < 1:
             raise ValueError(f"stage2.num_pairs and stage2.encode_batch_size must be >= 1, got "
                              f"{self.num_pairs}, {self.encode_batch_size}")

@@ -51,7 +51,7 @@ def stage1_spec(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSamp
         factors = sampler.sample_images(settings.batch_size, local)  # (b, f)
         return ImageBatch(factors=factors, images=render_images(dataset, factors, size))
 
-    def step(objective: Objective, batch: ImageBatch) -> StepResult:
+    def step(objective: Objective, batch: ImageBatch, index: int) -> StepResult:
         x = batch.images.to(model.device, non_blocking=True)  # (b, c, S, S)
         out = objective(lambda m: m.image_losses(x))
         parts = {"recon": out.recon, "vq": out.vq, "perplexity": out.perplexity, "usage": out.usage}
@@ -104,7 +104,7 @@ def stage2_spec(model: CausalVQ, pool: CodePool, settings: Stage2Recipe) -> Stag
         size = (settings.retrieval_batch_size or b) if use == "retrieval" else b
         return CodeBatch(use=use, index=local.integers(0, len(images) if use == "base" else len(pool), size))
 
-    def step(objective: Objective, batch: CodeBatch) -> StepResult:
+    def step(objective: Objective, batch: CodeBatch, index: int) -> StepResult:
         i = torch.from_numpy(batch.index).to(device)
         if batch.use == "base":
             cx = images[i].long()
@@ -112,7 +112,7 @@ def stage2_spec(model: CausalVQ, pool: CodePool, settings: Stage2Recipe) -> Stag
         else:
             cx, cy, a = codes_x[i].long(), codes_y[i].long(), actions[i]
             if batch.use == "action":
-                out = objective(lambda m: m.transition_losses(cx, cy, a))
+                out = objective(lambda m: m.transition_losses(cx, cy, a, settings.structure_scale(index)))
             else:
                 out = objective(lambda m: m.retrieval_losses(cx, cy, a))
         parts = {f"{batch.use}/{f.name}": getattr(out, f.name) for f in fields(out)}
