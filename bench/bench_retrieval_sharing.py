@@ -3,6 +3,7 @@ per action, in the same process, on dataset pairs of a checkpoint.
 
     python bench/bench_retrieval_sharing.py                               # the shipped checkpoint
     python bench/bench_retrieval_sharing.py --checkpoint runs/x/model --pairs 32 --repeats 5
+    python bench/bench_retrieval_sharing.py --torch        # plain torch instead of the fused kernel
 
 Both paths score the A actions of one pair (deterministic, no gradients) and give the same scores (checked).
 "shared" is what ``CausalVQ.retrieve_action_codes`` runs (``CausalTransition._shared_passes``: the no-action pass
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from causalvq import kernels
 from causalvq.data import render_images
 from causalvq.data.pairs import TransitionSampler
 from causalvq.explore.checkpoints import SHIPPED_CHECKPOINT, find_dataset
@@ -44,8 +46,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--torch", action="store_true", help="plain torch (default: the fused kernel, as the app)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kernel = not args.torch and kernels.enable()
     model = CausalVQ.from_pretrained(args.checkpoint).eval()
     cfg = model.config
     dataset = find_dataset(cfg)
@@ -74,7 +78,7 @@ def main() -> None:
             rows.append(fed.sum(1).float().mean().item())
     med = lambda xs, j: statistics.median(x[j] for x in xs)  # noqa: E731
     print(f"checkpoint {args.checkpoint.name}: {args.pairs} test pairs, {A} actions, {cfg.num_nodes} nodes, "
-          f"{args.threads} thread(s)")
+          f"{args.threads} thread(s), {'fused kernel' if kernel else 'plain torch'}")
     print(f"mask size per action pass: {statistics.mean(sizes):.1f} nodes; intervened or fed by them: "
           f"{statistics.mean(rows):.1f} of {cfg.num_nodes}")
     for j, unit in ((0, "wall"), (1, "CPU")):
