@@ -46,7 +46,20 @@ NO_ACTION = -1
 GRAPH_OVER = ("all codes (average)", "this input")
 GRAPH_VIEWS = ("whole graph", "one node: parents and children")
 DEFAULT_TOP_K = 3  # parents drawn per node when the page opens (the caption says how many edges exist)
-LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True}
+# Page CSS: image labels sit above the picture (the picture shrinks to fit) instead of floating over its top-left
+# corner, where they hid a code-grid cell and the traversal grid's column headers; the example gallery's thumbnails
+# share the column's width (gradio's are 100 px each, which cut the 4th column) and its height follows them (it
+# cut the 2nd row).
+CSS = """
+.captioned [data-testid='block-label'].float { position: relative; top: 0; left: 0; margin-bottom: 4px; }
+.captioned .image-container { height: calc(100% - 30px); }
+#examples-gallery .grid-container.pt-6 { padding-top: 34px; }
+#examples-gallery .grid-wrap { min-height: 0 !important; max-height: none !important; overflow-y: hidden; }
+#examples-gallery .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; }
+#examples-gallery .gallery-item, #examples-gallery .thumbnail-item { width: 100%; height: auto; aspect-ratio: 1; }
+"""
+LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True, "css": CSS}
 LOG = logging.getLogger("causalvq.app")
 LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code changed. **Black corner**: the node was "
           "intervened on.")
@@ -601,7 +614,7 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
     h = Handlers(explorer, slots, choices)
     specs = widget_specs(explorer, slots)
     names = list(h.sources)  # the dropdown shows names, never a machine path
-    img = dict(format="png", interactive=False, height=256, buttons=["download"])
+    img = dict(format="png", interactive=False, height=256, buttons=["download"], elem_classes=["captioned"])
 
     # delete_cache: output images older than an hour are removed every hour (gradio keeps them all otherwise).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
@@ -615,30 +628,34 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                                      label="Checkpoint", interactive=len(names) > 1, scale=0, min_width=280)
 
         # --- 1 + 2: input, reconstruction, codes ---
-        with gr.Row():
+        with gr.Row(elem_id="panel-input"):
             with gr.Column(scale=1):
-                gr.Markdown("### 1. Input")
+                gr.Markdown("### 1. Input\nUpload an image, draw a dataset sample or click an example: every panel "
+                            "below works on this input.")
                 upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", height=130,
                                  elem_id="input-upload")
                 random_btn = gr.Button("Random dataset sample", **specs.random)
                 with gr.Accordion("Sample by factor values", open=False):
                     menus = [gr.Dropdown(interactive=True, **kw) for kw in specs.menus]
                     render_btn = gr.Button("Render these factors")
-                gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4, height=200,
+                gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4,
                                      allow_preview=False, buttons=[], elem_id="examples-gallery")
             with gr.Column(scale=2):
-                gr.Markdown("### 2. Reconstruction and codes")
+                gr.Markdown("### 2. Reconstruction and codes\nEach cell of the code grid is one causal node, "
+                            "numbered by its code. A reconstruction close to the input means the codes hold the "
+                            "picture; the line below says how far the input is from the training images.")
                 domain = gr.Markdown("Load an image.", elem_id="domain-notice")
                 with gr.Row():
-                    input_img = gr.Image(label="Input (as the model sees it)", **img)
+                    input_img = gr.Image(label="Input (as the model sees it)", elem_id="input-image", **img)
                     recon_img = gr.Image(label="Reconstruction", **img)
                 codes_img = gr.Image(label="Code indices (one panel per codebook)", **img)
 
         with gr.Tabs():
             # --- 3: atomic interventions ---
-            with gr.Tab("3. Atomic interventions"):
-                gr.Markdown("Slider *f* at *s* applies “*f* +” (s > 0) or “*f* −” (s < 0) |s| times; factors are "
-                            "composed in factor order, top to bottom. " + LEGEND)
+            with gr.Tab("3. Atomic interventions", elem_id="panel-interventions"):
+                gr.Markdown("Move a slider and compare the result with the ground truth beside it: a good model "
+                            "changes that factor only. Slider *f* at *s* applies “*f* +” (s > 0) or “*f* −” "
+                            "(s < 0) |s| times; factors are composed in factor order, top to bottom. " + LEGEND)
                 with gr.Row():
                     with gr.Column(scale=1):
                         sliders = [gr.Slider(step=1, elem_id=f"slider-{f}", **kw) for f, kw in enumerate(specs.sliders)]
@@ -652,9 +669,12 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                         result_grid = gr.Image(label="Codes after the interventions", **img)
 
             # --- 4: causal graph and hard interventions ---
-            with gr.Tab("4. Causal graph") as graph_tab:
+            with gr.Tab("4. Causal graph", elem_id="panel-graph") as graph_tab:
+                gr.Markdown("Which nodes feed which. Pick an action to see the nodes it intervenes on (red) and the "
+                            "in-edges it rewires; raise the threshold or lower top-k to keep the strongest edges. "
+                            "Below, set one node's code yourself and see what the graph passes on.")
                 with gr.Row():
-                    action_dd = gr.Dropdown(label="Action", **specs.action)
+                    action_dd = gr.Dropdown(label="Action", elem_id="graph-action", **specs.action)
                     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Edge threshold")
                     over = gr.Radio(list(GRAPH_OVER), value=GRAPH_OVER[0], label="Edge probabilities over")
                 with gr.Row():
@@ -663,7 +683,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     node_dd = gr.Dropdown(label="Node (parents and children; do())", **specs.node)
                 graph_md = gr.Markdown("", elem_id="graph-text")
                 with gr.Row():
-                    heat_plot = gr.Plot(label="Adjacency (row = source, column = target)", show_label=False)
+                    heat_plot = gr.Plot(label="Adjacency (row = source, column = target)", show_label=False,
+                                        elem_id="graph-plot")
                     net_plot = gr.Plot(label="Edges on the code grid (red: intervened nodes)", show_label=False)
                 ego_table = gr.Dataframe(headers=list(edges.EGO_COLUMNS), label="The node's parents and children",
                                          interactive=False, max_height=260, elem_id="ego-table")
@@ -672,7 +693,7 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                             "The codes are offered most frequent first: the ones this node takes in the dataset.")
                 with gr.Row():
                     code_dd = gr.Dropdown(label="Codebook entry", scale=3, **specs.code)
-                    do_btn = gr.Button("Apply do()", scale=1)
+                    do_btn = gr.Button("Apply do()", scale=1, elem_id="do-button")
                 do_md = gr.Markdown("", elem_id="do-text")
                 with gr.Row():
                     do_img = gr.Image(label="After do() and propagation", **img)
@@ -680,38 +701,43 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                 do_plot = gr.Plot(label="The edges that carried the change", show_label=False)
 
             # --- 5: action retrieval ---
-            with gr.Tab("5. Action retrieval"):
+            with gr.Tab("5. Action retrieval", elem_id="panel-retrieval"):
                 gr.Markdown("Which action turns x into y? Upload two images, or take the input and its slider "
                             "result. On the codes of x, black corners mark the nodes the most probable action "
                             "intervenes on, thick outlines the codes that differ in y.")
                 with gr.Row():
-                    pair_btn = gr.Button("x = input, y = slider result")
-                    retrieve_btn = gr.Button("Retrieve the action", variant="primary")
+                    pair_btn = gr.Button("x = input, y = slider result", elem_id="pair-button")
+                    retrieve_btn = gr.Button("Retrieve the action", variant="primary", elem_id="retrieve-button")
                 with gr.Row():
                     with gr.Column():
-                        x_img = gr.Image(label="x", type="numpy", **img)
-                        x_up = gr.File(label="Upload x", file_types=["image"], type="filepath", height=70)
+                        x_img = gr.Image(label="x", type="numpy", elem_id="retrieve-x", **img)
+                        x_up = gr.File(label="Upload x", file_types=["image"], type="filepath", height=130)
                     with gr.Column():
-                        y_img = gr.Image(label="y", type="numpy", **img)
-                        y_up = gr.File(label="Upload y", file_types=["image"], type="filepath", height=70)
-                retrieve_md = gr.Markdown("")
+                        y_img = gr.Image(label="y", type="numpy", elem_id="retrieve-y", **img)
+                        y_up = gr.File(label="Upload y", file_types=["image"], type="filepath", height=130)
+                retrieve_md = gr.Markdown("", elem_id="retrieve-text")
                 with gr.Row():
                     retrieve_plot = gr.Plot(label="p(action | x, y)", show_label=False)
                     retrieve_grid = gr.Image(label="Codes of x", **img)
 
             # --- 6: traversals ---
-            with gr.Tab("6. Traversals"):
+            with gr.Tab("6. Traversals", elem_id="panel-traversals"):
+                gr.Markdown("Each row moves one factor from −k to +k steps, the reconstruction in the middle "
+                            "column: a well-learned factor changes only itself along its row. Striped cells go "
+                            "past the factor's end from this input.")
                 with gr.Row():
-                    trav_steps = gr.Slider(minimum=1, step=1, label="Steps k (−k..+k)", **specs.steps)
-                    trav_btn = gr.Button("Traverse every factor", variant="primary")
+                    trav_steps = gr.Slider(minimum=1, step=1, label="Steps k (−k..+k)", elem_id="traverse-steps",
+                                           **specs.steps)
+                    trav_btn = gr.Button("Traverse every factor", variant="primary", elem_id="traverse-button")
                 trav_img = gr.Image(label="Traversals (rows: factors; columns: −k..+k)", format="png",
-                                    interactive=False, buttons=["download"])
+                                    interactive=False, buttons=[], elem_id="traversal-image",
+                                    elem_classes=["captioned"])
                 with gr.Row():
                     trav_png = gr.File(label="PNG")
                     trav_gif = gr.File(label="Animated GIF")
 
             # --- 7: factor maps ---
-            with gr.Tab("7. Factor maps") as maps_tab:
+            with gr.Tab("7. Factor maps", elem_id="panel-maps") as maps_tab:
                 gr.Markdown("Pick an action and see where it lives on the code grid: the top maps show how often "
                             "each node is intervened on over dataset pairs, the bottom maps how often the step "
                             "really changes it. On the right, the same action on the current input.")

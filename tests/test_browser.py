@@ -1,113 +1,33 @@
 """The explorer in a real browser: Debian chromium driven by playwright (marked ``browser``).
 
-Loads the page, uploads an image, moves a slider with the keyboard, checks that the intervened image changed,
-that the page made no request outside loopback, and saves a screenshot. Skipped, with the reason, where
-``/usr/bin/chromium`` or playwright is missing.
-
-``python tests/test_browser.py --screenshot assets/screenshot.png`` writes the README screenshot from the real app
-(the shipped checkpoint, or ``$CAUSALVQ_CHECKPOINT``).
+One tour of the page over a tiny checkpoint (``scripts/screenshots.py``'s ``tour``, which also writes the committed
+screenshots): a gallery example, a file that is not an image, two sliders (one step past a factor's end), the graph
+under an action, retrieval, traversals at k = 8, factor maps of two actions, each panel photographed at 1,024 and
+1,400 px into a temporary folder. It checks what a visitor sees: the bad upload keeps the previous image, the
+extrapolated step is marked, the factor map follows the action, no machine path shows in the page, and the page
+asked nothing outside loopback. Skipped, with the reason, where ``/usr/bin/chromium`` or playwright is missing.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import os
-import shutil
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _missing() -> str:
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} is missing (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install playwright; no browser download needed)"
-    return ""
-
-
-def _result_src(page) -> str:
-    return page.locator("#result-image img").first.get_attribute("src") or ""
-
-
-def drive(url: str, upload: Path, screenshot: Path, first_example: bool = True,
-          showcase: int | None = None) -> dict:
-    """Open ``url`` (which shows its first example when ``first_example``), upload ``upload``, move the first
-    slider to 2, optionally open gallery example ``showcase`` and move two sliders, take a full-page screenshot;
-    returns what was observed."""
-    from playwright.sync_api import sync_playwright
-
-    requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(url, wait_until="load")
-            page.wait_for_selector("#input-upload input[type=file]", state="attached", timeout=30_000)
-            # the page opens on the first example: let that finish, so it cannot land after the upload
-            page.wait_for_function(f"() => document.querySelector('#domain-notice')?.innerText.includes("
-                                   f"{'Dataset sample' if first_example else 'Load an image'!r})", timeout=30_000)
-            page.locator("#input-upload input[type=file]").set_input_files(str(upload))
-            page.wait_for_function(  # an upload has no factors: its notice has no "Dataset sample"
-                "() => { const t = document.querySelector('#domain-notice')?.innerText || '';"
-                " return !t.includes('Dataset sample') && (t.includes('Reconstruction error') || t.includes('far'));"
-                " }", timeout=60_000)
-            page.wait_for_selector("#result-image img", timeout=30_000)
-            before = _result_src(page)
-            box = page.locator("#slider-0 input[type=number]")  # typing in the slider's box moves it
-            box.fill("2")
-            box.press("Enter")
-            page.wait_for_function(
-                "(b) => { const i = document.querySelector('#result-image img'); return i && i.src !== b; }",
-                arg=before, timeout=30_000)
-            after = _result_src(page)
-            value = page.locator("#slider-0 input[type=number]").input_value()
-            if showcase is not None:  # for the README: a gallery example (ground truth shown), two sliders moved
-                page.locator("#examples-gallery button.thumbnail-item").nth(showcase).click()
-                page.wait_for_function("() => document.querySelector('#domain-notice')?.innerText"
-                                       ".includes('Dataset sample')", timeout=30_000)
-                for slot, moved in ((2, "3"), (5, "-4")):
-                    box = page.locator(f"#slider-{slot} input[type=number]")
-                    box.fill(moved)
-                    box.press("Enter")
-                    page.wait_for_timeout(1500)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
-    return {"before": before, "after": after, "slider": value, "requests": requests}
-
-
-@pytest.mark.browser
-def test_browser_upload_slide_screenshot(app_url: str, tmp_path: Path) -> None:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
-    assert examples, "assets/examples/*.png are missing"
-    shot = tmp_path / "explorer.png"
-    seen = drive(app_url, examples[0], shot)
-    assert seen["slider"] == "2"
-    assert seen["after"] and seen["after"] != seen["before"]
-    assert shot.stat().st_size > 10_000
-    hosts = {urlparse(u).hostname for u in seen["requests"] if urlparse(u).scheme in ("http", "https", "ws", "wss")}
-    assert hosts <= {"127.0.0.1", "localhost"}, f"the page reached outside loopback: {hosts}"
+_spec = importlib.util.spec_from_file_location("screenshots", ROOT / "scripts" / "screenshots.py")
+screenshots = sys.modules.setdefault("screenshots", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(screenshots)
 
 
 @pytest.fixture()
 def app_url(tmp_path: Path):
     """The explorer over a tiny checkpoint, launched in-process on 127.0.0.1."""
-    reason = _missing()
+    reason = screenshots.missing()
     if reason:
         pytest.skip(reason)
     import torch
@@ -119,7 +39,9 @@ def app_url(tmp_path: Path):
 
     torch.manual_seed(0)
     model = CausalVQ(ModelConfig.tiny(factor_names=SHAPES3D_FACTORS, factor_sizes=SHAPES3D_SIZES))
-    demo = app.build_demo(Explorer(model, source="tiny", calibration_samples=4), choices=["tiny"])
+    explorer = Explorer(model, source="tiny", calibration_samples=4, retrieval_steps=2, retrieval_pairs=2, map_pairs=96,
+                        code_images=32)  # the panels' one-off measurements kept small
+    demo = app.build_demo(explorer, choices=["tiny"])
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
                             **app.LAUNCH_OPTIONS)
     try:
@@ -128,32 +50,39 @@ def app_url(tmp_path: Path):
         demo.close()
 
 
-def main() -> None:
-    """Write a screenshot of the real app (shipped or ``$CAUSALVQ_CHECKPOINT`` checkpoint)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--screenshot", type=Path, default=ROOT / "assets" / "screenshot.png")
-    parser.add_argument("--example", type=int, default=1, help="gallery example shown in the screenshot")
-    args = parser.parse_args()
-    reason = _missing()
-    if reason:
-        sys.exit(reason)
-    for key, value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"),
-                       ("HF_HUB_DISABLE_TELEMETRY", "1")):
-        os.environ.setdefault(key, value)
-    sys.path.insert(0, str(ROOT))
-    import app
+@pytest.mark.browser
+def test_browser_tour_of_every_panel(app_url: str, tmp_path: Path) -> None:
+    examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
+    assert examples, "assets/examples/*.png are missing"
+    bad = tmp_path / "holiday.png"
+    bad.write_text("not an image\n")
+    seen = screenshots.tour(app_url, tmp_path / "shots", examples[1], bad, timeout_s=180)  # a busy CI machine
 
-    _, url, _ = app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
-                                **app.LAUNCH_OPTIONS)
-    try:
-        tmp = args.screenshot.with_suffix(".tmp.png")
-        examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
-        seen = drive(url, examples[0], tmp, showcase=args.example)
-        shutil.move(tmp, args.screenshot)
-        print(f"wrote {args.screenshot} (slider at {seen['slider']}, {len(seen['requests'])} requests)")
-    finally:
-        app.demo.close()
+    # 1. a bad upload changes nothing and says why
+    assert seen.bad_upload_kept, "a bad upload replaced the current input"
+    assert "not an image" in seen.bad_upload_warned
+    # 3. sliders move the image; the step past the shape factor's end is marked
+    assert seen.slider_changed
+    assert "Extrapolation" in seen.extrapolation and "shape" in seen.extrapolation
+    # 4-7. every panel answered
+    assert "object_hue +" in seen.graph_text
+    assert seen.retrieval_text
+    assert seen.traversal_shown
+    assert seen.maps_changed, "the factor map did not change with the action"
+    assert "wall_hue -" in seen.maps_text
 
-
-if __name__ == "__main__":
-    main()
+    # no machine path anywhere in what the page shows
+    machine = {str(ROOT), "/work/", str(Path.home()), str(tmp_path), "/tmp/"}
+    for text in seen.texts:
+        found = [p for p in machine if p in text]
+        assert not found, f"the page shows a machine path: {found}"
+    # nothing cut or covered at either width, every panel photographed at both
+    assert not seen.layout, "\n".join(seen.layout)
+    assert set(seen.shots) == {f"{panel}_{w}" for panel in screenshots.PANELS for w in screenshots.WIDTHS}
+    assert all(p.stat().st_size > 5_000 for p in seen.shots.values())
+    hosts = {urlparse(u).hostname for u in seen.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")}
+    assert hosts <= {"127.0.0.1", "localhost"}, f"the page reached outside loopback: {hosts}"
+    if os.environ.get("CAUSALVQ_KEEP_SHOTS"):  # look at the tiny checkpoint's pages: CAUSALVQ_KEEP_SHOTS=DIR
+        for p in seen.shots.values():
+            Path(os.environ["CAUSALVQ_KEEP_SHOTS"]).mkdir(parents=True, exist_ok=True)
+            p.replace(Path(os.environ["CAUSALVQ_KEEP_SHOTS"]) / p.name)
