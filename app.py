@@ -26,7 +26,8 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-from gradio import processing_utils  # noqa: E402
+from gradio import processing_utils, route_utils  # noqa: E402
+from gradio import utils as gradio_utils  # noqa: E402
 
 from causalvq.explore import drawing, edges  # noqa: E402
 from causalvq.explore.checkpoints import (  # noqa: E402
@@ -77,16 +78,55 @@ def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: st
     """
     data = processing_utils.encode_pil_to_bytes(img, format)
     folder = Path(cache_dir) / processing_utils.hash_bytes(data)
-    folder.mkdir(exist_ok=True, parents=True)
     path = (folder / f"{name}.{format}").resolve()
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
+    for attempt in range(2):  # the cache sweep may remove the folder, emptied an hour after its last image
+        folder.mkdir(exist_ok=True, parents=True)
+        try:
+            tmp.write_bytes(data)
+            break
+        except FileNotFoundError:
+            if attempt:
+                raise
     os.replace(tmp, path)
     return str(path)
 
 
 if hasattr(processing_utils, "save_pil_to_cache"):  # gradio 6.31; an upgrade that drops it keeps its own
     processing_utils.save_pil_to_cache = _save_pil_to_cache
+
+_gradio_delete_files = getattr(route_utils, "delete_files_created_by_app", None)
+
+
+def _delete_files_created_by_app(blocks: gr.Blocks, age: int | None) -> None:
+    """gradio's ``delete_cache`` pass, then the folders it emptied.
+
+    gradio writes each cached file into a folder of its own (named by the file's hash; a traversal's by a uuid) and
+    deletes only the file, so every output an hour old left an empty folder behind for good: thousands an hour
+    under load (bench/bench_load.py counts them). Only folders that held a deleted file and are now empty go.
+    """
+    def folders() -> set[str]:
+        return {os.path.dirname(f) for files in blocks.temp_file_sets for f in files}
+
+    before = folders()
+    _gradio_delete_files(blocks, age)
+    root = os.path.realpath(gradio_utils.get_upload_folder())
+    for folder in before - folders():
+        if os.path.realpath(folder) != root:
+            try:
+                os.rmdir(folder)  # fails, and is skipped, when the folder is not empty
+            except OSError:
+                pass
+
+
+if _gradio_delete_files is not None:  # gradio 6.31 calls it by this name on the delete_cache schedule
+    route_utils.delete_files_created_by_app = _delete_files_created_by_app
+
+
+def _cache_folder() -> Path:
+    """A new folder in gradio's cache (``GRADIO_TEMP_DIR``) for the files an event returns: gradio serves them from
+    there and ``delete_cache`` deletes them with its own (written anywhere else, they would stay for good)."""
+    return Path(gradio_utils.get_upload_folder()) / uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -387,7 +427,7 @@ class Handlers:
         """Per factor, −k..+k applications of its actions: a grid image, its PNG and an animated GIF."""
         ex, inp = self.explorer(session), self._input(session)
         t = ex.traverse(inp.codes, int(round(float(steps))), inp.start, inp.estimated)
-        png, gif = drawing.save_traversal(t)
+        png, gif = drawing.save_traversal(t, _cache_folder())
         return drawing.traversal_grid(t), str(png), str(gif)
 
     # --- 7. factor maps ---

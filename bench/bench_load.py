@@ -20,7 +20,9 @@ answer is checked: both images came back, are PNGs and have the sizes the model 
 compared pixel for pixel with the model-side result of the same input and slider values
 (``Explorer.apply_sliders`` → ``display_image``, and the code grid); ``--check -1`` compares all of them.
 
-Prints: calls, errors (exceptions), wrong answers, latency p50 / p95 / max, throughput (answers per second).
+Prints: calls, errors (exceptions), wrong answers, latency p50 / p95 / max, throughput (answers per second), and
+(without ``--url``) the size of the app's gradio cache (``GRADIO_TEMP_DIR``: files, bytes, folders) at the end of
+the run and after the app stopped.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def start_app(checkpoint: str, cache: Path) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}/"
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # start-up takes seconds, minutes on a machine busy with training
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
@@ -110,7 +112,29 @@ def start_app(checkpoint: str, cache: Path) -> tuple[subprocess.Popen, str]:
                 sys.exit("app.py exited during start-up")
             time.sleep(0.1)
     proc.terminate()
-    sys.exit("app.py did not answer within 120 s")
+    sys.exit("app.py did not answer within 600 s")
+
+
+def cache_size(folder: Path) -> tuple[int, int, int]:
+    """(files, bytes, folders) under ``folder``: what the app's gradio cache holds."""
+    files = folders = size = 0
+    for p in folder.rglob("*"):
+        if p.is_dir():
+            folders += 1
+        elif p.is_file():
+            files += 1
+            size += p.stat().st_size
+    return files, size, folders
+
+
+def cache_line(when: str, folder: Path, seconds: float | None = None) -> str:
+    """One line on the cache's size; with ``seconds`` (the run's length), the hour-scale bound it implies."""
+    files, size, folders = cache_size(folder)
+    line = f"server cache {when}: {files} files, {size / 2**20:.1f} MB, {folders} folders"
+    if seconds:  # delete_cache=(3600, 3600): a file lives at most 2 h, so at this rate the cache stays under
+        line += (f" ({files / seconds * 60:.0f} files/min; delete_cache removes files older than 1 h every hour, so "
+                 f"at this rate the cache peaks near {size / seconds * 7200 / 2**20:.0f} MB)")
+    return line
 
 
 def png_size(path: str | None) -> tuple[int, int] | None:
@@ -156,7 +180,7 @@ def client_loop(url: str, example: int, path: Path, max_steps: list[int], slots:
         values = current + [0] * (slots - len(max_steps))
         t = time.perf_counter()
         try:
-            image, grid = client.predict(*values, api_name="/slide")
+            image, grid, _text = client.predict(*values, api_name="/slide")  # and the extrapolation text
         except Exception as err:  # noqa: BLE001 - counted, reported
             log.errors.append(f"{type(err).__name__}: {str(err)[:200]}")
             continue
@@ -266,6 +290,7 @@ def main() -> None:
             t.join()
         elapsed = time.monotonic() - start
         load_after = os.getloadavg()[0]
+        cache_end = cache_line("at the end of the run", cache, elapsed) if proc is not None else ""
     finally:
         if proc is not None:
             proc.terminate()
@@ -291,10 +316,9 @@ def main() -> None:
     print(f"latency: p50 {np.percentile(ms, 50):.0f} ms   p95 {np.percentile(ms, 95):.0f} ms   "
           f"max {ms.max():.0f} ms")
     print(f"throughput: {len(answers) / elapsed:.1f} answers/s")
-    if proc is not None:
-        files = [p for p in cache.rglob("*") if p.is_file()]
-        print(f"server cache: {len(files)} files, {sum(p.stat().st_size for p in files) / 2**20:.1f} MB after the run "
-              "(gradio keeps every output image; nothing deletes them)")
+    if proc is not None:  # GRADIO_TEMP_DIR of the app: what it wrote, and what is left once it has stopped
+        print(cache_end)
+        print(cache_line("after the app stopped", cache))
     for line in (errors + wrong)[:10]:
         print(f"  problem: {line}")
     for folder in scratch:
