@@ -84,10 +84,12 @@ def _src(page: Any, selector: str) -> str:
 
 
 def _wait_text(page: Any, selector: str, contains: str = "", differs: str | None = None) -> str:
-    """Wait until the element's text is non-empty (and holds ``contains``, and differs from ``differs``)."""
+    """Wait until the element's text is non-empty (and holds ``contains``, and differs from ``differs``) and its event
+    is done (the progress text of a pending output is text too)."""
     page.wait_for_function(
-        "([s, c, d]) => { const t = document.querySelector(s)?.innerText.trim() || '';"
-        " return t && t.includes(c) && (d === null || t !== d); }", arg=[selector, contains, differs])
+        "([s, c, d]) => { const e = document.querySelector(s), t = e?.innerText.trim() || '';"
+        " return t && t.includes(c) && (d === null || t !== d)"
+        " && !e.querySelector('[data-testid=status-tracker]:not(.hide)'); }", arg=[selector, contains, differs])
     return _text(page, selector)
 
 
@@ -221,12 +223,6 @@ def tour(url: str, out: Path, example: Path, bad_file: Path, widths: tuple[int, 
             _idle(page)  # the do() menu is filled when the tab opens
             page.locator("#do-button").click()
             seen.do_text = _wait_text(page, "#do-text", "do(")
-            # 5. retrieval of the slider move
-            _open(page, PANELS["retrieval"][0])
-            page.locator("#pair-button").click()
-            _wait_src(page, "#retrieve-y")
-            page.locator("#retrieve-button").click()
-            seen.retrieval_text = _wait_text(page, "#retrieve-text")
             # 6. traversals at k = 8
             _open(page, PANELS["traversals"][0])
             _set_slider(page, "#traverse-steps", 8)
@@ -243,6 +239,13 @@ def tour(url: str, out: Path, example: Path, bad_file: Path, widths: tuple[int, 
             _choose(page, "#map-action", "object_hue +")  # the panel's picture: a factor with a region
             _wait_text(page, "#maps-text", "object_hue")
             _wait_src(page, "#maps-plot")
+            # 5. retrieval of the slider move, last: without the checkpoint's retrieval.json its first answer waits
+            # for the reject rule's calibration
+            _open(page, PANELS["retrieval"][0])
+            page.locator("#pair-button").click()
+            _wait_src(page, "#retrieve-y")
+            page.locator("#retrieve-button").click()
+            seen.retrieval_text = _wait_text(page, "#retrieve-text")
             for width in widths:
                 page.set_viewport_size({"width": width, "height": HEIGHT})
                 page.wait_for_timeout(500)
@@ -287,11 +290,14 @@ def main() -> None:
         os.environ.setdefault(key, value)
     sys.path.insert(0, str(ROOT))
     import tempfile
+    import threading
 
     import app
 
     examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
     readme = args.readme if args.out == ROOT / "docs" / "figures" else None
+    for ex in app.demo.handlers.explorers.values():  # the reject rule (retrieval.json, else measured) meanwhile
+        threading.Thread(target=ex.retrieval_calibration, daemon=True).start()
     _, url, _ = app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
                                 **app.LAUNCH_OPTIONS)
     try:
