@@ -229,20 +229,3 @@ def test_decision_accepted_follows_the_verdict() -> None:
     for verdict, accepted in ((Verdict.MOVE, True), (Verdict.SAME, False), (Verdict.FAR, False),
                               (Verdict.TWO_FACTORS, False), (Verdict.UNJUDGED, None)):
         assert Decision(0, 1, 0.0, verdict).accepted is accepted
-
-
-def test_evaluating_into_a_release_writes_the_calibration_it_measured(tiny, tmp_path: Path) -> None:
-    from train.data import open_dataset
-    from train.recipes import load_recipe
-    from train.run import _evaluate_into
-
-    model, _ = tiny
-    recipe = load_recipe("tiny", ["eval.num_images=4", "eval.num_pairs=8", "eval.max_steps=1",
-                                  "eval.disentanglement=false"])
-    card = tmp_path / "release"
-    _evaluate_into(model, open_dataset(recipe.data), recipe, tmp_path, card=card)
-    report = EvalReport.from_dict(json.loads((tmp_path / "eval" / "eval.json").read_text()))
-    stored = reject.load_calibration(card, model)
-    assert stored is not None and stored == report.reject.calibration and stored.split == "val"
-    _evaluate_into(model, open_dataset(recipe.data), recipe, tmp_path / "elsewhere", card=None)
-    assert not (tmp_path / "elsewhere" / CALIBRATION_FILE).exists()  # only a release folder gets one
