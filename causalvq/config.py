@@ -58,6 +58,8 @@ class ModelConfig:
     #                           teaches the mask the nodes a step changes; 0 is the official (no such term)
     edge_weight: float = 0.0  # B23: weight κ of the expected in-degree of the action-mode graph, mean_i Σ_j C_ji (a
     #                           constant price per edge, unlike δ's Frobenius norm); 0 is the official (no such term)
+    edge_budget: float = 0.0  # B26: with κ > 0, each node's first ``edge_budget`` expected in-edges are free and κ
+    #                           prices only the ones above, κ·mean_i max(0, Σ_j C_ji − budget); 0 prices every edge
     mask_hidden: int = 0  # B22: hidden width of a mask network p(a, PE_i)[c_i] with one hidden layer, so the
     #                       action and the position interact; 0 is the official single linear layer
     mask_context: int = 0  # B24: the mask's hidden layer also sees the codes of the (2r + 1)² grid cells around
@@ -155,7 +157,7 @@ class ModelConfig:
         if self.mask_context and not self.mask_hidden:
             raise ValueError("ModelConfig.mask_context needs a hidden mask layer: set mask_hidden > 0 too")
         for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight", "mask_weight",
-                     "edge_weight"):
+                     "edge_weight", "edge_budget"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"ModelConfig.{name} must be a finite non-negative number, got {value}")

@@ -53,6 +53,15 @@ def expected_in_degree(edge_probs: torch.Tensor) -> torch.Tensor:
     return (off / edge_probs.shape[-1]).mean()
 
 
+def in_degree_above(edge_probs: torch.Tensor, budget: float) -> torch.Tensor:
+    """Expected in-edges per node above a free ``budget``, mean_i max(0, Σ_{j≠i} C_ji − budget), averaged over the
+    batch (B26). Below the budget an edge costs nothing, so a node keeps the few neighbours it reads even when each
+    one alone helps the prediction little; above it every edge costs the same, as in B23."""
+    n = edge_probs.shape[-1]
+    incoming = edge_probs.sum(1) - edge_probs.diagonal(dim1=1, dim2=2)  # (b, n): column sums, self-loops excluded
+    return (incoming - budget).clamp_min(0).sum(-1).div(n).mean()
+
+
 def kl_to_noise(edge_probs: torch.Tensor) -> torch.Tensor:
     """KL(softmax(ξ) ‖ softmax(vec C)), ξ ~ U(0, 1) drawn afresh, averaged over the batch (the official β_ct term)."""
     logq = edge_probs.flatten(1).log_softmax(-1)  # (b, n·n)

@@ -87,6 +87,8 @@ class TransitionLosses:
     ce: torch.Tensor  # code cross-entropy of the prediction
     regularizer: torch.Tensor  # weighted regulariser terms (already inside loss)
     accuracy: torch.Tensor  # fraction of nodes whose argmax code is the target
+    mask_size: torch.Tensor  # mean intervened nodes per sample (0 without an action), for the training log
+    in_degree: torch.Tensor  # expected in-edges per node of the graph (self-loops excluded), for the training log
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         r = cfg.renormalised_ce
         ce = losses.code_cross_entropy(out.probs, nodes, r)
         reg = cfg.alpha * (losses.code_cross_entropy(ident.probs, nodes, r) + losses.identity_graph_mse(out.graph))
-        return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes))
+        return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes),
+                                **_structure_log(out))
 
     def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor,
                           structure: float = 1.0) -> TransitionLosses:
@@ -312,10 +315,12 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
                + cfg.epsilon * losses.empty_row_penalty(out.edge_probs))
         if cfg.mask_weight > 0:  # B21: the mask learns which nodes the step changes
             reg = reg + cfg.mask_weight * losses.mask_supervision(out.mask_probs, nodes_x, nodes_y)
-        if cfg.edge_weight > 0 and structure > 0:  # B23: a price per expected edge
-            reg = reg + structure * cfg.edge_weight * losses.expected_in_degree(out.edge_probs)
+        if cfg.edge_weight > 0 and structure > 0:  # B23: a price per expected edge; B26: above a free budget
+            edges = (losses.in_degree_above(out.edge_probs, cfg.edge_budget) if cfg.edge_budget > 0
+                     else losses.expected_in_degree(out.edge_probs))
+            reg = reg + structure * cfg.edge_weight * edges
         return TransitionLosses(loss=cfg.gamma * (fit + reg), ce=ce, regularizer=reg,
-                                accuracy=_accuracy(out, nodes_y))
+                                accuracy=_accuracy(out, nodes_y), **_structure_log(out))
 
     def retrieval_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor) -> RetrievalLosses:
         """Stage 2, retrieval: −log p(a* | x, y) over all A actions (weight 1; regularisers discarded)."""
@@ -368,3 +373,9 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
 
 def _accuracy(out: TransitionOutput, target: torch.Tensor) -> torch.Tensor:
     return (out.probs.argmax(-1) == target).float().mean()
+
+
+def _structure_log(out: TransitionOutput) -> dict[str, torch.Tensor]:
+    """What the training log follows of a pass's structure: its mean mask size and expected in-degree (detached)."""
+    with torch.no_grad():
+        return {"mask_size": out.mask.sum(-1).float().mean(), "in_degree": losses.expected_in_degree(out.edge_probs)}

@@ -3,6 +3,7 @@ hand-built cases whose answer is known."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -254,3 +255,45 @@ def test_expected_in_degree_counts_off_diagonal_edge_probabilities() -> None:
     losses.expected_in_degree(p).backward()
     off = ~torch.eye(3, dtype=torch.bool)
     assert torch.allclose(p.grad[0][off], torch.full((6,), 1 / 3)) and torch.all(p.grad[0].diagonal() == 0)
+
+
+def test_in_degree_above_prices_only_the_in_edges_past_the_budget() -> None:
+    """B26: node j's in-edges are column j without its self-loop; only what exceeds the budget costs, per node."""
+    C = torch.zeros(1, 4, 4)
+    C[0, :, 0] = 1.0  # node 0: three in-edges (and its self-loop, which is free)
+    C[0, 1, 2] = 0.5  # node 2: half an in-edge
+    assert float(losses.in_degree_above(C, 0.0)) == pytest.approx(float(losses.expected_in_degree(C)))
+    assert float(losses.in_degree_above(C, 2.0)) == pytest.approx((3 - 2) / 4)  # node 2 stays under the budget
+    assert float(losses.in_degree_above(C, 3.0)) == 0.0
+    p = C.clone().requires_grad_(True)
+    losses.in_degree_above(p, 1.0).backward()
+    expected = torch.zeros(4, 4)
+    expected[1:, 0] = 1 / 4  # only node 0's incoming off-diagonal entries carry the price's gradient
+    assert torch.equal(p.grad[0], expected)
+
+
+def test_edge_budget_replaces_the_price_of_every_edge_by_the_price_above_it() -> None:
+    """With κ > 0 the loss prices E[in-degree] (B23), or its part above ``edge_budget`` (B26); the training log
+    reports the pass's mask size and expected in-degree either way."""
+    cfg = ModelConfig.tiny(positional_dropout=0.0, edge_weight=0.2)
+    k, h = cfg.num_codebooks, cfg.grid_size
+    cx, cy = torch.randint(0, 8, (4, k, h, h)), torch.randint(0, 8, (4, k, h, h))
+    a = torch.tensor([0, 1, 2, 3])
+
+    def run(budget: float):
+        torch.manual_seed(0)
+        model = CausalVQ(dataclasses.replace(cfg, edge_budget=budget))
+        torch.manual_seed(1)
+        out = model.transition(model.flatten_codes(cx), a, sample=True)
+        torch.manual_seed(1)
+        return model.transition_losses(cx, cy, a), out
+
+    (every, out), (above, _), (free, _) = run(0.0), run(1.0), run(float(cfg.num_nodes))
+    price = lambda b: cfg.edge_weight * float(losses.in_degree_above(out.edge_probs, b))  # noqa: E731
+    assert float(every.regularizer - free.regularizer) == pytest.approx(price(0.0), rel=1e-5)
+    assert float(above.regularizer - free.regularizer) == pytest.approx(price(1.0), rel=1e-5)
+    assert 0 < price(1.0) < price(0.0)
+    assert float(every.in_degree) == pytest.approx(float(losses.expected_in_degree(out.edge_probs)))
+    assert float(every.mask_size) == pytest.approx(float(out.mask.sum(-1).mean()))
+    with pytest.raises(ValueError, match="edge_budget"):
+        ModelConfig.tiny(edge_budget=-1.0)
