@@ -515,24 +515,34 @@ def extrapolation_text(ex: Explorer, inp: LoadedInput, steps: Sequence[int], ext
 
 
 def retrieval_text(ex: Explorer, view: Any) -> str:
-    """The retrieval answer: (action, k), or that no single-factor move explains the pair, with the rule."""
+    """The retrieval answer: (action, k), "no move", or why no single-factor move explains the pair, with the rule
+    and where its calibration comes from."""
     name, k, d = ex.action_names[view.action], view.steps, float(view.distances[view.action, view.steps - 1])
     K = view.distances.shape[1]
     move = f"**{name}** × {k}"
     changed = f"{int(view.changed.sum())} code(s) differ between x and y."
-    if not view.changed.any():
+    if view.verdict == "no move":
         return ("Answer: **no move**: x and y have the same codes, so no action changed anything between them "
                 f"(the closest move would be {move}, distance {d:.3f}).")
-    if view.accepted is None:
+    cal = ex.retrieval_calibration()
+    if view.verdict == "unjudged" or cal is None:
         return (f"Closest single-factor move (1..{K} steps): {move}, distance {d:.3f}. No dataset matches this "
-                f"checkpoint, so there is no calibrated threshold: this cannot say no. {changed}")
-    if view.accepted:
-        return (f"Answer: {move} (distance {d:.3f} ≤ {view.threshold:.3f}, the threshold that accepts "
-                f"{ex.retrieval_calibration().quantile:.0%} of true {k}-step moves on dataset pairs); it intervenes "
-                f"on {int(view.intervened.sum())} node(s). {changed}")
+                f"checkpoint and it has no retrieval.json, so there is no calibrated threshold: this cannot say no. "
+                f"{changed}")
+    rule = (f"Each check passes {cal.quantile:.1%} of true moves on {cal.rates.num_images} images of the "
+            f"{cal.split} split" + (f". {ex.retrieval_notice}" if ex.retrieval_notice else " (retrieval.json)."))
+    rival = "" if view.rival is None else ex.action_names[view.rival]
+    if view.verdict == "move":
+        return (f"Answer: {move} (distance {d:.3f} ≤ {view.threshold:.3f}, the threshold of {k}-step moves; one more "
+                f"step of {rival} does not bring y closer: {view.rival_distance:.3f}); it intervenes on "
+                f"{int(view.intervened.sum())} node(s). {changed} {rule}")
+    if view.verdict == "two factors":
+        return (f"Answer: **no single-factor move explains this pair: two factors seem to have changed.** The "
+                f"closest, {name} × {k} (distance {d:.3f} ≤ {view.threshold:.3f}), followed by one step of **{rival}** "
+                f"brings y closer ({view.rival_distance:.3f}, better by {d - view.rival_distance:.3f} > the margin "
+                f"{view.margin:.3f}). {changed} {rule}")
     return (f"Answer: **no single-factor move of 1..{K} steps explains this pair.** The closest, {name} × {k}, has "
-            f"distance {d:.3f}, above {view.threshold:.3f}, which accepts "
-            f"{ex.retrieval_calibration().quantile:.0%} of true {k}-step moves on dataset pairs. {changed}")
+            f"distance {d:.3f}, above {view.threshold:.3f}, the threshold of {k}-step moves. {changed} {rule}")
 
 
 def _node_list(nodes: np.ndarray) -> str:
@@ -875,7 +885,6 @@ demo = load_demo()
 if __name__ == "__main__":
     configure_threads()
     start_fused_kernel()
-    for ex in demo.handlers.explorers.values():  # measure the in-domain error and the reject rule in the background
+    for ex in demo.handlers.explorers.values():  # the in-domain error in the background (retrieval.json: on first use)
         threading.Thread(target=ex.domain_check, daemon=True).start()
-        threading.Thread(target=ex.retrieval_calibration, daemon=True).start()
     demo.launch(**LAUNCH_OPTIONS)

@@ -515,39 +515,52 @@ def test_move_distances_follow_the_slider_chains(explorer: Explorer, loaded) -> 
 
 
 def test_reject_rule_answers_no_above_the_threshold_of_its_k(explorer: Explorer, loaded) -> None:
-    cal = explorer.retrieval_calibration()
-    assert cal.thresholds.shape == (explorer.retrieval_steps,) and cal is explorer.retrieval_calibration()  # once
-    assert 0 <= cal.true_accept <= 1 and 0 <= cal.unrelated_reject <= 1
+    cal = explorer.retrieval_calibration()  # the tiny checkpoint has no retrieval.json: measured here, once
+    assert cal.thresholds == tuple(cal.thresholds) and len(cal.thresholds) == explorer.retrieval_steps
+    assert cal is explorer.retrieval_calibration() and cal.split == "val" and "no retrieval.json" in \
+        explorer.retrieval_notice
     other = loaded.codes.clone()  # y differs from x in one code (the same codes are always "no move")
     other[0, 0, 0, 0] = (other[0, 0, 0, 0] + 1) % explorer.config.codebook_size
     view = explorer.retrieve(loaded.codes, other)
     d = float(view.distances[view.action, view.steps - 1])
-    assert view.threshold == float(cal.thresholds[view.steps - 1]) and view.accepted == (d <= view.threshold)
-    for thresholds, answer in ((np.full(explorer.retrieval_steps, d + 1.0), "Answer: **"),
-                               (np.full(explorer.retrieval_steps, d / 2), "Answer: **no single-factor move")):
+    assert view.threshold == cal.thresholds[view.steps - 1] and view.verdict in {"move", "too far", "two factors"}
+    assert view.accepted == (view.verdict == "move")
+    K, n = explorer.retrieval_steps, explorer.config.num_nodes
+    wide = dict(limits=(float(n),) * K, margin=1e6)  # the other checks out of the way
+    for changes, verdict, answer in (
+            (dict(thresholds=(d + 1.0,) * K, **wide), "move", "Answer: **"),
+            (dict(thresholds=(d / 2,) * K, **wide), "too far", "Answer: **no single-factor move"),
+            (dict(thresholds=(d + 1.0,) * K, limits=(-1.0,) * K, margin=1e6), "too far", "Answer: **no single-"),
+            (dict(thresholds=(d + 1.0,) * K, limits=(float(n),) * K, margin=-1e6), "two factors",
+             "Answer: **no single-factor move explains this pair: two factors")):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(explorer, "_calibration", replace(cal, thresholds=thresholds))
+            mp.setattr(explorer, "_calibration", replace(cal, **changes))
             v = explorer.retrieve(loaded.codes, other)
-            assert v.accepted == (answer == "Answer: **")
-            assert app.retrieval_text(explorer, v).startswith(answer)
+            assert (v.verdict, v.accepted) == (verdict, verdict == "move")
+            text = app.retrieval_text(explorer, v)
+            assert text.startswith(answer) and "of the val split" in text  # and where the rule comes from
             assert isinstance(retrieval_figure(v), Figure)
-    without = Explorer(explorer.model, dataset=False)
+    without = Explorer(explorer.model, dataset=False)  # no dataset and no retrieval.json: nothing to judge with
     v = without.retrieve(loaded.codes, other)
-    assert v.accepted is None and "cannot say no" in app.retrieval_text(without, v)
+    assert v.accepted is None and v.verdict == "unjudged" and "cannot say no" in app.retrieval_text(without, v)
     same = explorer.retrieve(loaded.codes, loaded.codes)
     assert same.accepted is False and app.retrieval_text(explorer, same).startswith("Answer: **no move**")
 
 
 @pytest.mark.slow
-def test_shipped_checkpoint_retrieval_says_no_to_unrelated_images_and_finds_two_steps() -> None:
-    ex = Explorer(CausalVQ.from_pretrained(SHIPPED_CHECKPOINT), retrieval_pairs=8)
+def test_shipped_checkpoint_retrieval_says_no_to_unrelated_images_and_finds_two_steps(monkeypatch) -> None:
+    from causalvq.metrics import reject
+
+    monkeypatch.setattr(reject, "calibrate", lambda *a, **k: pytest.fail("the shipped retrieval.json was not used"))
+    ex = Explorer(CausalVQ.from_pretrained(SHIPPED_CHECKPOINT), source=str(SHIPPED_CHECKPOINT))
     x = ex.sample([2, 5, 1, 3, 1, 4])
     two = ex.sample([2, 5, 3, 3, 1, 4])  # object_hue + twice
-    unrelated = ex.sample([8, 1, 7, 6, 3, 12])
     true = ex.retrieve(x.codes, two.codes)
-    assert (ex.action_names[true.action], true.steps, true.accepted) == ("object_hue +", 2, True)
-    assert ex.retrieve(x.codes, unrelated.codes).accepted is False
-    assert ex.retrieve(x.codes, x.codes).accepted is False  # the same codes: no move, whatever the scores
+    assert (ex.action_names[true.action], true.steps, true.verdict) == ("object_hue +", 2, "move")
+    assert ex.retrieve(x.codes, ex.sample([8, 1, 7, 6, 3, 12]).codes).accepted is False  # unrelated
+    assert ex.retrieve(x.codes, ex.sample([3, 6, 1, 3, 1, 4]).codes).accepted is False  # floor and wall hue moved
+    assert ex.retrieve(x.codes, x.codes).verdict == "no move"  # the same codes, whatever the scores
+    assert ex.retrieval_notice == ""
 
 
 # --- valid ranges and the factor estimate ---
@@ -581,7 +594,9 @@ def probed(explorer: Explorer) -> Explorer:
     """The tiny explorer with a factor probe fitted on its codes of 64 dataset images."""
     ds = explorer.dataset
     factors = ds.sample_factors(64, np.random.default_rng(1))
-    codes = explorer._encode_factors(factors).clone()  # a normal tensor: the fit differentiates through its rows
+    with torch.inference_mode():
+        codes = explorer.model.encode_codes(explorer._prepare(ds.render(factors)))
+    codes = codes.clone()  # a normal tensor: the fit differentiates through its rows
     probe = FactorProbe.fit_codes(codes, factors, ds.factor_names, ds.factor_sizes, explorer.config.codebook_size,
                                   ProbeSettings(num_images=64, steps=5), codes_digest=codes_digest(explorer.model))
     return Explorer(explorer.model, source=explorer.source, calibration_samples=4, probe=probe,

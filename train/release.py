@@ -4,10 +4,13 @@ A release folder holds ``config.json`` and ``model.safetensors`` (what ``CausalV
 ``recipe.toml`` (the recipe that trained it; ``python -m train evaluate`` reads it), ``README.md`` (a Hub model
 card with front matter, the recipe and, once evaluated, the evaluation table), ``probe.safetensors`` +
 ``probe.json`` (the factor probe, ``causalvq.probe``, fitted on the frozen codes of train-split images; the
-evaluation reports its accuracy) and, after an evaluation, ``eval/``.
+evaluation reports its accuracy), ``retrieval.json`` (the reject rule of action retrieval, ``causalvq.metrics.reject``,
+calibrated on validation-split pairs; the app reads it) and, after an evaluation, ``eval/``.
 
 ``fit_probe`` fits that probe with a recipe's split and seed; ``add_probe`` fits and writes one into an existing
 release folder (``python -m train probe --checkpoint DIR``), so a checkpoint gets one without retraining.
+``fit_calibration`` calibrates the reject rule as the evaluation does (same split, sizes and seed) and
+``write_calibration`` writes it; ``python -m train evaluate`` writes the one it measured into the release folder.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from huggingface_hub import HfApi, ModelCardData
 from safetensors import SafetensorError
 
 from causalvq.data import FactorDataset
+from causalvq.metrics import reject
 from causalvq.model import CausalVQ
 from causalvq.probe import FactorProbe, ProbeSettings
 from train.checkpoint import atomic_write_text, write_error
@@ -118,6 +122,23 @@ def add_probe(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, folder: s
     probe = fit_probe(model, dataset, recipe, settings)
     write_probe(probe, folder)
     return probe
+
+
+def fit_calibration(model: CausalVQ, dataset: FactorDataset, recipe: Recipe) -> reject.RejectCalibration | str:
+    """The reject rule of ``model``'s action retrieval, calibrated on the validation split of the recipe's grid with
+    the evaluation's sizes and seed (``reject.calibrate_for``: the calibration ``python -m train evaluate``
+    measures), or a sentence saying why it cannot be."""
+    e = recipe.eval
+    return reject.calibrate_for(model, dataset, make_sampler(dataset, recipe.data, "test"),
+                                num_images=max(2, e.num_pairs // 4), seed=e.seed, batch_size=e.batch_size)
+
+
+def write_calibration(calibration: reject.RejectCalibration, folder: str | Path) -> Path:
+    """``calibration.save(folder)`` (``retrieval.json``); a failed write becomes the training package's ``OSError``."""
+    try:
+        return calibration.save(folder)
+    except OSError as err:
+        raise write_error(Path(folder) / reject.CALIBRATION_FILE, err) from err
 
 
 def set_card_evaluation(folder: str | Path, evaluation: str) -> bool:

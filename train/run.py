@@ -11,7 +11,8 @@ Layout of an output folder (``--out``)::
     stage2_codes.safetensors    cache of the stage-2 code pool, keyed by the data recipe and stage-1 weights
     stage1/                     stage-1 release (image model), the input of stage 2
     model/                      final release: config.json, model.safetensors, recipe.toml, README.md,
-                                probe.safetensors + probe.json (the factor probe), eval/
+                                probe.safetensors + probe.json (the factor probe), retrieval.json (the reject
+                                rule of action retrieval, calibrated on the validation split), eval/
 
 Everything that can be checked is checked before the first byte is written: the recipe, the dataset file, the
 stage-1 checkpoint's configuration, earlier results in the folder (continuing them needs ``--resume``; nothing
@@ -41,7 +42,15 @@ from train.distributed import Context
 from train.loop import run_stage
 from train.monitor import MetricsLog, plot_stage
 from train.recipes import Recipe, RecipeError, check_resumable, load_recipe
-from train.release import add_probe, push_to_hub, set_card_evaluation, write_probe, write_release
+from train.release import (
+    add_probe,
+    fit_calibration,
+    push_to_hub,
+    set_card_evaluation,
+    write_calibration,
+    write_probe,
+    write_release,
+)
 from train.stages import check_image_model, load_image_model, stage1_spec, stage2_spec
 
 
@@ -189,7 +198,7 @@ def command_all(opts: Options) -> Path:
         source = None
         if not (opts.resume and run.state(2).is_file()):
             source = _stage1(ctx, run, opts, dataset, sampler, config)
-        model = _stage2(ctx, run, opts, dataset, sampler, config, source)
+        model = _stage2(ctx, run, opts, dataset, sampler, config, source, calibrate=False)  # the evaluation does
         if ctx.is_main:
             _evaluate_into(model, dataset, opts.recipe, run.model, card=run.model, probe=_read_probe(run.model, model))
             if opts.push_to_hub:
@@ -198,7 +207,8 @@ def command_all(opts: Options) -> Path:
 
 
 def command_evaluate(opts: Options) -> Path:
-    """``python -m train evaluate --checkpoint DIR``: score a release; returns the report folder."""
+    """``python -m train evaluate --checkpoint DIR``: score a release (into the release folder: also its model card
+    and ``retrieval.json``, the calibration the evaluation measured); returns the report folder."""
     with _session(opts) as ctx:
         model, dataset = _release_and_dataset(ctx, opts, "evaluate")
         probe = _read_probe(opts.checkpoint, model)
@@ -266,7 +276,7 @@ def _stage1(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
 
 
 def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sampler: TransitionSampler,
-            config: ModelConfig, source: CausalVQ | None) -> CausalVQ:
+            config: ModelConfig, source: CausalVQ | None, calibrate: bool = True) -> CausalVQ:
     recipe, settings = opts.recipe, opts.recipe.stage2
     model = build_model(config, recipe.seed, ctx.device)
     if source is not None:
@@ -290,6 +300,8 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
         write_release(model, run.model, recipe, stage=2, dataset=None if probe is not None else dataset)
         if probe is not None:
             write_probe(probe, run.model)
+        if calibrate:
+            _write_calibration(model, dataset, recipe, run.model)
         plot_stage(run.log, 2, run.plot(2))
     return model
 
@@ -329,10 +341,22 @@ def _stage1_probe(folder: Path, model: CausalVQ) -> FactorProbe | None:
 
 def _evaluate_into(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, out: Path, card: Path | None,
                    probe: FactorProbe | None = None) -> None:
+    """Evaluate into ``out/eval``; into a release folder (``card``) also its model card and ``retrieval.json``."""
     report = evaluation.evaluate(model, dataset, recipe, probe)
     write_report(report, out / "eval")
     if card is not None:
         set_card_evaluation(card, evaluation.markdown_table(report))
+        if report.reject is not None:
+            write_calibration(report.reject.calibration, card)
+
+
+def _write_calibration(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, folder: Path) -> None:
+    """Calibrate the release's retrieval reject rule and write ``retrieval.json``, or say why there is none."""
+    cal = fit_calibration(model, dataset, recipe)
+    if isinstance(cal, str):
+        print(f"release: no retrieval.json, the reject rule is {cal}", flush=True)
+    else:
+        write_calibration(cal, folder)
 
 
 def _push(folder: Path, repo_id: str) -> None:

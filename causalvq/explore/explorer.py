@@ -19,8 +19,9 @@ Panels and the methods behind them:
    ``model.do``: do(node = code), then one no-action pass of the learned graph, beside the pass on the unedited
    grid) and ``code_choices`` (the codes a node takes in the dataset, most frequent first);
 5. action retrieval: ``retrieve`` searches every single-factor move of k = 1..K steps and answers (action, k),
-   or "no" when even the best move's distance is above what true k-step moves score on dataset pairs
-   (``retrieval_calibration``);
+   "no move", or why no single-factor move explains the pair (``causalvq.metrics.reject``: the closest move is
+   too far, or one more step of another factor explains y better), with the checkpoint's calibration
+   (``retrieval_calibration``: its ``retrieval.json``, else measured here once on validation pairs);
 6. traversals: ``traverse`` (cells past a factor's end marked ``extrapolated``);
 7. factor maps: ``factor_maps`` (per action, where the mask falls and what the step changes over dataset pairs,
    computed once) and ``action_map`` (the same for one action on the current input).
@@ -32,6 +33,7 @@ Images are ``uint8 (S, S, C)`` numpy arrays unless stated; code grids are long t
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 from collections import OrderedDict
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from PIL import Image
 
 from causalvq.config import ModelConfig
@@ -48,6 +50,7 @@ from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
 from causalvq.explore.checkpoints import (
     ENV_CHECKPOINT,
+    ENV_HUB_TIMEOUT,
     SHIPPED_CHECKPOINT,
     find_dataset,
     load_checkpoint_probe,
@@ -62,21 +65,20 @@ from causalvq.explore.views import (
     GraphView,
     GroundTruth,
     LoadedInput,
-    RetrievalCalibration,
     RetrievalView,
     SliderResult,
     Traversal,
 )
 from causalvq.imaging import to_uint8
-from causalvq.losses import retrieval_distance
+from causalvq.metrics import reject
+from causalvq.metrics.reject import RejectCalibration
 from causalvq.metrics.structure import FactorMaps, factor_maps
 from causalvq.model import CausalVQ
 from causalvq.probe import FactorProbe
 
 DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
 GRAPHS_KEPT = 32  # graphs kept by ``Explorer.graph`` (a threshold, top-k or node change redraws without the model)
-RETRIEVAL_STEPS = 4  # K: retrieval searches moves of 1..K steps of one action
-REJECT_QUANTILE = 0.95  # a move is accepted when its distance is within this quantile of true moves of its size
+RETRIEVAL_STEPS = reject.STEPS  # K: retrieval searches moves of 1..K steps of one action
 
 
 class Explorer:
@@ -94,13 +96,14 @@ class Explorer:
         code_images: dataset images whose codes are counted to order the do() choices (on first use).
         probe: the checkpoint's factor probe (``causalvq.probe``), or ``None``: then uploads get no estimate.
         retrieval_steps: K, the longest move retrieval searches.
-        retrieval_pairs: true dataset pairs per k (and unrelated pairs in all) behind the reject threshold.
+        retrieval_pairs: validation images x behind a reject rule measured here, when the checkpoint has no
+            usable ``retrieval.json`` (each x gives every single-factor move of 1..K steps in the split).
     """
 
     def __init__(self, model: CausalVQ, dataset: FactorDataset | None | bool = None, source: str = "",
                  notice: str = "", calibration_samples: int = 32, map_pairs: int = 384,
                  cache_size: int = 4096, code_images: int = 256, probe: FactorProbe | None = None,
-                 retrieval_steps: int = RETRIEVAL_STEPS, retrieval_pairs: int = 16) -> None:
+                 retrieval_steps: int = RETRIEVAL_STEPS, retrieval_pairs: int = 32) -> None:
         if not 1 <= retrieval_steps <= 32 or retrieval_pairs < 2:
             raise ValueError(f"need 1 <= retrieval_steps <= 32 and retrieval_pairs >= 2, got {retrieval_steps}, "
                              f"{retrieval_pairs}")
@@ -109,7 +112,9 @@ class Explorer:
         self.model = model.eval()
         self.probe = probe
         self.retrieval_steps, self.retrieval_pairs = retrieval_steps, retrieval_pairs
-        self._calibration: RetrievalCalibration | None = None
+        self._calibration: RejectCalibration | None = None
+        self._calibration_done = False
+        self.retrieval_notice = ""  # where the reject rule came from, when not from the checkpoint's retrieval.json
         self._calibration_lock = threading.Lock()
         cfg = model.config
         if dataset is None:
@@ -437,85 +442,63 @@ class Explorer:
     @torch.inference_mode()
     def move_distances(self, codes_x: torch.Tensor, codes_y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Distance of y from x moved k = 1..``steps`` (default K) times by each action: `(b, k, h, w)` twice →
-        float `(b, a, K)`.
+        float `(b, a, K)` (``causalvq.metrics.reject.search_moves``).
 
         Entry (a, k) is the model's retrieval score (``losses.retrieval_distance``: y's node NLL under the code
         distribution of the k-th transition, averaged or summed as the checkpoint's ``retrieval_score``) after k − 1
-        argmax steps of action a, as the sliders apply them; k = 1 is ``model.retrieve_action_codes``'s score. All
-        b·A chains advance together: one transition call per step.
+        argmax steps of action a, as the sliders apply them; k = 1 is ``model.retrieve_action_codes``'s score.
         """
         steps = self.retrieval_steps if steps is None else int(steps)
-        A, cfg = self.config.num_actions, self.config
-        cur = repeat(self.model.flatten_codes(codes_x), "b n -> (b a) n", a=A)  # (b·a, n)
-        actions = torch.arange(A).repeat(codes_x.shape[0])  # (b·a,)
-        target = self.model.flatten_codes(codes_y)  # (b, n)
-        out = []
-        for _ in range(steps):
-            probs = self.model.transition(cur, actions, sample=False).probs  # (b·a, n, v)
-            grouped = rearrange(probs, "(b a) n v -> b a n v", a=A)
-            out.append(retrieval_distance(grouped, target, cfg.retrieval_score, cfg.renormalised_ce))  # (b, a)
-            cur = probs.argmax(-1)  # (b·a, n)
-        return torch.stack(out, -1)  # (b, a, K)
+        flat = self.model.flatten_codes
+        return reject.search_moves(self.model, flat(codes_x), flat(codes_y), steps).distances
 
-    def calibration_pairs(self, per_step: int, seed: int
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Dataset factor pairs for the reject rule: ``per_step`` true moves of each size k = 1..K (x in the test
-        split, then one factor's value redrawn so that moving it k steps up or down, at random, stays in range) and
-        ``per_step``·K unrelated pairs (x and y drawn independently). Returns x, y `(m, f)`, the true action and k
-        `(m,)` of the true pairs, then the unrelated pairs' x and y stacked as `(2, m, f)`."""
-        ds, K, F = self.dataset, self.retrieval_steps, self.config.num_factors
-        rng = np.random.default_rng([seed, 0xCA1B])
-        sampler = TransitionSampler(ds, split="test")
-        sizes = np.asarray(self.config.factor_sizes)
-        k = np.repeat(np.arange(1, K + 1), per_step)  # (m,)
-        x = sampler.sample_images(len(k), rng)  # (m, f)
-        f = np.array([rng.choice(np.flatnonzero(sizes - 1 >= kk)) for kk in k])  # factors long enough for k
-        up = rng.random(len(k)) < 0.5  # (m,)
-        rows = np.arange(len(k))
-        x[rows, f] = np.where(up, 0, k) + rng.integers(0, sizes[f] - k)  # a start from which the move stays in range
-        y = x.copy()
-        y[rows, f] += np.where(up, k, -k)
-        unrelated = np.stack([sampler.sample_images(len(k), rng), sampler.sample_images(len(k), rng)])
-        return x, y, f + F * (~up), k, unrelated
-
-    def _encode_factors(self, factors: np.ndarray) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.cat([self.model.encode_codes(self._prepare(self.dataset.render(factors[s:s + 64])))
-                              for s in range(0, len(factors), 64)])  # (b, k, h, w)
-
-    def retrieval_rates(self, per_step: int | None = None, seed: int = 0,
-                        thresholds: np.ndarray | None = None) -> RetrievalCalibration:
-        """Measure the reject rule on fresh dataset pairs (``calibration_pairs``): the thresholds are the
-        ``REJECT_QUANTILE`` of the true pairs' distance at their own (action, k), per k, unless ``thresholds``
-        `(K,)` are given (then they are tested on these pairs); the rates are those of ``retrieve``'s answer."""
-        if self.dataset is None:
-            raise InputError("No procedural dataset matches this checkpoint: there are no pairs to measure on.")
-        per_step = self.retrieval_pairs if per_step is None else per_step
-        x, y, action, k, unrelated = self.calibration_pairs(per_step, seed)
-        codes = self._encode_factors(np.concatenate([x, y, unrelated[0], unrelated[1]]))
-        cx, cy, ux, uy = codes.split(len(x))
-        d_true = torch.cat([self.move_distances(cx[s:s + 16], cy[s:s + 16]) for s in range(0, len(x), 16)]).numpy()
-        d_unrel = torch.cat([self.move_distances(ux[s:s + 16], uy[s:s + 16]) for s in range(0, len(x), 16)]).numpy()
-        own = d_true[np.arange(len(x)), action, k - 1]  # (m,)
-        if thresholds is None:
-            thresholds = np.array([np.quantile(own[k == kk], REJECT_QUANTILE)
-                                   for kk in range(1, self.retrieval_steps + 1)])
-        best_true = [_best_move(d, thresholds) for d in d_true]
-        best_unrel = [_best_move(d, thresholds) for d in d_unrel]
-        hit = [acc and (a, s) == (int(aa), int(kk)) for (a, s, _, acc), aa, kk in zip(best_true, action, k)]
-        return RetrievalCalibration(thresholds=np.asarray(thresholds, dtype=np.float64), quantile=REJECT_QUANTILE,
-                                    pairs=per_step, true_accept=float(np.mean(hit)),
-                                    unrelated_reject=float(np.mean([not acc for *_, acc in best_unrel])))
-
-    def retrieval_calibration(self) -> RetrievalCalibration | None:
-        """The reject rule of this checkpoint, measured once (lazily) on ``retrieval_pairs`` true pairs per k and
-        as many unrelated pairs (seed 0); ``None`` without a dataset."""
-        if self.dataset is None:
-            return None
+    def retrieval_calibration(self) -> RejectCalibration | None:
+        """The reject rule of this checkpoint (``causalvq.metrics.reject``), found once (lazily): the checkpoint's
+        ``retrieval.json`` when it has a usable one, else measured here on ``retrieval_pairs`` validation images
+        (``retrieval_notice`` says why); ``None`` without either."""
         with self._calibration_lock:
-            if self._calibration is None:
-                self._calibration = self.retrieval_rates()
+            if not self._calibration_done:
+                stored, problem = self._stored_calibration()
+                if stored is not None and stored.steps != self.retrieval_steps:
+                    stored, problem = None, (f"its retrieval.json covers moves of 1..{stored.steps} steps, "
+                                             f"this explorer searches 1..{self.retrieval_steps}")
+                if stored is None and self.dataset is not None:
+                    sampler = TransitionSampler(self.dataset, split="val")
+                    stored = reject.calibrate(self.model, self.dataset, sampler, num_images=self.retrieval_pairs,
+                                              steps=self.retrieval_steps)
+                    self.retrieval_notice = (f"The checkpoint's calibration cannot be used ({problem}): " if problem
+                                             else "The checkpoint has no retrieval.json: ") + (
+                        f"the reject rule was measured here on {stored.rates.num_images} validation images.")
+                elif problem:
+                    self.retrieval_notice = f"The checkpoint's calibration cannot be used ({problem})."
+                self._calibration, self._calibration_done = stored, True
         return self._calibration
+
+    def _stored_calibration(self) -> tuple[RejectCalibration | None, str]:
+        """The checkpoint's ``retrieval.json`` (folder or Hub repo id) as (calibration, ""), (None, "") when it has
+        none, or (None, why) when it cannot be used."""
+        source = self.source
+        if not source or not Path(source).is_dir() and "/" not in source:  # neither a folder nor an owner/name id
+            return None, ""
+        try:
+            if Path(source).is_dir():
+                return reject.load_calibration(source, self.model), ""
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            def fetch() -> Path | None:
+                try:
+                    return Path(hf_hub_download(source, reject.CALIBRATION_FILE))
+                except EntryNotFoundError:
+                    return None
+
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            future = pool.submit(fetch)
+            pool.shutdown(wait=False)  # a download that outlives the timeout finishes (or fails) in the background
+            path = future.result(timeout=float(os.environ.get(ENV_HUB_TIMEOUT, "10")))
+            return (None if path is None else reject.load_calibration(path.parent, self.model)), ""
+        except Exception as err:  # noqa: BLE001 - any failure: measure the rule here instead, and say why
+            return None, (str(err).replace(str(source), Path(source).name)[:200] or type(err).__name__)
 
     @torch.inference_mode()
     def retrieve(self, x: np.ndarray | Image.Image | torch.Tensor, y: np.ndarray | Image.Image | torch.Tensor
@@ -523,17 +506,22 @@ class Explorer:
         """Which single-factor move of k = 1..K steps turns image x into image y, or none.
 
         ``x`` and ``y`` are images (any size or mode) or code grids `(1, k, h, w)`. Every (action, k) is scored
-        by ``move_distances``; the best (smallest distance) is the answer when its distance is at most the
-        calibrated threshold for k steps (``retrieval_calibration``), else the answer is "no single-factor move
-        explains this pair". Two images with the same codes are answered "no move". Without a dataset to calibrate
-        on, the best move is given unjudged.
+        (``move_distances``) and the closest move is judged by the reject rule (``causalvq.metrics.reject.decide``
+        with ``retrieval_calibration``): "no move" for two images with the same codes; refused when its distance is
+        above the threshold of its k or y has more codes it cannot explain than the limit of its k, or when one more
+        step of another factor's action brings y closer by more than the margin; else the answer. Without a
+        calibration the closest move is given unjudged.
         """
         cx, cy = self._codes_of(x), self._codes_of(y)
-        d = self.move_distances(cx, cy)[0].numpy()  # (a, K)
+        nx, ny = self.model.flatten_codes(cx), self.model.flatten_codes(cy)  # (1, n)
+        search = reject.search_moves(self.model, nx, ny, self.retrieval_steps)
+        d = search.distances[0].numpy()  # (a, K)
         cal = self.retrieval_calibration()
-        action, steps, threshold, accepted = _best_move(d, None if cal is None else cal.thresholds)
-        if bool((cx == cy).all()):  # the same codes: nothing moved, whatever the scores say
-            accepted = False
+
+        def extend(a: int, k: int) -> np.ndarray:
+            return reject.extension_distances(self.model, search.grids[0, a, k - 1][None], ny)[0].numpy()  # (a,)
+
+        decision = reject.decide(d, search.unexplained[0].numpy(), bool((nx == ny).all()), cal, extend)
         flat = d.reshape(-1)
         probs = np.exp(-(flat - flat.min()))
         probs /= probs.sum()
@@ -541,11 +529,13 @@ class Explorer:
         K = d.shape[1]
         return RetrievalView(
             ranking=tuple((f"{self.action_names[i // K]} ×{i % K + 1}", float(probs[i])) for i in order),
-            action=action, steps=steps, distances=d, thresholds=None if cal is None else cal.thresholds,
-            threshold=threshold, accepted=accepted,
-            intervened=(self.model.intervention_probs(cx, torch.tensor([action]))[0] > 0.5).numpy(),
-            changed=(self.model.flatten_codes(cx) != self.model.flatten_codes(cy))[0].numpy(),
-            codes_x=cx, codes_y=cy)
+            action=decision.action, steps=decision.steps, distances=d,
+            thresholds=None if cal is None else np.asarray(cal.thresholds), threshold=decision.threshold,
+            accepted=decision.accepted, verdict=decision.verdict.value, unexplained=decision.unexplained,
+            limit=decision.limit, rival=decision.rival,
+            rival_distance=decision.rival_distance, margin=None if cal is None else cal.margin,
+            intervened=(self.model.intervention_probs(cx, torch.tensor([decision.action]))[0] > 0.5).numpy(),
+            changed=(nx != ny)[0].numpy(), codes_x=cx, codes_y=cy)
 
     def _codes_of(self, image: np.ndarray | Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(image, torch.Tensor) and not image.is_floating_point():
@@ -618,13 +608,3 @@ class Explorer:
                          mask_share=None if maps is None else maps.mask[a].numpy(),
                          changed_share=None if maps is None else maps.changed[a].numpy(),
                          pairs=0 if maps is None else int(maps.pairs[a]))
-
-
-def _best_move(distances: np.ndarray, thresholds: np.ndarray | None) -> tuple[int, int, float | None, bool | None]:
-    """The smallest of ``distances`` `(a, K)` as (action, k, threshold for k, accepted); without ``thresholds``
-    `(K,)` the last two are ``None``."""
-    a, k = np.unravel_index(int(np.argmin(distances)), distances.shape)
-    if thresholds is None:
-        return int(a), int(k) + 1, None, None
-    t = float(thresholds[k])
-    return int(a), int(k) + 1, t, bool(distances[a, k] <= t)

@@ -107,27 +107,26 @@ class CodeChoices:
 
 
 @dataclass(frozen=True)
-class RetrievalCalibration:
-    """What true single-factor moves of k = 1..K steps score, measured on dataset pairs: the reject rule."""
-
-    thresholds: np.ndarray  # float (K,): the ``quantile`` of the true pairs' distance at their own move, per k
-    quantile: float  # share of true k-step moves a threshold accepts on the pairs it was measured on
-    pairs: int  # true pairs per k (and unrelated pairs in all) behind it
-    true_accept: float  # share of the true pairs answered with their own (action, k)
-    unrelated_reject: float  # share of the unrelated pairs (two independent images) answered "no"
-
-
-@dataclass(frozen=True)
 class RetrievalView:
+    """The answer of ``Explorer.retrieve`` (``causalvq.metrics.reject``), with the ranking of every move."""
+
     ranking: tuple[tuple[str, float], ...]  # ("<action> ×k", p) over every move, p = softmax(−distance), best first
-    action: int  # the action of the best move (smallest distance)
+    action: int  # the action of the closest move (smallest distance)
     steps: int  # its number of steps k
     distances: np.ndarray  # float (a, K): code-grid distance of y from x moved k steps by action a (the model's
     #                        retrieval score: node NLL, averaged or summed as the checkpoint's retrieval_score)
-    thresholds: np.ndarray | None  # float (K,): the calibrated threshold per k (None: no dataset to calibrate on)
-    threshold: float | None  # the one for ``steps`` steps
-    accepted: bool | None  # the best move explains the pair (distance <= threshold); None without a threshold
-    intervened: np.ndarray  # bool (n,), nodes the most probable action intervenes on, on x's codes
+    thresholds: np.ndarray | None  # float (K,): the calibrated threshold per k (None: no calibration)
+    threshold: float | None  # the one for ``steps`` steps (None: not judged)
+    accepted: bool | None  # the closest move is the answer; None without a calibration
+    verdict: str  # the rule's answer (``reject.Verdict`` values): "move", "no move", "too far", "two factors",
+    #               "unjudged"
+    unexplained: int  # y's codes the closest move gives a probability below reject.P_UNEXPLAINED (1 %)
+    limit: float | None  # the calibrated limit of unexplained codes for ``steps`` steps (None: not judged)
+    rival: int | None  # the action of another factor whose extra step after the move brings y closest (None: not
+    #                    checked, the move being too far, the codes the same or no calibration)
+    rival_distance: float | None  # y's distance after the move and that step
+    margin: float | None  # the calibrated margin: "two factors" when distance − rival_distance exceeds it
+    intervened: np.ndarray  # bool (n,), nodes the closest move's action intervenes on, on x's codes
     changed: np.ndarray  # bool (n,), nodes whose code differs between x and y
     codes_x: torch.Tensor  # long (1, k, h, w)
     codes_y: torch.Tensor  # long (1, k, h, w)

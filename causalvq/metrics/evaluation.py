@@ -23,6 +23,9 @@ Protocol (what each number means):
   Argmax factor accuracy: the factor of the argmax action is the true one (the official code's
   ``causal_nodir_acc``, which folds the one-hot prediction, not p; with directed accuracy, the retrieval metrics
   of the official notebook apply_action.ipynb, here a clean mean over the pairs).
+- **Retrieval with a reject option** (a causalvq addition, ``causalvq.metrics.reject``): the closest single-factor
+  move of 1..K steps, or a refusal, with thresholds and margin calibrated on the validation split; rates on pairs
+  of the evaluated split (true one-step and k-step moves answered right, two-factor and unrelated pairs refused).
 - **Intervention accuracy** (a causalvq addition; the paper shows k repeated applications qualitatively, §10.5):
   for x of the split and an action a that can be applied k times without leaving the factor range (y_k in the
   split too), decode ``model.intervene(x, a, steps=k)`` and count it correct when its pixel MSE to the true y_k
@@ -63,6 +66,7 @@ from causalvq.metrics.disentanglement import (
     evaluate_representation,
     noise_baseline,
 )
+from causalvq.metrics.reject import evaluate_reject
 from causalvq.metrics.report import (
     CodeResult,
     DisentanglementResult,
@@ -358,6 +362,9 @@ def evaluate_model(
     x_factors, y_factors, actions = sampler.sample_pairs(num_pairs, rng["retrieval"])
     retrieval = evaluate_retrieval(model, dataset, x_factors, y_factors, actions, batch_size)
     lap("retrieval")
+    reject = evaluate_reject(model, dataset, sampler, num_images=max(2, num_pairs // 4), seed=seed,
+                             batch_size=batch_size)  # thresholds from the validation split, rates on this one
+    lap("reject")
     codes = evaluate_codes(model, dataset, x_factors, y_factors, actions, batch_size)
     lap("codes")
     s = model.config.image_size
@@ -389,12 +396,13 @@ def evaluate_model(
         "intervention_pairs": {f"k{r.steps}": r.num_pairs for r in intervention},
         "disentanglement": dataclasses.asdict(disentanglement_sizes) if disentanglement else None,
         "batch_size": batch_size,
+        **({"reject": reject} if isinstance(reject, str) else {}),
     }
     return EvalReport(
         dataset=dataset.name, split=split, seed=seed, image_size=model.config.image_size,
         factor_names=tuple(dataset.factor_names), action_names=tuple(model.action_names),
         reconstruction=recon, retrieval=retrieval, codes=codes, structure=structure, intervention=tuple(intervention),
         disentanglement=dis,
-        protocol=protocol, seconds=seconds,
+        protocol=protocol, seconds=seconds, reject=None if isinstance(reject, str) else reject,
     )  # fmt: skip
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from causalvq.metrics.disentanglement import DisentanglementSizes
+from causalvq.metrics.reject import K_STEPS, RejectResult
 from causalvq.metrics.structure import StructureResult
 
 
@@ -123,6 +124,7 @@ class EvalReport:
     protocol: dict[str, Any]  # split seed, sample sizes and switches
     seconds: dict[str, float]  # wall time per section
     probe: ProbeResult | None = None  # the checkpoint folder's factor probe (None: it has none, or not evaluated)
+    reject: RejectResult | None = None  # retrieval with a reject option (None: not measured, or written before it)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists); ``EvalReport.from_dict`` inverts it."""
@@ -144,6 +146,7 @@ class EvalReport:
             disentanglement=tuple(DisentanglementResult(**d) for d in data["disentanglement"]),
             protocol=dict(data["protocol"]), seconds=dict(data["seconds"]),
             probe=ProbeResult(**data["probe"]) if data.get("probe") else None,
+            reject=RejectResult.from_dict(data["reject"]) if data.get("reject") else None,
         )  # fmt: skip
 
     def rows(self) -> list[MetricRow]:
@@ -162,6 +165,8 @@ class EvalReport:
                               ret.action_chance, n),
                     MetricRow(f"retrieval.factor_accuracy.{name}", ret.per_factor_factor_accuracy[name],
                               ret.factor_chance, n)]
+        if (rj := self.reject) is not None:
+            out += _reject_rows(rj, self.factor_names)
         if (codes := self.codes) is not None:
             n = codes.num_pairs
             out += [MetricRow("codes.changed_accuracy", codes.changed_accuracy, None, n),
@@ -262,6 +267,23 @@ def format_markdown(report: EvalReport) -> str:
               "with a applicable k times; correct when the decoded `intervene(x, a, steps=k)` is strictly nearest "
               "(pixel MSE) to the true y_k among x and every k-step neighbour of x; chance = hit rate of a "
               f"uniformly drawn candidate; `mse` = MSE to y_k. Pairs per k: {p['intervention_pairs']}."]
+    if (rj := report.reject) is not None:
+        c, r = rj.calibration, rj.rates
+        lines.append(
+            f"- retrieval with a reject option (causalvq addition; `causalvq.metrics.reject`): every single-factor "
+            f"move of k = 1..{c.steps} steps is scored by y's {c.score} node NLL under the k-th transition after k − 1 "
+            "argmax steps; the closest is the answer unless x and y have the same codes (no move), its distance is "
+            "above the threshold of its k, or one more step of another factor's action brings y closer by more than "
+            f"the margin. Thresholds and margin: the {c.quantile:.3g} quantile of true moves on the `{c.split}` split "
+            f"({c.rates.num_images} images x: every single-factor move of 1..{c.steps} steps with y in the split; "
+            f"thresholds {', '.join(f'{t:.3f}' for t in c.thresholds)}, margin {c.margin:.3f}). Rates on "
+            f"{r.num_images} images x of split `{report.split}` (fresh draws): `one_step_right` / `right.k<k>` = "
+            f"true k-step moves answered with their own (action, k), `k_steps_right` over k = "
+            f"{', '.join(map(str, K_STEPS))}; `two_factor_rejected` = pairs moving two factors one step each that "
+            f"are refused; `unrelated_rejected` = refused pairs with y drawn independently ({r.num_pairs['single']} "
+            f"true, {r.num_pairs['two_factor']} two-factor, {r.num_pairs['unrelated']} unrelated pairs).")
+    elif "reject" in p:
+        lines.append(f"- retrieval with a reject option: {p['reject']}.")
     if report.probe is not None:
         lines.append(f"- factor probe (causalvq addition; `causalvq.probe`, the checkpoint's `probe.safetensors` + "
                      f"`probe.json`): a softmax classifier per factor over the one-hot codes, fitted on images of the "
@@ -347,6 +369,23 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Pa
     paths["markdown"].write_text(format_markdown(report))
     plot_confusion(report.retrieval.confusion, report.action_names, paths["confusion"])
     return paths
+
+
+def _reject_rows(rj: RejectResult, names: tuple[str, ...]) -> list[MetricRow]:
+    """The rows of ``EvalReport.rows`` for retrieval with a reject option: the four rates, per k, per factor."""
+    r = rj.rates
+    k_pairs = sum(c for k, c in enumerate(r.pairs_per_step, 1) if k in K_STEPS)
+    out = [MetricRow("retrieval.reject.one_step_right", r.one_step_right, None, r.pairs_per_step[0]),
+           MetricRow("retrieval.reject.k_steps_right", r.k_steps_right, None, k_pairs),
+           MetricRow("retrieval.reject.two_factor_rejected", r.two_factor_rejected, None, r.num_pairs["two_factor"]),
+           MetricRow("retrieval.reject.unrelated_rejected", r.unrelated_rejected, None, r.num_pairs["unrelated"])]
+    out += [MetricRow(f"retrieval.reject.right.k{k}", v, None, c)
+            for k, (v, c) in enumerate(zip(r.right_per_step, r.pairs_per_step), 1)]
+    out += [MetricRow(f"retrieval.reject.one_step_right.{n}", r.per_factor_one_step_right[n], None,
+                      r.per_factor_one_step_pairs[n]) for n in names]
+    out += [MetricRow(f"retrieval.reject.k_steps_right.{n}", r.per_factor_k_steps_right[n], None,
+                      r.per_factor_k_steps_pairs[n]) for n in names]
+    return out
 
 
 def _structure_rows(st: StructureResult, names: tuple[str, ...], pairs: dict[str, int]) -> list[MetricRow]:
