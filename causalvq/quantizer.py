@@ -6,6 +6,9 @@ Index search (``indices``) and codebook lookup (``lookup``) are separate steps, 
 edit the indices in between. The channel split is disjoint: codebook k reads channels k·d .. (k+1)·d − 1. The
 official implementation starts block k at channel k (overlapping windows, B1 in docs/fidelity.md); set
 ``overlapping=True`` for that behaviour.
+
+``restart_codes`` moves dead codes onto encoder outputs (B27 in docs/fidelity.md, a training-time option that the
+stage-1 trainer calls; the paper's quantizer has no restarts).
 """
 
 from __future__ import annotations
@@ -82,6 +85,40 @@ class MultiCodebookQuantizer(nn.Module):
         entropy = -(counts * counts.clamp_min(1e-10).log()).sum(-1)
         return Quantized(quantized=st, indices=indices, loss=loss, perplexity=entropy.exp(),
                          usage=(counts > 0).float().mean(-1))
+
+    def code_counts(self, indices: torch.Tensor) -> torch.Tensor:
+        """How often each code is chosen: long `(b, k, h, w)` → float `(k, v)`."""
+        flat = rearrange(indices, "b k h w -> k (b h w)")
+        counts = torch.zeros(self.num_codebooks, self.codebook_size, device=indices.device)
+        return counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=counts.dtype))
+
+    @torch.no_grad()
+    def restart_codes(self, z: torch.Tensor, dead: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """Move each dead code onto an encoder output of ``z`` (B27: dead-code restart, k-means++ style).
+
+        A dead code gets no gradient from the VQ loss and stays dead; the stage-1 trainer calls this with the codes
+        a batch did not use. Code (k, j) is replaced by the block of the position whose inverse-CDF value under the
+        squared distance to its nearest code is ``uniform[k, j]``: positions far from every code, the ones the
+        codebook represents worst, are the likeliest (D² sampling, as k-means++ seeding). All randomness comes in
+        through ``uniform``, so the same arguments give the same codebook on every process.
+
+        Args:
+            z: `(b, D, h, w)` encoder features.
+            dead: bool `(k, v)`: the codes to move.
+            uniform: `(k, v)` numbers in [0, 1), one per code.
+
+        Returns:
+            long `(k,)`: how many codes each codebook moved.
+        """
+        zb = rearrange(self._blocks(z), "b k h w d -> k (b h w) d")
+        dist = torch.cdist(zb, self.codebooks).pow(2).amin(-1)  # (k, n): squared distance to the nearest code
+        dist = torch.where(dist.sum(-1, keepdim=True) > 0, dist, torch.ones_like(dist))  # all on codes: uniform
+        cdf = dist.double().cumsum(-1)  # (k, n)
+        target = uniform.to(cdf) * cdf[:, -1:]  # (k, v)
+        pos = torch.searchsorted(cdf, target, right=True).clamp_max(zb.shape[1] - 1)  # (k, v)
+        new = torch.gather(zb, 1, pos[..., None].expand(-1, -1, self.code_dim))  # (k, v, d)
+        self.codebooks.copy_(torch.where(dead[..., None], new.to(self.codebooks), self.codebooks))
+        return dead.sum(-1)
 
     def _embedded_channels(self, z: torch.Tensor) -> torch.Tensor:
         """The channels the codebooks see, laid out as ``lookup`` returns them: `(b, K·d, h, w)`."""

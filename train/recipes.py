@@ -121,6 +121,27 @@ class StageRecipe:
 class Stage1Recipe(StageRecipe):
     """Stage 1: the image model (encoder, quantizer, decoder) on single images of the train split."""
 
+    # B27, two data-dependent starts for images that are mostly background (docs/fidelity.md). output_bias: before
+    # the first step the decoder's output bias is set so that it draws the mean pixel of the first batch (tanh⁻¹ of
+    # its value on the [−1, 1] scale); false (the default): PyTorch's initialisation.
+    output_bias: bool = False
+    # restart_every: every this many steps (before step restart_until; 0 = the whole stage) the codes that no
+    # position of the step's batch chose (on any process) move onto encoder outputs of the batch
+    # (quantizer.restart_codes; step 0 thus also initialises the codebook from the data). 0 (the default): never.
+    restart_every: int = 0
+    restart_until: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.restart_every < 0 or self.restart_until < 0:
+            raise ValueError(f"stage1.restart_every and stage1.restart_until must be >= 0, got "
+                             f"{self.restart_every}, {self.restart_until}")
+
+    def restarts_at(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) restarts the dead codes before its forward pass (B27)."""
+        return (self.restart_every > 0 and step % self.restart_every == 0
+                and (self.restart_until == 0 or step < self.restart_until))
+
 
 @dataclass(frozen=True)
 class Stage2Recipe(StageRecipe):

@@ -1,7 +1,9 @@
 """The two training stages as ``StageSpec``s: what each step draws and which model objective it minimises.
 
 - **Stage 1** (paper §8.1): encoder, quantizer and decoder learn ``model.image_losses(x)`` on single images of the
-  train split; the causal-transition layer is frozen (its weights stay at their initial values).
+  train split; the causal-transition layer is frozen (its weights stay at their initial values). B27 (recipe
+  switches, off by default): ``stage1.output_bias`` starts the decoder at the first batch's mean pixel, and with
+  ``stage1.restart_every`` some steps first move the codes their batch left unused onto its encoder outputs.
 - **Stage 2**: the image model is frozen (``requires_grad_(False)``, not only left out of the optimiser as in
   the official code) and only the causal-transition layer learns, on code grids pre-computed once with the
   frozen encoder (paper §13.3; exact, since the encoder is deterministic and no augmentation is used). Each
@@ -17,6 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from causalvq.config import ModelConfig
 from causalvq.data import FactorDataset, render_images
@@ -38,6 +41,43 @@ USES: tuple[str, ...] = ("base", "action", "retrieval")
 class ImageBatch:
     factors: np.ndarray  # (b, f) int64
     images: torch.Tensor  # (b, c, S, S) on the CPU
+    restart_uniform: np.ndarray | None = None  # (k, v) in [0, 1): B27's draw, the same on every rank; None: off
+
+
+def init_output_bias(model: CausalVQ, x: torch.Tensor) -> None:
+    """B27: set the decoder's output bias so that it draws the mean pixel of ``x`` `(b, c, S, S)`, per channel.
+
+    The decoder ends in Tanh, mapped to [0, 1]; on mostly black images (dSprites) the mean-pixel start removes the
+    first steps' burst of "darken everything", which otherwise saturates the Tanh at the sprites' pixels too (their
+    gradient is then exactly 0 and the image model never recovers). The mean is taken over every process's batch.
+    """
+    layer = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        mean = x.mean((0, 2, 3))  # (c,)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(mean)
+            mean = mean / dist.get_world_size()
+        layer.bias.copy_(torch.atanh((2 * mean - 1).clamp(-0.999, 0.999)))
+
+
+def restart_dead_codes(model: CausalVQ, x: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """B27: move the codes that no position of ``x`` `(b, c, S, S)` chooses onto encoder outputs of ``x``.
+
+    Under torchrun the code counts are summed over the processes (a code is dead only if no rank's batch uses it)
+    and rank 0's new codebook is broadcast, so every process keeps the same weights. ``uniform`` `(k, v)` is the
+    step's shared draw (``quantizer.restart_codes``). Returns the number of codes moved, summed over codebooks.
+    """
+    quantizer = model.quantizer
+    with torch.no_grad():
+        z = model.encoder(x)  # (b, D, h, w)
+        counts = quantizer.code_counts(quantizer.indices(z))  # (k, v)
+        world = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if world:
+            dist.all_reduce(counts)
+        moved = quantizer.restart_codes(z, counts == 0, uniform.to(z.device))
+        if world:
+            dist.broadcast(quantizer.codebooks.data, src=0)
+    return moved.sum()
 
 
 def stage1_spec(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSampler,
@@ -46,15 +86,26 @@ def stage1_spec(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSamp
     model.requires_grad_(True)
     model.transition.requires_grad_(False)
     size = model.config.image_size
+    codes = (model.config.num_codebooks, model.config.codebook_size)
 
     def draw(shared: np.random.Generator, local: np.random.Generator) -> ImageBatch:
         factors = sampler.sample_images(settings.batch_size, local)  # (b, f)
-        return ImageBatch(factors=factors, images=render_images(dataset, factors, size))
+        uniform = shared.random(codes) if settings.restart_every else None  # (k, v)
+        return ImageBatch(factors=factors, images=render_images(dataset, factors, size), restart_uniform=uniform)
 
     def step(objective: Objective, batch: ImageBatch, index: int) -> StepResult:
         x = batch.images.to(model.device, non_blocking=True)  # (b, c, S, S)
+        restarted = None
+        if settings.output_bias and index == 0:
+            init_output_bias(model, x)
+        if settings.restart_every:
+            restarted = torch.zeros(())
+            if settings.restarts_at(index):
+                restarted = restart_dead_codes(model, x, torch.from_numpy(batch.restart_uniform)).float()
         out = objective(lambda m: m.image_losses(x))
         parts = {"recon": out.recon, "vq": out.vq, "perplexity": out.perplexity, "usage": out.usage}
+        if restarted is not None:
+            parts["restarted"] = restarted  # codes moved at this step (B27); the log shows the window's mean
         return StepResult(loss=out.loss, parts=parts, items=len(x))
 
     return StageSpec(stage=1, settings=settings, parameters=model.image_parameters(), draw=draw, step=step,
