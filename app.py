@@ -14,10 +14,12 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import hashlib  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import threading  # noqa: E402
 import uuid  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from functools import wraps  # noqa: E402
@@ -61,13 +63,25 @@ CSS = """
 #examples-gallery .gallery-item, #examples-gallery .thumbnail-item { width: 100%; height: auto; aspect-ratio: 1; }
 """
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True, "css": CSS}
+# Slider moves answered at once (env CAUSALVQ_SLIDE_CONCURRENCY): their transitions run as one batched call
+# (Explorer's batcher), drawing and PNG encoding overlap; events that draw with matplotlib, which is not thread-safe,
+# run one at a time. docs/speed.md has the measurements behind the default.
+SLIDE_CONCURRENCY = max(1, int(os.environ.get("CAUSALVQ_SLIDE_CONCURRENCY", "8")))
+FIGURES: dict[str, Any] = {"concurrency_id": "figures", "concurrency_limit": 1}  # matplotlib: one at a time
+MAX_BATCH = max(1, int(os.environ.get("CAUSALVQ_MAX_BATCH", "16")))  # transitions in one batched call (1: none)
+ENCODED_KEPT = 4096  # output images whose PNG file is remembered by their pixels (_save_pil_to_cache)
 LOG = logging.getLogger("causalvq.app")
 LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code changed. **Black corner**: the node was "
           "intervened on.")
 
 
+_ENCODED: OrderedDict[tuple, str] = OrderedDict()  # (pixels digest, mode, size, format, name, folder) → file
+_ENCODED_LOCK = threading.Lock()
+
+
 def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-    """gradio's ``processing_utils.save_pil_to_cache`` with an atomic write (same path, same bytes).
+    """gradio's ``processing_utils.save_pil_to_cache`` with an atomic write (same path, same bytes), that
+    encodes an image only once while its file is there.
 
     gradio names a cached output image by the hash of its bytes and rewrites that file in place, so when two
     requests produce the same image at once (every page load shows the same example; two visitors move the same
@@ -75,7 +89,19 @@ def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: st
     with 0 bytes (``RemoteProtocolError`` in gradio_client, a broken image in the browser; 2-4 of 20 concurrent
     uploads of one example in bench/bench_load.py's setup). Written to a temporary file and renamed instead, a
     reader always gets a whole file.
+
+    An image is encoded once: the file written for the same pixels (a digest of the raw pixels, mode and size) is
+    answered again while it exists, so the ground truth of a slider position, a code grid or a result seen before
+    costs a hash instead of a PNG encoding (images with metadata or a palette are always encoded).
     """
+    key = None
+    if img.mode in ("RGB", "RGBA", "L") and not img.info:
+        key = (hashlib.blake2b(img.tobytes(), digest_size=20).digest(), img.mode, img.size, format, name,
+               str(cache_dir))
+        with _ENCODED_LOCK:
+            known = _ENCODED.get(key)
+        if known is not None and os.path.exists(known):
+            return known
     data = processing_utils.encode_pil_to_bytes(img, format)
     folder = Path(cache_dir) / processing_utils.hash_bytes(data)
     path = (folder / f"{name}.{format}").resolve()
@@ -89,6 +115,11 @@ def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: st
             if attempt:
                 raise
     os.replace(tmp, path)
+    if key is not None:
+        with _ENCODED_LOCK:
+            _ENCODED[key] = str(path)
+            while len(_ENCODED) > ENCODED_KEPT:
+                _ENCODED.popitem(last=False)
     return str(path)
 
 
@@ -288,6 +319,11 @@ class Handlers:
         return (display_image(r.image), self._grid(ex, r.codes, r.changed, r.intervened),
                 extrapolation_text(ex, inp, ex.slider_steps(steps), r.extrapolated))
 
+    def move(self, session: Session, *sliders: float) -> tuple:
+        """The page's slider event (``/slide``): ``slide``'s three outputs, then ``ground_truth``'s two, in one
+        event, so a move costs one queue slot and one answer instead of two."""
+        return (*self.slide(session, *sliders), *self.ground_truth(session, *sliders))
+
     def _truth(self, ex: Explorer, inp: LoadedInput, steps: Sequence[float | None]) -> tuple[Any, str]:
         """The ground-truth image and its caption: true values for dataset samples, the probe's estimate for
         other inputs (labelled as estimated), else why there is none."""
@@ -469,7 +505,7 @@ class Handlers:
                                    f"laid out for {self.slots}. Start it with {display_name(choice)} in "
                                    "CAUSALVQ_CHECKPOINT.")
                 probe, probe_notice = load_checkpoint_probe(choice, loaded.model)
-                self.explorers[choice] = Explorer(loaded.model, source=choice, probe=probe,
+                self.explorers[choice] = Explorer(loaded.model, source=choice, probe=probe, max_batch=MAX_BATCH,
                                                   notice=" ".join(s for s in (loaded.notice, probe_notice) if s))
         ex = self.explorers[choice]
         return (Session(checkpoint=choice), describe(ex), *self.model_updates(ex))
@@ -813,35 +849,38 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         gallery.select(h.select_example, [session], load_outputs, api_visibility="private")
         demo.load(h.first_example, [session], load_outputs, api_visibility="private")
 
-        slider_events = [s.input for s in sliders]
-        gr.on(slider_events, h.slide, [session, *sliders], [result_img, result_grid, result_md], api_name="slide",
-              trigger_mode="always_last", show_progress="hidden")
-        gr.on(slider_events, h.ground_truth, [session, *sliders], [truth_img, truth_md], api_name="ground_truth",
-              trigger_mode="always_last", show_progress="hidden")
+        # a move: one event for the result and the ground truth, SLIDE_CONCURRENCY at once; the handler checks the
+        # slider values itself (preprocess=False skips gradio's per-slider pass, a thread hop each)
+        gr.on([s.input for s in sliders], h.move, [session, *sliders],
+              [result_img, result_grid, result_md, truth_img, truth_md], api_name="slide",
+              trigger_mode="always_last", show_progress="hidden", preprocess=False,
+              concurrency_limit=SLIDE_CONCURRENCY, concurrency_id="slide")
+        gr.Button(visible=False).click(h.ground_truth, [session, *sliders], [truth_img, truth_md],
+                                       api_name="ground_truth")  # the ground truth alone, for API callers
         reset_btn.click(h.reset, [session], [*sliders, result_img, result_grid, truth_img, truth_md, result_md],
                         api_name="reset")
 
         graph_inputs = [session, action_dd, threshold, over, view, top_k, node_dd]
         gr.on([graph_tab.select, action_dd.input, threshold.release, over.input, view.input, top_k.release,
                node_dd.input], h.graph, graph_inputs, [heat_plot, net_plot, graph_md, ego_table], api_name="graph",
-              trigger_mode="always_last")
+              trigger_mode="always_last", **FIGURES)
         gr.on([graph_tab.select, node_dd.input], h.code_choices, [session, node_dd], [code_dd],
               api_name="code_choices", trigger_mode="always_last")
-        do_btn.click(h.do, [session, node_dd, code_dd], [do_img, do_grid, do_plot, do_md], api_name="do")
+        do_btn.click(h.do, [session, node_dd, code_dd], [do_img, do_grid, do_plot, do_md], api_name="do", **FIGURES)
 
         pair_btn.click(h.pair_from_sliders, [session, *sliders], [x_img, y_img], api_name="pair_from_sliders")
         x_up.upload(h.upload_pair_image, [x_up, session], [x_img], api_name="upload_x")
         y_up.upload(h.upload_pair_image, [y_up, session], [y_img], api_name="upload_y")
         retrieve_btn.click(h.retrieve_files, [session, x_img, y_img], [retrieve_plot, retrieve_grid, retrieve_md],
-                           api_name="retrieve", preprocess=False)
+                           api_name="retrieve", preprocess=False, **FIGURES)
 
         trav_btn.click(h.traverse, [session, trav_steps], [trav_img, trav_png, trav_gif], api_name="traverse")
         gr.on([maps_tab.select, map_action.input], h.factor_maps, [session, map_action],
-              [maps_plot, maps_img, maps_md], api_name="factor_maps", trigger_mode="always_last")
+              [maps_plot, maps_img, maps_md], api_name="factor_maps", trigger_mode="always_last", **FIGURES)
         checkpoint.input(h.change_checkpoint, [checkpoint, session], [session, info, *model_outputs],
                          api_name="checkpoint")
 
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=1)  # every other event: one at a time per event
     demo.handlers = h  # the handlers behind the events, for tests and benchmarks
     return demo
 
@@ -852,7 +891,7 @@ def load_demo() -> gr.Blocks:
     explorer = None
     if loaded.model is not None:
         probe, probe_notice = load_checkpoint_probe(loaded.source, loaded.model)
-        explorer = Explorer(loaded.model, source=loaded.source, probe=probe, notice=probe_notice)
+        explorer = Explorer(loaded.model, source=loaded.source, probe=probe, notice=probe_notice, max_batch=MAX_BATCH)
     return build_demo(explorer, notice=loaded.notice)
 
 

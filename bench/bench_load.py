@@ -2,23 +2,25 @@
 
 Usage::
 
-    python bench/bench_load.py [--clients 20] [--seconds 60] [--moves random|walk] [--checkpoint DIR_OR_REPO]
-                               [--url URL] [--check 300]
+    python bench/bench_load.py [--clients 20] [--seconds 60] [--moves walk|random] [--checkpoint DIR_OR_REPO]
+                               [--url URL | --app DIR] [--check 300]
 
 Without ``--url`` it starts ``python app.py`` in a fresh process (as deployed; the clients' threads would share
 the GIL with an in-process server and slow it down) on ``--checkpoint``, else ``$CAUSALVQ_CHECKPOINT``, else the
 shipped ``assets/causalvq-shapes3d``, else an untrained ``ModelConfig.small()`` (the trained small model's
-compute). With ``--url`` it drives that app instead (then ``--checkpoint`` names the checkpoint it serves, for
-the model-side check).
+compute); ``--app DIR`` starts ``DIR/app.py`` instead of this repository's (an older copy, for a baseline measured
+by the same clients). With ``--url`` it drives that app instead (then ``--checkpoint`` names the checkpoint it
+serves, for the model-side check).
 
 Each client is a ``gradio_client.Client`` (its own session): it uploads one of the gallery examples, then, until
-``--seconds`` have passed, calls ``/slide``, one call after another, with random slider values: ``--moves random``
-(default) draws every slider uniformly in its range ±k_f (a jump: ~25 transitions a call, the prefix cache rarely
-helps); ``--moves walk`` moves one slider one step (a person dragging: one transition, cached prefix). Every
-answer is checked: both images came back, are PNGs and have the sizes the model gives (result
-``display_image`` of S px, code grid ``draw_code_grid``). After the run ``--check`` answers drawn at random are
-compared pixel for pixel with the model-side result of the same input and slider values
-(``Explorer.apply_sliders`` → ``display_image``, and the code grid); ``--check -1`` compares all of them.
+``--seconds`` have passed, calls ``/slide``, one call after another: ``--moves walk`` (default) moves one slider one
+step (a person dragging a slider: the prefix cache holds the factors before it, so a call runs one transition for
+the moved factor and one per step of the factors after it); ``--moves random`` draws every slider uniformly in its
+range ±k_f (a jump: ~25 transitions a call, the prefix cache rarely helps). Every answer is checked: its images came
+back, are PNGs and have the sizes the model gives (result ``display_image`` of S px, code grid ``draw_code_grid``,
+and the ground truth where ``/slide`` answers it too). After the run ``--check`` answers drawn at random are
+compared pixel for pixel with the model-side result of the same input and slider values (``Explorer.apply_sliders``
+→ ``display_image``, the code grid, and ``Explorer.ground_truth``); ``--check -1`` compares all of them.
 
 Prints: calls, errors (exceptions), wrong answers, latency p50 / p95 / max, throughput (answers per second), and
 (without ``--url``) the size of the app's gradio cache (``GRADIO_TEMP_DIR``: files, bytes, folders) at the end of
@@ -56,6 +58,7 @@ class Answer:
     seconds: float
     image: str | None = None  # downloaded result image
     grid: str | None = None  # downloaded code-grid image
+    truth: str | None = None  # downloaded ground-truth image, when /slide answers it (else None)
     problem: str = ""  # "" when the answer looked right
 
 
@@ -92,14 +95,14 @@ def resolve_checkpoint(arg: str | None) -> tuple[str, bool]:
     return checkpoint, True
 
 
-def start_app(checkpoint: str, cache: Path) -> tuple[subprocess.Popen, str]:
-    """``python app.py`` on a free port, its gradio cache in ``cache``; returns the process and its URL once the
-    page answers."""
+def start_app(checkpoint: str, cache: Path, folder: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """``python app.py`` in ``folder`` on a free port, its gradio cache in ``cache``; returns the process and its
+    URL once the page answers."""
     port = free_port()
     env = {**os.environ, **OFFLINE, "CAUSALVQ_CHECKPOINT": checkpoint, "GRADIO_SERVER_PORT": str(port),
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_TEMP_DIR": str(cache)}
     url = f"http://127.0.0.1:{port}/"
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600  # start-up takes seconds, minutes on a machine busy with training
     while time.monotonic() < deadline:
@@ -180,21 +183,25 @@ def client_loop(url: str, example: int, path: Path, max_steps: list[int], slots:
         values = current + [0] * (slots - len(max_steps))
         t = time.perf_counter()
         try:
-            image, grid, _text = client.predict(*values, api_name="/slide")  # and the extrapolation text
+            out = client.predict(*values, api_name="/slide")  # image, grid, text (, truth image, truth text)
         except Exception as err:  # noqa: BLE001 - counted, reported
             log.errors.append(f"{type(err).__name__}: {str(err)[:200]}")
             continue
-        answer = Answer(example=example, values=values, seconds=time.perf_counter() - t, image=image, grid=grid)
-        if png_size(image) != sizes["image"]:
-            answer.problem = f"result image {image!r}: size {png_size(image)}, expected {sizes['image']}"
-        elif png_size(grid) != sizes["grid"]:
-            answer.problem = f"code grid {grid!r}: size {png_size(grid)}, expected {sizes['grid']}"
+        answer = Answer(example=example, values=values, seconds=time.perf_counter() - t, image=out[0], grid=out[1],
+                        truth=out[3] if len(out) > 3 else None)
+        if png_size(answer.image) != sizes["image"]:
+            answer.problem = f"result image {answer.image!r}: size {png_size(answer.image)}, expected {sizes['image']}"
+        elif png_size(answer.grid) != sizes["grid"]:
+            answer.problem = f"code grid {answer.grid!r}: size {png_size(answer.grid)}, expected {sizes['grid']}"
+        elif len(out) > 3 and png_size(answer.truth) != sizes["image"]:
+            answer.problem = f"ground truth {answer.truth!r}: size {png_size(answer.truth)}, expected {sizes['image']}"
         log.answers.append(answer)
     client.close()
 
 
 def model_side(checkpoint: str, examples: list[Path]):
-    """The handlers and each example's loaded input, in this process (as the app computes them)."""
+    """The handlers and each example's loaded input, in this process (as the app computes them for an upload:
+    its ground truth comes from the probe's estimate of its factors)."""
     from app import MIN_SLOTS, Handlers, configure_threads
     from causalvq.explore.explorer import Explorer
 
@@ -225,7 +232,8 @@ def check_pixels(handlers, inputs, answers: list[Answer]) -> list[str]:
     F = ex.config.num_factors
     wrong = []
     for a in answers:
-        r = ex.apply_sliders(inputs[a.example].codes, a.values[:F])
+        inp = inputs[a.example]
+        r = ex.apply_sliders(inp.codes, a.values[:F])
         want_image = display_image(r.image)
         want_grid = handlers._grid(ex, r.codes, r.changed, r.intervened)
         with Image.open(a.image) as img:
@@ -236,6 +244,12 @@ def check_pixels(handlers, inputs, answers: list[Answer]) -> list[str]:
             wrong.append(f"example {a.example}, sliders {a.values[:F]}: the result image differs from the model's")
         elif not np.array_equal(got_grid, want_grid):
             wrong.append(f"example {a.example}, sliders {a.values[:F]}: the code grid differs from the model's")
+        elif a.truth is not None and inp.start is not None:
+            with Image.open(a.truth) as img:
+                got_truth = np.asarray(img)
+            want_truth = display_image(ex.ground_truth(inp.start, a.values[:F], estimated=inp.estimated).image)
+            if not np.array_equal(got_truth, want_truth):
+                wrong.append(f"example {a.example}, sliders {a.values[:F]}: the ground truth differs from the model's")
     return wrong
 
 
@@ -243,9 +257,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients move sliders (default 60)")
-    parser.add_argument("--moves", choices=("random", "walk"), default="random",
-                        help="random: every slider drawn anew each call; walk: one slider one step (default random)")
+    parser.add_argument("--moves", choices=("walk", "random"), default="walk",
+                        help="walk: one slider one step (default); random: every slider drawn anew each call")
     parser.add_argument("--url", default=None, help="an app already running (default: start python app.py)")
+    parser.add_argument("--app", default=str(ROOT), help="folder whose app.py to start (default: this repository)")
     parser.add_argument("--checkpoint", default=None, help="folder or Hub repo id (default: env / shipped / untrained)")
     parser.add_argument("--check", type=int, default=300,
                         help="answers compared pixel for pixel with the model side (-1: all, 0: none)")
@@ -272,7 +287,7 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="causalvq-load-cache-"))
     scratch += [downloads, cache]
     if url is None:
-        proc, url = start_app(checkpoint, cache)
+        proc, url = start_app(checkpoint, cache, Path(args.app).resolve())
     logs = [ClientLog() for _ in range(args.clients)]
     barrier = threading.Barrier(args.clients + 1)
     stop = [float("inf")]
@@ -307,7 +322,8 @@ def main() -> None:
 
     cfg = ex.config
     print(f"checkpoint: {checkpoint} ({cfg.num_codebooks}×{cfg.grid_size}×{cfg.grid_size} nodes, "
-          f"{cfg.codebook_size} codes, {cfg.image_size}-px); app: {url}{' (python app.py)' if proc else ''}")
+          f"{cfg.codebook_size} codes, {cfg.image_size}-px); app: {url}"
+          f"{' (python ' + str(Path(args.app).resolve() / 'app.py') + ')' if proc else ''}")
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} before / {load_after:.2f} after; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) model-side")
     print(f"clients: {args.clients} for {elapsed:.1f} s, /slide, --moves {args.moves}")

@@ -68,9 +68,9 @@ def test_input_and_slider_endpoints(client: Client, server) -> None:
     assert list(out[4:4 + slots]) == [0] * slots
     zero = [0] * slots
     moved = [3] + [0] * (slots - 1)
-    still, grid0, _ = client.predict(*zero, api_name="/slide")
-    after, grid, text = client.predict(*moved, api_name="/slide")
-    assert "No estimate is available" in text  # an upload, and this checkpoint has no probe
+    still, grid0, *_ = client.predict(*zero, api_name="/slide")
+    after, grid, text, truth, truth_text = client.predict(*moved, api_name="/slide")  # the ground truth too
+    assert "No estimate is available" in text and truth is None and truth_text.startswith("No estimate is available")
     assert np.array_equal(_pixels(still), _pixels(recon))
     assert not np.array_equal(_pixels(grid), _pixels(grid0))  # changed nodes are outlined
     truth, text = client.predict(*moved, api_name="/ground_truth")
@@ -85,9 +85,10 @@ def test_input_and_slider_endpoints(client: Client, server) -> None:
     assert "floor_hue = 1" in out[3]
     truth, text = client.predict(1, 0, 0, 0, 0, 0, 0, 0, api_name="/ground_truth")
     assert truth is not None and "floor_hue = 2" in text
-    *_, text = client.predict(0, 0, 0, 0, -1, 0, 0, 0, api_name="/slide")  # shape 0 − 1 leaves 0..3
+    _, _, text, truth, truth_text = client.predict(0, 0, 0, 0, -1, 0, 0, 0, api_name="/slide")  # shape 0 − 1: not 0..3
     assert "Extrapolation" in text and "shape -1 from 0" in text
-    *_, text = client.predict(0, 0, 0, 0, 1, 0, 0, 0, api_name="/slide")
+    assert truth is not None and "past the end of its factor" in truth_text
+    _, _, text, *_ = client.predict(0, 0, 0, 0, 1, 0, 0, 0, api_name="/slide")
     assert "Extrapolation" not in text and "inside" in text
 
 

@@ -45,9 +45,11 @@ import torch
 from einops import rearrange
 from PIL import Image
 
+from causalvq import kernels
 from causalvq.config import ModelConfig
 from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
+from causalvq.explore.batching import Batcher
 from causalvq.explore.checkpoints import (
     ENV_CHECKPOINT,
     ENV_HUB_TIMEOUT,
@@ -81,6 +83,13 @@ GRAPHS_KEPT = 32  # graphs kept by ``Explorer.graph`` (a threshold, top-k or nod
 RETRIEVAL_STEPS = reject.STEPS  # K: retrieval searches moves of 1..K steps of one action
 
 
+def batching_pays() -> bool:
+    """Whether concurrent slider moves should batch their transitions: on the fused kernel a batch of 8 costs
+    5.7 ms a grid against 7.5 ms alone; on plain torch 26 ms against 15.6 (shipped checkpoint, one thread;
+    docs/speed.md), so there each grid runs alone."""
+    return kernels.loaded() is not None
+
+
 class Explorer:
     """A loaded CausalVQ, its matching procedural dataset, and the computations behind each panel.
 
@@ -93,6 +102,7 @@ class Explorer:
         calibration_samples: in-domain samples measured for the out-of-domain notice.
         map_pairs: one-step test pairs behind the factor maps (computed once, on first use).
         cache_size: code grids kept by the slider cache (one per applied action prefix).
+        max_batch: most single transitions that concurrent slider moves run as one batched call.
         code_images: dataset images whose codes are counted to order the do() choices (on first use).
         probe: the checkpoint's factor probe (``causalvq.probe``), or ``None``: then uploads get no estimate.
         retrieval_steps: K, the longest move retrieval searches.
@@ -103,7 +113,7 @@ class Explorer:
     def __init__(self, model: CausalVQ, dataset: FactorDataset | None | bool = None, source: str = "",
                  notice: str = "", calibration_samples: int = 32, map_pairs: int = 384,
                  cache_size: int = 4096, code_images: int = 256, probe: FactorProbe | None = None,
-                 retrieval_steps: int = RETRIEVAL_STEPS, retrieval_pairs: int = 32) -> None:
+                 retrieval_steps: int = RETRIEVAL_STEPS, retrieval_pairs: int = 32, max_batch: int = 16) -> None:
         if not 1 <= retrieval_steps <= 32 or retrieval_pairs < 2:
             raise ValueError(f"need 1 <= retrieval_steps <= 32 and retrieval_pairs >= 2, got {retrieval_steps}, "
                              f"{retrieval_pairs}")
@@ -126,6 +136,7 @@ class Explorer:
         self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._steps = Batcher(self._transition_rows, max_batch)  # the slider moves' transitions, batched
         self._domain_lock = threading.Lock()
         self.map_pairs = map_pairs
         self._maps: FactorMaps | None = None
@@ -280,7 +291,9 @@ class Explorer:
         """Apply an action sequence to code grids `(1, k, h, w)`: the codes and the bool `(1, n)` intervened mask.
 
         Every prefix of the sequence is cached (keyed on the input codes), so moving one slider by one step
-        costs one transition.
+        costs one transition per step from that slider on. Safe to call from several threads at once: on the
+        fused kernel (``batching_pays``) the transitions that concurrent calls need at the same moment run as one
+        batched call (``_transition_rows``), whose rows are each grid's own transition.
         """
         base = codes.cpu().numpy().tobytes()
         actions = tuple(int(a) for a in actions)
@@ -294,13 +307,25 @@ class Explorer:
                     break
         c, mask = cur
         for t in range(start, len(actions)):
-            tr = self.model.transition_codes(c, torch.tensor([actions[t]]))
-            c, mask = tr.codes, mask | tr.mask
+            if c.shape[0] == 1 and batching_pays():  # a slider move: batched with the other threads' moves
+                c, step_mask = self._steps(c, torch.tensor([actions[t]]))
+            else:
+                c, step_mask = self._transition_rows(c, torch.tensor([actions[t]]))
+            mask = mask | step_mask
             with self._lock:
                 self._cache[(base, actions[:t + 1])] = (c, mask)
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return c, mask
+
+    @torch.inference_mode()
+    def _transition_rows(self, codes: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One deterministic transition of each grid `(b, k, h, w)` by its action `(b,)` (or one action `(1,)` for
+        all): the codes `(b, k, h, w)` and the bool intervened mask `(b, n)`. Row i is grid i's transition alone:
+        the transition layer mixes nodes, never grids (tests/test_app_concurrency.py checks batched rows against
+        single calls)."""
+        tr = self.model.transition_codes(codes, actions)
+        return tr.codes, tr.mask
 
     def extrapolated(self, start: Sequence[int], offsets: np.ndarray) -> np.ndarray:
         """Whether moving each factor from ``start`` `(f,)` by ``offsets`` `(f, ...)` steps leaves its range
