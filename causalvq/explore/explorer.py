@@ -142,6 +142,7 @@ class Explorer:
         self._maps: FactorMaps | None = None
         self._maps_lock = threading.Lock()
         self._graphs: OrderedDict[tuple, GraphView] = OrderedDict()
+        self._renders: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()  # factors → ground-truth image
         self.code_images = code_images
         self._counts: np.ndarray | None = None
         self._counts_lock = threading.Lock()
@@ -355,9 +356,17 @@ class Explorer:
             return None
         f = np.asarray(factors, dtype=np.int64) + np.asarray(self.slider_steps(steps))
         clipped = np.clip(f, 0, np.asarray(self.config.factor_sizes) - 1)
-        image = to_uint8(self._prepare(self.dataset.render(clipped[None])))[0]
-        return GroundTruth(image=image, factors=tuple(int(v) for v in clipped), clipped=bool((f != clipped).any()),
-                           estimated=estimated)
+        key = tuple(int(v) for v in clipped)
+        with self._lock:  # a render is kept (GRAPHS_KEPT × 128 of them): visitors drag through the same values
+            image = self._renders.get(key)
+        if image is None:
+            image = to_uint8(self._prepare(self.dataset.render(clipped[None])))[0]
+            image.flags.writeable = False  # shared by every later call
+            with self._lock:
+                self._renders[key] = image
+                while len(self._renders) > GRAPHS_KEPT * 128:
+                    self._renders.popitem(last=False)
+        return GroundTruth(image=image, factors=key, clipped=bool((f != clipped).any()), estimated=estimated)
 
     # --- causal graph ---
     def graph(self, action: int | None = None, codes: torch.Tensor | None = None) -> GraphView:
