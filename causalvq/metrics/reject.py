@@ -431,7 +431,7 @@ class RejectCalibration:
             raise ValueError(f"quantile must lie in (0, 1], got {self.quantile}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **_jsonable(dataclasses.asdict(self))}
+        return {"format": FORMAT, "version": VERSION, **to_jsonable(dataclasses.asdict(self))}
 
     @classmethod
     def from_dict(cls, data: Any) -> RejectCalibration:
@@ -654,11 +654,12 @@ def _check_factors(model: CausalVQ, dataset: FactorDataset) -> None:
         raise ValueError(f"the model's factors {mine} are not {dataset.name}'s {theirs}")
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
+    """Dicts, lists and numpy scalars → what ``json`` writes (keys as strings); the reports and retrieval.json."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value

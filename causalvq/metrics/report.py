@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from causalvq.metrics.disentanglement import DisentanglementSizes
-from causalvq.metrics.reject import K_STEPS, RejectResult
+from causalvq.metrics.reject import K_STEPS, RejectResult, to_jsonable
 from causalvq.metrics.structure import StructureResult
 
 
@@ -128,7 +128,7 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists); ``EvalReport.from_dict`` inverts it."""
-        return _jsonable(dataclasses.asdict(self))
+        return to_jsonable(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalReport:
@@ -204,14 +204,6 @@ class EvalReport:
         return {row.name: row.value for row in self.rows()}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
