@@ -16,7 +16,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import hashlib  # noqa: E402
 import logging  # noqa: E402
-import re  # noqa: E402
 import threading  # noqa: E402
 import uuid  # noqa: E402
 from collections import OrderedDict  # noqa: E402
@@ -33,9 +32,10 @@ from gradio import utils as gradio_utils  # noqa: E402
 
 from causalvq.explore import drawing, edges  # noqa: E402
 from causalvq.explore.checkpoints import (  # noqa: E402
-    EXAMPLES_DIR,
     checkpoint_choices,
     display_name,
+    example_factors,
+    example_images,
     load_checkpoint_probe,
     load_model,
 )
@@ -181,10 +181,7 @@ def _friendly(fn: Callable) -> Callable:
     return run
 
 
-def _example_factors(path: str | Path) -> list[int] | None:
-    """Factors encoded in an example's file name (``example_4-5-7-7-0-2.png``), else ``None``."""
-    m = re.fullmatch(r"example_(\d+(?:-\d+)*)", Path(path).stem)
-    return [int(v) for v in m.group(1).split("-")] if m else None
+_example_factors = example_factors  # the factors in an example's file name (tests and scripts call it here)
 
 
 class Handlers:
@@ -198,7 +195,17 @@ class Handlers:
         self.default = explorer.source if explorer is not None else ""
         self.slots = slots
         self._lock = threading.Lock()
-        self.examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+
+    @property
+    def examples(self) -> list[str]:
+        """The gallery of the checkpoint a new session opens on."""
+        ex = self.explorers.get(self.default)
+        return self.examples_of(ex) if ex is not None else []
+
+    @staticmethod
+    def examples_of(ex: Explorer) -> list[str]:
+        """The gallery of a checkpoint: the shipped examples of its dataset (``example_images``)."""
+        return [str(p) for p in example_images(ex.dataset)]
 
     # --- helpers ---
     def new_session(self) -> Session:
@@ -273,6 +280,8 @@ class Handlers:
         """The dataset image at the factor values chosen in the menus."""
         ex = self.explorer(session)
         F = ex.config.num_factors
+        if ex.dataset is None:
+            ex.sample()  # raises InputError: why sampling is disabled
         if any(v is None for v in values[:F]):
             raise gr.Error("Choose a value for every factor.")
         inp = ex.sample([int(v) for v in values[:F]])
@@ -280,12 +289,13 @@ class Handlers:
 
     @_friendly
     def load_example(self, session: Session, index: int) -> tuple:
-        """Example ``index`` of the gallery (factors read from its file name)."""
-        if not 0 <= index < len(self.examples):
-            raise gr.Error(f"There is no example number {index}.")
+        """Example ``index`` of the session's checkpoint's gallery (factors read from its file name)."""
         ex = self.explorer(session)
-        path = self.examples[index]
-        factors = _example_factors(path)
+        examples = self.examples_of(ex)
+        if not 0 <= index < len(examples):
+            raise gr.Error(f"There is no example number {index}.")
+        path = examples[index]
+        factors = example_factors(path)
         if factors is not None and ex.dataset is not None and len(factors) == ex.config.num_factors:
             inp = ex.load_image(path, factors=factors)
         else:
@@ -297,10 +307,14 @@ class Handlers:
         return self.load_example(session, int(evt.index))
 
     def first_example(self, session: Session) -> tuple:
-        """Page load: the first example, so no panel starts empty (nothing happens without examples)."""
-        if not self.examples or session.checkpoint not in self.explorers:
-            return (session, *([gr.skip()] * (4 + self.slots + 5)))
-        return self.load_example(session, 0)
+        """Page load and checkpoint switch: the checkpoint's first example (without examples, a dataset sample), so
+        no panel starts empty; nothing happens without either."""
+        ex = self.explorers.get(session.checkpoint)
+        if ex is not None and self.examples_of(ex):
+            return self.load_example(session, 0)
+        if ex is not None and ex.dataset is not None:
+            return self._loaded(session, ex, ex.sample(seed=0))
+        return (session, *([gr.skip()] * (4 + self.slots + 5)))
 
     def _menu_values(self, factors: Sequence[int] | None) -> list:
         values = list(factors or [])
@@ -328,11 +342,16 @@ class Handlers:
         """The ground-truth image and its caption: true values for dataset samples, the probe's estimate for
         other inputs (labelled as estimated), else why there is none."""
         if ex.dataset is None:
-            return None, "No procedural dataset matches this checkpoint: there is no ground truth to render."
+            return None, ("No ground truth: no procedural dataset renders this checkpoint's factors and its data "
+                          "file is not here (the notice at the top says how to give it).")
         if inp.start is None:
             return None, ("No estimate is available: this checkpoint has no factor probe, so an upload has no ground "
                           "truth (`python -m train probe --checkpoint DIR` fits one).")
-        gt = ex.ground_truth(inp.start, steps, estimated=inp.estimated)
+        ex.slider_steps(steps)  # a bad slider value is an error (InputError), not a missing ground truth
+        try:
+            gt = ex.ground_truth(inp.start, steps, estimated=inp.estimated)
+        except InputError as err:  # a data file without an image at the moved values
+            return None, str(err)
         values = ", ".join(f"{n} = {lab}" for n, lab in zip(ex.factor_names, self._factor_labels(ex, gt.factors)))
         text = (f"**Estimated** ground truth, rendered from the probe's estimate of this input's factors: {values}"
                 if gt.estimated else f"Ground truth: {values}")
@@ -511,11 +530,19 @@ class Handlers:
         return (Session(checkpoint=choice), describe(ex), *self.model_updates(ex))
 
     def model_updates(self, ex: Explorer) -> list:
-        """Updates of the widgets that depend on the checkpoint, and the cleared input panels (order:
-        ``build_demo``'s ``model_outputs``)."""
+        """Updates of the widgets that depend on the checkpoint (the gallery included), and every panel cleared of
+        the previous checkpoint's answers (order: ``build_demo``'s ``model_outputs``)."""
         specs = widget_specs(ex, self.slots)
-        cleared = [None, None, None, "Load an image.", None, None, None, "", ""]
-        return [*(gr.update(**kw) for kw in specs.flat()), *cleared]
+        inputs = [None, None, None, "Load an image.", None, None, None, "", ""]
+        graph, do, retrieval = [None, None, "", None], [None, None, None, ""], [None, None, None, None, ""]
+        traversal, maps = [None, None, None], [None, None, ""]
+        panels = [*graph, *do, *retrieval, *traversal, *maps]
+        return [*(gr.update(**kw) for kw in specs.flat()), *inputs, gallery_update(self.examples_of(ex)), *panels]
+
+
+def gallery_update(examples: Sequence[str]) -> dict:
+    """The gallery showing ``examples`` (hidden when there are none: no shipped examples of this dataset)."""
+    return gr.update(value=list(examples) or None, visible=bool(examples))
 
 
 def estimate_text(ex: Explorer, inp: LoadedInput) -> str:
@@ -725,7 +752,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     menus = [gr.Dropdown(interactive=True, **kw) for kw in specs.menus]
                     render_btn = gr.Button("Render these factors")
                 gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4,
-                                     allow_preview=False, buttons=[], elem_id="examples-gallery")
+                                     allow_preview=False, buttons=[], elem_id="examples-gallery",
+                                     visible=bool(h.examples))
             with gr.Column(scale=2):
                 gr.Markdown("### 2. Reconstruction and codes\nEach cell of the code grid is one causal node, "
                             "numbered by its code. A reconstruction close to the input means the codes hold the "
@@ -839,7 +867,9 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                         truth_img, truth_md, result_md]
         model_outputs = [*sliders, *menus, node_dd, code_dd, action_dd, trav_steps, random_btn, map_action, top_k,
                          input_img, recon_img, codes_img, domain, result_img, result_grid, truth_img, truth_md,
-                         result_md]
+                         result_md, gallery, heat_plot, net_plot, graph_md, ego_table, do_img, do_grid, do_plot, do_md,
+                         x_img, y_img, retrieve_plot, retrieve_grid, retrieve_md, trav_img, trav_png, trav_gif,
+                         maps_plot, maps_img, maps_md]
         upload.upload(h.upload_in_page, [upload, session], [*load_outputs, upload], api_visibility="private")
         # the API's /load_image answers a bad file with an error (the page's upload only warns): a hidden trigger
         api_file = gr.File(file_types=["image"], type="filepath", visible=False)
@@ -878,7 +908,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         gr.on([maps_tab.select, map_action.input], h.factor_maps, [session, map_action],
               [maps_plot, maps_img, maps_md], api_name="factor_maps", trigger_mode="always_last", **FIGURES)
         checkpoint.input(h.change_checkpoint, [checkpoint, session], [session, info, *model_outputs],
-                         api_name="checkpoint")
+                         api_name="checkpoint").then(h.first_example, [session], load_outputs,
+                                                     api_visibility="private")
 
     demo.queue(default_concurrency_limit=1)  # every other event: one at a time per event
     demo.handlers = h  # the handlers behind the events, for tests and benchmarks

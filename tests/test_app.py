@@ -152,11 +152,14 @@ def test_bad_input_is_a_readable_error(client: Client, server, tmp_path: Path) -
 
 
 def test_space_configuration() -> None:
-    """The Space front matter parses as a SpaceCard and requirements.txt is what a CPU Space needs."""
+    """The Space front matter (the root README.md's) parses as a SpaceCard and requirements.txt is what a CPU Space
+    needs."""
     from huggingface_hub import SpaceCard
 
     root = Path(__file__).resolve().parent.parent
-    card = SpaceCard("---\n" + (root / "docs" / "space_front_matter.yaml").read_text() + "---\n")
+    readme = (root / "README.md").read_text()
+    assert readme.startswith("---\n")
+    card = SpaceCard("---\n" + readme.split("---\n")[1] + "---\n")
     assert (card.data.sdk, card.data.sdk_version, card.data.python_version) == ("gradio", "6.31.0", "3.11")
     assert card.data.app_file == "app.py" and (root / card.data.app_file).is_file() and card.data.models == []
     lines = [ln.split("#")[0].strip() for ln in (root / "requirements.txt").read_text().splitlines()]

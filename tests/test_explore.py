@@ -111,7 +111,7 @@ def test_dataset_matching_and_disabled_sampling() -> None:
     assert find_dataset(tiny_config()).name == "shapes3d"
     assert find_dataset(ModelConfig.tiny()) is None  # factors a, b, c
     ex = Explorer(CausalVQ(ModelConfig.tiny()))
-    assert ex.dataset is None and "sampling is disabled" in ex.notice
+    assert ex.dataset is None and "sampling and ground truth are disabled" in ex.notice
     with pytest.raises(InputError, match="Sampling is disabled"):
         ex.sample()
     assert ex.ground_truth([0, 0, 0], [0, 0, 0]) is None

@@ -3,14 +3,21 @@
 ``load_model`` never leaves the app without a model when one can be had: a checkpoint that fails to load falls
 back to the shipped one, with a notice saying what happened. ``load_checkpoint_probe`` reads the checkpoint's
 factor probe (``probe.json`` + ``probe.safetensors``) when it has one: a checkpoint without one still opens, and a
-broken one is reported, never used. ``render_examples`` writes the gallery's example
-images, their factors in the file names.
+broken one is reported, never used.
+
+Which dataset a checkpoint shows (``dataset_for``): the procedural renderer whose factor names and sizes are the
+checkpoint's (shapes3d, dsprites), else the data file it was trained on, when it is on this machine (the
+``recipe.toml`` next to the weights names it; ``$CAUSALVQ_DATA`` names files too), else none, with a sentence saying
+so. The gallery's examples of a dataset (``example_images``) are shipped PNGs whose file names carry their factors
+(``render_examples`` writes them): ``assets/examples/*.png`` for shapes3d, ``assets/examples/dsprites/*.png`` for
+dsprites.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +26,28 @@ from PIL import Image
 
 from causalvq.checkpoint import CONFIG_NAME
 from causalvq.config import ModelConfig
-from causalvq.data import DSprites, FactorDataset, Shapes3D
+from causalvq.data import DSprites, FactorDataset, Shapes3D, load_dataset
 from causalvq.model import CausalVQ
 from causalvq.probe import PROBE_CONFIG, PROBE_WEIGHTS, FactorProbe, load_probe
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: tomli where installed (the train extra), else recipe.toml is not read
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
 
 ENV_CHECKPOINT = "CAUSALVQ_CHECKPOINT"  # checkpoint folder or Hub repo id the app opens with
 ENV_CHOICES = "CAUSALVQ_CHECKPOINTS"  # extra entries of the checkpoint dropdown, comma-separated
 ENV_HUB_TIMEOUT = "CAUSALVQ_HUB_TIMEOUT"  # seconds to wait for a Hub download before falling back (default 10)
+ENV_DATA = "CAUSALVQ_DATA"  # data files (comma-separated) for checkpoints without a procedural dataset
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-SHIPPED_CHECKPOINT = ASSETS / "causalvq-shapes3d"
+SHIPPED_CHECKPOINT = ASSETS / "causalvq-shapes3d"  # the default
+SHIPPED_CHECKPOINTS = (SHIPPED_CHECKPOINT, ASSETS / "causalvq-dsprites")  # all of them are in the dropdown
 EXAMPLES_DIR = ASSETS / "examples"
+EXAMPLE_FOLDERS = {"shapes3d": EXAMPLES_DIR, "dsprites": EXAMPLES_DIR / "dsprites"}  # dataset name → its examples
+RECIPE_FILE = "recipe.toml"  # written by train's release next to the weights: [data] name, path, reader_options
 PROCEDURAL_DATASETS: tuple[type[FactorDataset], ...] = (Shapes3D, DSprites)
 
 
@@ -136,10 +155,9 @@ def display_name(source: str) -> str:
 
 
 def checkpoint_choices() -> list[str]:
-    """Entries of the checkpoint dropdown: ``$CAUSALVQ_CHECKPOINT``, the shipped folder, ``$CAUSALVQ_CHECKPOINTS``."""
+    """Entries of the checkpoint dropdown: ``$CAUSALVQ_CHECKPOINT``, the shipped folders, ``$CAUSALVQ_CHECKPOINTS``."""
     out = [os.environ.get(ENV_CHECKPOINT, "")]
-    if (SHIPPED_CHECKPOINT / CONFIG_NAME).is_file():
-        out.append(str(SHIPPED_CHECKPOINT))
+    out += [str(p) for p in SHIPPED_CHECKPOINTS if (p / CONFIG_NAME).is_file()]
     out += os.environ.get(ENV_CHOICES, "").split(",")
     return list(dict.fromkeys(c.strip() for c in out if c.strip()))
 
@@ -150,6 +168,80 @@ def find_dataset(config: ModelConfig) -> FactorDataset | None:
         if tuple(cls.factor_names) == config.factor_names and tuple(cls.factor_sizes) == config.factor_sizes:
             return cls()
     return None
+
+
+def _data_recipe(source: str) -> dict:
+    """The ``[data]`` table of the checkpoint folder's ``recipe.toml`` (``{}`` without a readable one)."""
+    if tomllib is None:
+        return {}
+    try:
+        data = tomllib.loads((Path(source) / RECIPE_FILE).read_text()).get("data", {})
+    except (OSError, ValueError, TypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def dataset_for(config: ModelConfig, source: str = "") -> tuple[FactorDataset | None, str]:
+    """The dataset the explorer samples from and renders ground truths with for a checkpoint, and a notice.
+
+    The procedural dataset whose factor names and sizes are the checkpoint's (``find_dataset``); else the first
+    data file among ``$CAUSALVQ_DATA`` (comma-separated) and the ``data.path`` of the checkpoint folder's
+    ``recipe.toml`` that exists here and has the checkpoint's factors (read with the recipe's ``data.name``, else as
+    an ``.npz``). Returns ``(dataset, "")``, or ``(None, notice)``: a sentence saying that sampling and ground
+    truth are disabled and why, naming files by their file names only.
+    """
+    ds = find_dataset(config)
+    if ds is not None:
+        return ds, ""
+    recipe = _data_recipe(source) if source and Path(source).is_dir() else {}
+    name = str(recipe.get("name") or "npz")
+    options = recipe.get("reader_options") if isinstance(recipe.get("reader_options"), dict) else {}
+    candidates = [(p.strip(), {}) for p in os.environ.get(ENV_DATA, "").split(",") if p.strip()]
+    trained_on = str(recipe.get("path") or "")
+    if trained_on:
+        candidates += [(trained_on, options), (str(Path(source) / trained_on), options)]
+    problems = []
+    for path, opts in candidates:
+        if not Path(path).exists():
+            continue
+        try:
+            ds = load_dataset(name, path, **opts)
+        except Exception as err:  # noqa: BLE001 - a file that cannot be read is reported, never fatal
+            reason = str(err).replace(str(path), Path(path).name)[:160]
+            problems.append(f"`{Path(path).name}` cannot be read ({reason})")
+            continue
+        if tuple(ds.factor_names) == config.factor_names and tuple(ds.factor_sizes) == config.factor_sizes:
+            return ds, ""
+        problems.append(f"`{Path(path).name}` has other factors ({', '.join(ds.factor_names)})")
+    factors = ", ".join(f"{n} ({s})" for n, s in zip(config.factor_names, config.factor_sizes))
+    where = (f"It was trained on `{Path(trained_on).name}` ({name}), which is not on this machine. " if trained_on
+             and not problems else "")
+    return None, (f"No procedural dataset has this checkpoint's factors ({factors}), so there is no renderer: "
+                  f"sampling and ground truth are disabled; upload an image instead. {where}"
+                  + (f"{'; '.join(problems)}. " if problems else "")
+                  + f"Set {ENV_DATA} to its data file (an .npz with images, factors and factor_names) to sample "
+                  "from it and see ground truths.")
+
+
+def example_factors(path: str | os.PathLike) -> list[int] | None:
+    """Factors encoded in an example's file name (``example_4-5-7-7-0-2.png``), else ``None``."""
+    m = re.fullmatch(r"example_(\d+(?:-\d+)*)", Path(path).stem)
+    return [int(v) for v in m.group(1).split("-")] if m else None
+
+
+def example_images(dataset: FactorDataset | None) -> list[Path]:
+    """The shipped gallery images of ``dataset`` (``EXAMPLE_FOLDERS``), sorted: those whose file names carry factor
+    values inside its grid. ``[]`` without a dataset or shipped examples for it."""
+    folder = EXAMPLE_FOLDERS.get(dataset.name) if dataset is not None else None
+    if folder is None:
+        return []
+    sizes = dataset.factor_sizes
+    out = []
+    for p in sorted(folder.glob("*.png")):
+        f = example_factors(p)
+        if f is not None and len(f) == len(sizes) and all(0 <= v < s for v, s in zip(f, sizes)):
+            out.append(p)
+    return out
 
 
 def render_examples(dataset: FactorDataset, folder: str | os.PathLike = EXAMPLES_DIR, count: int = 8,

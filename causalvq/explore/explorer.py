@@ -54,7 +54,7 @@ from causalvq.explore.checkpoints import (
     ENV_CHECKPOINT,
     ENV_HUB_TIMEOUT,
     SHIPPED_CHECKPOINT,
-    find_dataset,
+    dataset_for,
     load_checkpoint_probe,
     load_model,
 )
@@ -95,8 +95,9 @@ class Explorer:
 
     Args:
         model: the loaded model (put in eval mode here).
-        dataset: the procedural dataset to sample from; ``None`` looks for one matching the checkpoint's factor
-            names (``find_dataset``); pass ``False`` to disable sampling.
+        dataset: the dataset to sample from and render ground truths with; ``None`` finds the checkpoint's
+            (``dataset_for``: the procedural one with its factors, else its data file when it is here); pass
+            ``False`` to disable sampling.
         source: where the model came from (shown in the app).
         notice: a message about loading to show in the app ("" for none).
         calibration_samples: in-domain samples measured for the out-of-domain notice.
@@ -127,8 +128,9 @@ class Explorer:
         self.retrieval_notice = ""  # where the reject rule came from, when not from the checkpoint's retrieval.json
         self._calibration_lock = threading.Lock()
         cfg = model.config
+        missing = ""  # why there is no dataset, when there is none
         if dataset is None:
-            dataset = find_dataset(cfg)
+            dataset, missing = dataset_for(cfg, source)
         self.dataset: FactorDataset | None = dataset or None
         self.source, self.notice = source, notice
         self.calibration_samples = calibration_samples
@@ -147,9 +149,9 @@ class Explorer:
         self._counts: np.ndarray | None = None
         self._counts_lock = threading.Lock()
         if self.dataset is None and dataset is not False:
-            self.notice = (f"{notice} " if notice else "") + (
+            self.notice = (f"{notice} " if notice else "") + (missing or (
                 "No procedural dataset has this checkpoint's factors "
-                f"({', '.join(cfg.factor_names)}): sampling is disabled, upload an image instead.")
+                f"({', '.join(cfg.factor_names)}): sampling is disabled, upload an image instead."))
 
     @classmethod
     def from_checkpoint(cls, choice: str | None = None, fallback: Path | None = SHIPPED_CHECKPOINT,
@@ -251,6 +253,9 @@ class Explorer:
             f = self.dataset.check_factors(np.asarray([factors]))
         except ValueError as err:
             raise InputError(f"Invalid factor values: {err}") from None
+        if not self.dataset.contains(f)[0]:  # a data file whose grid is incomplete
+            values = ", ".join(f"{n} = {v}" for n, v in zip(self.factor_names, f[0]))
+            raise InputError(f"The data file has no image at {values}: choose other values.")
         return self.load_image(self.dataset.render(f)[0], factors=f[0].tolist())
 
     # --- atomic interventions ---
@@ -351,7 +356,11 @@ class Explorer:
     def ground_truth(self, factors: Sequence[int], steps: Sequence[float | None],
                      estimated: bool = False) -> GroundTruth | None:
         """The dataset image with each factor moved by its slider (clipped into range); ``None`` without one.
-        ``estimated``: ``factors`` are the probe's estimate for an upload (the result says so)."""
+        ``estimated``: ``factors`` are the probe's estimate for an upload (the result says so).
+
+        Raises:
+            InputError: the dataset is a data file with no image at the moved values (an incomplete grid).
+        """
         if self.dataset is None:
             return None
         f = np.asarray(factors, dtype=np.int64) + np.asarray(self.slider_steps(steps))
@@ -360,6 +369,9 @@ class Explorer:
         with self._lock:  # a render is kept (GRAPHS_KEPT × 128 of them): visitors drag through the same values
             image = self._renders.get(key)
         if image is None:
+            if not self.dataset.contains(clipped[None])[0]:
+                values = ", ".join(f"{n} = {v}" for n, v in zip(self.factor_names, key))
+                raise InputError(f"The data file has no image at {values}: no ground truth for this move.")
             image = to_uint8(self._prepare(self.dataset.render(clipped[None])))[0]
             image.flags.writeable = False  # shared by every later call
             with self._lock:
