@@ -31,6 +31,8 @@ from causalvq.explore.checkpoints import (
     render_examples,
 )
 from causalvq.explore.drawing import (
+    LABEL_PX,
+    TRAVERSAL_SHOWN_PX,
     code_colors,
     draw_code_grid,
     factor_map_figure,
@@ -657,6 +659,52 @@ def test_checkpoint_probe_loading(probed: Explorer, checkpoint: Path, tmp_path: 
     probe, notice = load_checkpoint_probe(str(folder), probed.model)
     assert probe is None and "cannot be used" in notice and str(tmp_path) not in notice
     assert Explorer.from_checkpoint(str(checkpoint)).probe is None
+
+
+def test_retrieval_bar_values_stay_inside_the_plot_and_clear_of_the_ticks(explorer: Explorer, loaded) -> None:
+    """Issue 17: the longest bars' numbers ran past the plot's right edge and over the threshold ticks."""
+    v = explorer.retrieve(loaded.codes, explorer.sample([9, 0, 0, 0, 3, 14]).codes)
+    K = v.distances.shape[1]
+    long_bars = np.linspace(5.0, 9.0, v.distances.size).reshape(v.distances.shape)  # long bars, close together
+    for view in (replace(v, distances=long_bars, thresholds=np.full(K, 9.05)),  # each tick just past its bar
+                 replace(v, distances=long_bars, thresholds=np.linspace(1.0, 20.0, K)),  # ticks past the bars
+                 replace(v, distances=long_bars, thresholds=None)):
+        fig = retrieval_figure(view)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        box = ax.get_window_extent()
+        texts = [t.get_window_extent() for t in ax.texts]
+        assert len(texts) == min(12, view.distances.size)
+        assert all(t.x0 >= box.x0 and t.x1 <= box.x1 for t in texts), "a number runs past the plot"
+        if view.thresholds is not None:
+            ticks = ax.transData.transform(ax.collections[-1].get_offsets())  # (rows, 2) in pixels
+            for t, (tick_x, tick_y) in zip(texts, ticks):
+                assert t.y0 <= tick_y <= t.y1 and t.x0 > tick_x, "a number sits on its threshold tick"
+
+
+def _cell_rows(grid: np.ndarray) -> np.ndarray:
+    """Which rows of a traversal grid cross the cells (mostly non-white; the label lines are mostly white)."""
+    return (grid != 255).any(-1).mean(1) > 0.4
+
+
+def _header_text_height(grid: np.ndarray) -> int:
+    """Height in pixels of the traversal grid's column numbers (the dark pixels above the first row of cells)."""
+    top = int(np.flatnonzero(_cell_rows(grid))[0])
+    rows = np.flatnonzero((grid[:top].min(-1) < 128).any(1))
+    return int(rows.max() - rows.min() + 1)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_traversal_labels_are_readable_once_the_page_shrinks_the_grid(explorer: Explorer, loaded, steps) -> None:
+    """Issue 17: at k = 8 the grid is ~1,800 px wide and the page shows it ~960 px wide: labels drawn at 13 px came
+    out ~5 px tall. Measured on the picture: the column numbers' height once shrunk to the page."""
+    t = explorer.traverse(loaded.codes, steps, loaded.start)
+    grid = traversal_grid(t)
+    shown = min(1.0, TRAVERSAL_SHOWN_PX / grid.shape[1])  # the page shrinks wider grids to its column
+    assert _header_text_height(grid) * shown >= 0.6 * LABEL_PX  # digits are ~0.7 of the font size
+    cells = np.flatnonzero(_cell_rows(grid))
+    legend = np.flatnonzero((grid[cells.max() + 1:].min(-1) < 128).any(0))  # the line under them
+    assert legend.max() < grid.shape[1] - 2  # the striped-cells legend is not cut at the right
 
 
 # --- traversals ---

@@ -11,6 +11,7 @@ Axis legend: ``S`` model image side, ``C`` image channels, ``k`` codebooks, ``h 
 from __future__ import annotations
 
 import colorsys
+import math
 import os
 import tempfile
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 _EDGE_CMAPS = ("Blues", "Oranges", "Reds")  # edge / ego out-edge / rewired by the action
 _NODE_RADIUS = 0.24  # arrows stop this far (grid units) from a node's centre
 _LANE = 0.09  # and run this far to the right of the line between their nodes
+TRAVERSAL_SHOWN_PX = 960  # the width the page gives the traversal grid in a 1,024-px window (wider grids shrink)
+LABEL_PX = 13  # the traversal grid's labels are at least this tall on screen there
 
 
 # --- code grids ------------------------------------------------------------------------------------------------
@@ -321,29 +325,61 @@ def retrieval_figure(view: RetrievalView, top: int = 12) -> Figure:
     ax = fig.add_subplot()
     best = "#dd8452" if view.accepted is not False else "#999999"
     ax.barh(names, d[order], color=["#4c72b0"] * (len(names) - 1) + [best])
+    ends = d[order]  # where each bar's value is written: after the bar and after its threshold tick
     if view.thresholds is not None:
-        ax.scatter([view.thresholds[i % K] for i in order], names, marker="|", s=200, color="black", zorder=3)
+        ticks = np.asarray([view.thresholds[i % K] for i in order])
+        ax.scatter(ticks, names, marker="|", s=200, color="black", zorder=3)
         ax.set_title("black tick: the threshold of the move's k", fontsize=8)  # a legend would cover a bar
-    for i, v in enumerate(d[order]):
-        ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+        ends = np.maximum(ends, ticks)
+    for i, (v, x) in enumerate(zip(d[order], ends)):
+        ax.annotate(f"{v:.3f}", (x, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_xlabel("distance of y from the move (node NLL)\nsmaller is closer")
+    _fit_texts(fig, ax)
     return fig
 
 
+def _fit_texts(fig: Figure, ax: matplotlib.axes.Axes, pad_px: float = 4.0) -> None:
+    """Widen ``ax``'s x range until every text written in it ends inside it (measured on the drawn figure)."""
+    canvas = FigureCanvasAgg(fig)
+    for _ in range(4):
+        canvas.draw()
+        box = ax.get_window_extent()
+        over = max((t.get_window_extent().x1 for t in ax.texts), default=box.x1) + pad_px - box.x1
+        if over <= 0:
+            return
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, hi + (hi - lo) * over / max(box.width - over, 1.0))
+
+
 # --- traversals ------------------------------------------------------------------------------------------------
+def traversal_label_px(width: int) -> int:
+    """Font size (px) of the labels of a traversal grid ``width`` px wide: the page shrinks a grid wider than
+    ``TRAVERSAL_SHOWN_PX`` to fit, so its labels are drawn larger, to stay ``LABEL_PX`` tall on screen."""
+    return max(LABEL_PX + 1, math.ceil(LABEL_PX * width / TRAVERSAL_SHOWN_PX))
+
+
 def traversal_grid(traversal: Traversal, scale: int | None = None) -> np.ndarray:
-    """One labelled grid image: a row per factor (name on the left), columns −steps..+steps (header)."""
+    """One labelled grid image: a row per factor (name on the left), columns −steps..+steps (header). Labels are
+    at least ``traversal_label_px`` of the image's width (readable once the page shrinks a wide grid)."""
     F, T, S = traversal.images.shape[:3]
     scale = scale or max(1, 96 // S)
     tiles = _enlarged_rgb(traversal.images.reshape(F * T, S, S, -1), scale)
     if traversal.extrapolated is not None:
         tiles = np.where(traversal.extrapolated.reshape(-1)[:, None, None, None], shade(tiles), tiles)
     grid = image_grid(tiles, nrow=T, pad=2, pad_value=255)
-    font = _font(13)
-    label_w = 8 + max(int(font.getlength(n)) for n in traversal.factor_names)
-    head = 20
-    foot = 20 if traversal.extrapolated is not None else 0
-    canvas = Image.new("RGB", (label_w + grid.shape[1], head + grid.shape[0] + foot), (255, 255, 255))
+    note = (f"Striped: past the factor's end from the input's {'estimated' if traversal.estimated else 'true'} "
+            "values (extrapolation)") if traversal.extrapolated is not None else ""
+    size = traversal_label_px(grid.shape[1])
+    for _ in range(8):  # the labels' width adds to the image's: grow the font until it fits the final width
+        font = _font(size)
+        label_w = 8 + max(int(font.getlength(n)) for n in traversal.factor_names)
+        width = max(label_w + grid.shape[1], 8 + int(font.getlength(note)))
+        if traversal_label_px(width) <= size:
+            break
+        size = traversal_label_px(width)
+    head = size + 8
+    foot = size + 8 if note else 0
+    canvas = Image.new("RGB", (width, head + grid.shape[0] + foot), (255, 255, 255))
     canvas.paste(Image.fromarray(grid), (label_w, head))
     draw = ImageDraw.Draw(canvas)
     cell = S * scale + 2
@@ -354,9 +390,7 @@ def traversal_grid(traversal: Traversal, scale: int | None = None) -> np.ndarray
     for f, name in enumerate(traversal.factor_names):
         draw.text((4, head + 2 + f * cell + cell / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
     if foot:
-        draw.text((4, head + grid.shape[0] + foot / 2), f"Striped: past the factor's end from the input's "
-                  f"{'estimated' if traversal.estimated else 'true'} values (extrapolation)", fill=(0, 0, 0),
-                  font=font, anchor="lm")
+        draw.text((4, head + grid.shape[0] + foot / 2), note, fill=(0, 0, 0), font=font, anchor="lm")
     return np.asarray(canvas)
 
 
