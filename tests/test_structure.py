@@ -297,3 +297,37 @@ def test_edge_budget_replaces_the_price_of_every_edge_by_the_price_above_it() ->
     assert float(every.mask_size) == pytest.approx(float(out.mask.sum(-1).mean()))
     with pytest.raises(ValueError, match="edge_budget"):
         ModelConfig.tiny(edge_budget=-1.0)
+
+
+def _structure(mask_nodes: float, changed_nodes: float, precision: float, action_deg: float,
+               propagating: float | None, spread: float | None = None):
+    from causalvq.metrics.structure import MaskScores, PropagationScores, StructureResult
+
+    m = MaskScores(precision=precision, recall=0.8, size_ratio=mask_nodes / changed_nodes, empty_share=0.0,
+                   mask_nodes=mask_nodes, changed_nodes=changed_nodes, num_pairs=10)
+    d = PropagationScores(propagating_share=propagating, changed_nodes=spread, agreement=None if spread is None
+                          else 0.5, num_interventions=10)
+    per = {"hue": dataclasses.replace(m, mask_nodes=mask_nodes + 3), "shape": dataclasses.replace(m, mask_nodes=2.0)}
+    return StructureResult(mask=m, per_factor_mask=per, action_in_degree=action_deg, no_action_in_degree=0.0,
+                           per_factor_action_in_degree={"hue": action_deg, "shape": action_deg},
+                           propagation=d, per_factor_propagation={"hue": d, "shape": d})
+
+
+def test_structure_in_words_says_what_the_figures_say() -> None:
+    """The plain-words paragraph of eval.md and the model card: a mask over every node is called useless for
+    locating factors; a sparse one gets its per-factor sizes; do() is said to spread only when it does."""
+    from causalvq.metrics.report import structure_in_words
+
+    dense = structure_in_words(_structure(64.0, 19.5, 0.30, 62.4, 0.0), ("hue", "shape"), 64)
+    assert "intervenes on 64.0 of the 64 nodes" in dense and "changes 19.5" in dense
+    assert "covers nearly every node" in dense and "per factor" not in dense
+    assert "62.40 in-edges" in dense and "does not propagate" in dense and "puts each change" not in dense
+
+    sparse = structure_in_words(_structure(21.7, 22.8, 0.85, 0.67, 0.0), ("hue", "shape"), 64)
+    assert "covers nearly every node" not in sparse and "85 % of the intervened nodes" in sparse
+    assert "hue 24.7, shape 2.0" in sparse and "puts each change where it happens" in sparse
+
+    spreading = structure_in_words(_structure(10.0, 12.0, 0.9, 3.0, 0.4, 2.5), ("hue", "shape"), None)
+    assert "of the" not in spreading.split(".")[0]  # no node count given: none invented
+    assert "40 % of 10 tries, 2.5 other nodes" in spreading and "carries part of each change" in spreading
+    assert "does not propagate" not in spreading

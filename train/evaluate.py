@@ -12,7 +12,7 @@ import time
 
 from causalvq.data import FactorDataset
 from causalvq.metrics.evaluation import evaluate_model
-from causalvq.metrics.report import EvalReport, metric_table
+from causalvq.metrics.report import EvalReport, metric_table, structure_in_words
 from causalvq.model import CausalVQ
 from causalvq.probe import FactorProbe, evaluate_probe
 from train.data import make_sampler
@@ -39,5 +39,8 @@ def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, probe: Fac
 
 
 def markdown_table(report: EvalReport) -> str:
-    """The report's scalar metrics as a Markdown table (for the model card)."""
-    return "\n".join(metric_table(report.rows())) + "\n"
+    """The report's scalar metrics as a Markdown table (for the model card), after the structure in plain words."""
+    words = [] if report.structure is None else [
+        "**Structure, in plain words.** " + structure_in_words(report.structure, report.factor_names,
+                                                               report.protocol.get("num_nodes")), ""]
+    return "\n".join(words + metric_table(report.rows())) + "\n"

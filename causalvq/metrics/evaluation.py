@@ -390,6 +390,7 @@ def evaluate_model(
         "split_seed": sampler.seed,
         "split_fractions": list(sampler.fractions),
         "deterministic": True,
+        "num_nodes": model.config.num_nodes,
         "num_images": recon.num_images,
         "num_pairs": retrieval.num_pairs,
         "max_steps": max_steps,

@@ -227,7 +227,11 @@ def format_markdown(report: EvalReport) -> str:
     """The report as Markdown: a table with one row per metric (``EvalReport.rows``: value, chance level where
     one applies, sample count), then the protocol notes."""
     p = report.protocol
-    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "", *metric_table(report.rows())]
+    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", ""]
+    if report.structure is not None:
+        lines += ["**Structure, in plain words.** " + structure_in_words(report.structure, report.factor_names,
+                                                                         p.get("num_nodes")), ""]
+    lines += metric_table(report.rows())
     lines += ["", "## Protocol", "",
               f"- split `{report.split}` of the factor grid (split seed {p['split_seed']}, fractions "
               f"{p['split_fractions']}); draw seed {report.seed}; images rendered from their factors and resized to "
@@ -404,3 +408,41 @@ def _structure_rows(st: StructureResult, names: tuple[str, ...], pairs: dict[str
         out += [MetricRow(f"structure.do.{key}.{name}", getattr(f, key), None, f.num_interventions)
                 for key in ("propagating_share", "agreement")]
     return out
+
+
+def structure_in_words(st: StructureResult, factor_names: Sequence[str], num_nodes: int | None = None) -> str:
+    """The structure section said in plain words, for eval.md and the model card: how many nodes an action
+    intervenes on against how many its step changes, where each factor's mask is largest, how many in-edges the
+    graph keeps, and whether a hard intervention spreads. Every number is one of ``st``'s."""
+    m, d = st.mask, st.propagation
+    of = f" of the {num_nodes} nodes" if num_nodes else ""
+    out = [f"An action intervenes on {m.mask_nodes:.1f}{of} on average, where its step changes "
+           f"{m.changed_nodes:.1f}."]
+    if m.precision is not None and m.recall is not None:
+        out.append(f"{100 * m.precision:.0f} % of the intervened nodes do change, and the mask holds "
+                   f"{100 * m.recall:.0f} % of the changed ones.")
+    dense = bool(num_nodes) and m.mask_nodes >= 0.9 * num_nodes
+    if dense:
+        out.append("The mask covers nearly every node, so it does not say where a factor lives; the changed nodes "
+                   "(the factor maps) do.")
+    sizes = [(st.per_factor_mask[n].mask_nodes, n) for n in factor_names
+             if n in st.per_factor_mask and st.per_factor_mask[n].num_pairs]
+    if sizes and not dense:
+        out.append("Nodes intervened on per factor: " + ", ".join(f"{n} {s:.1f}" for s, n in sizes) + ".")
+    out.append(f"The graph keeps {st.action_in_degree:.2f} in-edges per node (probability above 0.5) under an action "
+               f"and {st.no_action_in_degree:.2f} without one.")
+    if d.propagating_share is None:
+        out.append("No step changed a node, so do() was not tried.")
+    elif d.propagating_share < 0.05:
+        out.append(f"Setting one node to a code it takes in a neighbouring image, do(node = code), changed another "
+                   f"node in {100 * d.propagating_share:.0f} % of {d.num_interventions} tries: the graph does not "
+                   "propagate a change" + ("; the mask puts each change where it happens." if not dense and
+                                           (m.precision or 0.0) >= 0.5 else "."))
+    else:
+        spread = f"{d.changed_nodes:.1f} other nodes" if d.changed_nodes is not None else "other nodes"
+        agree = (f", {100 * d.agreement:.0f} % of them to the neighbouring image's code"
+                 if d.agreement is not None else "")
+        out.append(f"Setting one node to a code it takes in a neighbouring image, do(node = code), changed "
+                   f"another node in {100 * d.propagating_share:.0f} % of {d.num_interventions} tries, {spread} on "
+                   f"average{agree}: the graph carries part of each change.")
+    return " ".join(out)
