@@ -738,7 +738,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         with gr.Row(equal_height=True):
             info = gr.Markdown(describe(explorer, notice))
             checkpoint = gr.Dropdown(choices=names, value=display_name(explorer.source) if explorer else None,
-                                     label="Checkpoint", interactive=len(names) > 1, scale=0, min_width=280)
+                                     label="Checkpoint", interactive=len(names) > 1, scale=0, min_width=280,
+                                     elem_id="checkpoint")
 
         # --- 1 + 2: input, reconstruction, codes ---
         with gr.Row(elem_id="panel-input"):
@@ -748,8 +749,9 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                 upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", height=130,
                                  elem_id="input-upload")
                 random_btn = gr.Button("Random dataset sample", **specs.random)
-                with gr.Accordion("Sample by factor values", open=False):
-                    menus = [gr.Dropdown(interactive=True, **kw) for kw in specs.menus]
+                with gr.Accordion("Sample by factor values", open=False, elem_id="factor-menus"):
+                    menus = [gr.Dropdown(interactive=True, elem_id=f"menu-{f}", **kw)
+                             for f, kw in enumerate(specs.menus)]
                     render_btn = gr.Button("Render these factors")
                 gallery = gr.Gallery(value=h.examples or None, label="Examples (click one)", columns=4,
                                      allow_preview=False, buttons=[], elem_id="examples-gallery",

@@ -5,7 +5,9 @@ screenshots): a gallery example, a file that is not an image, two sliders (one s
 under an action, retrieval, traversals at k = 8, factor maps of two actions, each panel photographed at 1,024 and
 1,400 px into a temporary folder. It checks what a visitor sees: the bad upload keeps the previous image, the
 extrapolated step is marked, the factor map follows the action, no machine path shows in the page, and the page
-asked nothing outside loopback. Skipped, with the reason, where ``/usr/bin/chromium`` or playwright is missing.
+asked nothing outside loopback. A second visit switches the checkpoint from a shapes3d one to a dSprites one and
+checks that the sliders, the factor menus and the gallery follow, and that the traversal grid's labels are
+readable at both widths. Skipped, with the reason, where ``/usr/bin/chromium`` or playwright is missing.
 """
 
 from __future__ import annotations
@@ -86,3 +88,97 @@ def test_browser_tour_of_every_panel(app_url: str, tmp_path: Path) -> None:
         for p in seen.shots.values():
             Path(os.environ["CAUSALVQ_KEEP_SHOTS"]).mkdir(parents=True, exist_ok=True)
             p.replace(Path(os.environ["CAUSALVQ_KEEP_SHOTS"]) / p.name)
+
+
+@pytest.fixture()
+def two_checkpoints(tmp_path: Path):
+    """(url, shapes3d factor names, dSprites factor names, dSprites gallery size): the explorer over a tiny
+    shapes3d-factor checkpoint, with a tiny dSprites-factor (greyscale) one in its Checkpoint menu."""
+    reason = screenshots.missing()
+    if reason:
+        pytest.skip(reason)
+    import torch
+
+    import app
+    from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
+    from causalvq.data import DSprites
+    from causalvq.explore.checkpoints import example_images
+    from causalvq.explore.explorer import Explorer
+    from causalvq.model import CausalVQ
+
+    torch.manual_seed(0)
+    sprites = tmp_path / "tiny-dsprites"
+    CausalVQ(ModelConfig.tiny(factor_names=DSprites.factor_names, factor_sizes=DSprites.factor_sizes,
+                              in_channels=1)).save_pretrained(sprites)
+    model = CausalVQ(ModelConfig.tiny(factor_names=SHAPES3D_FACTORS, factor_sizes=SHAPES3D_SIZES))
+    explorer = Explorer(model, source="tiny", calibration_samples=4, retrieval_steps=2, retrieval_pairs=2)
+    demo = app.build_demo(explorer, choices=["tiny", str(sprites)])
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
+                            **app.LAUNCH_OPTIONS)
+    try:
+        yield url, SHAPES3D_FACTORS, DSprites.factor_names, len(example_images(DSprites()))
+    finally:
+        demo.close()
+
+
+def _factor_widgets(page, slots: int = 8) -> tuple[list[str], list[str], list[str]]:
+    """The visible sliders' and factor menus' labels, and the gallery's picture addresses."""
+    page.get_by_text("Sample by factor values").first.click()  # open the menus' accordion
+    page.wait_for_timeout(300)
+    sliders = [page.locator(f"#slider-{f}").inner_text().split("\n")[0] for f in range(slots)
+               if page.locator(f"#slider-{f}").is_visible()]
+    menus = [page.locator(f"#menu-{f} [data-testid=block-info]").first.inner_text() for f in range(slots)
+             if page.locator(f"#menu-{f}").is_visible()]
+    page.get_by_text("Sample by factor values").first.click()  # closed again
+    gallery = [i.get_attribute("src") for i in page.locator("#examples-gallery img").all()]
+    return sliders, menus, gallery
+
+
+@pytest.mark.browser
+def test_browser_checkpoint_switch_follows_the_dataset(two_checkpoints, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from causalvq.explore.drawing import LABEL_PX, traversal_label_px
+
+    url, shapes_names, sprite_names, sprite_examples = two_checkpoints
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=screenshots.CHROMIUM, args=screenshots.ARGS)
+        try:
+            page = browser.new_page(viewport={"width": screenshots.WIDTHS[1], "height": screenshots.HEIGHT})
+            page.set_default_timeout(180_000)
+            page.goto(url, wait_until="load")
+            _ = screenshots._wait_text(page, "#domain-notice", "Dataset sample: " + shapes_names[0])
+            screenshots._open(page, "3. Atomic interventions")
+            before = _factor_widgets(page)
+            first_input = screenshots._src(page, "#input-image")
+            assert before[0] == before[1] == list(shapes_names)
+
+            screenshots._choose(page, "#checkpoint", "tiny-dsprites")
+            screenshots._wait_text(page, "#domain-notice", "Dataset sample: " + sprite_names[0])  # its 1st example
+            screenshots._idle(page)
+            sliders, menus, gallery = _factor_widgets(page)
+            assert sliders == list(sprite_names), "the sliders did not follow the checkpoint"
+            assert menus == list(sprite_names), "the factor menus did not follow the checkpoint"
+            assert len(gallery) == sprite_examples and not set(gallery) & set(before[2]), "the gallery stayed"
+            assert screenshots._src(page, "#input-image") != first_input
+            assert "tiny-dsprites" in page.inner_text("body") and str(tmp_path) not in page.inner_text("body")
+
+            # the traversal grid at k = 8: its labels, shrunk with the picture, stay readable at both widths
+            screenshots._open(page, "6. Traversals")
+            screenshots._set_slider(page, "#traverse-steps", 8)
+            page.locator("#traverse-button").click()
+            screenshots._wait_src(page, "#traversal-image")
+            for width in screenshots.WIDTHS:
+                page.set_viewport_size({"width": width, "height": screenshots.HEIGHT})
+                page.wait_for_timeout(500)
+                shown, natural = page.eval_on_selector(
+                    "#traversal-image img", "i => [i.getBoundingClientRect().width, i.naturalWidth]")
+                on_screen = traversal_label_px(natural) * min(1.0, shown / natural)  # the labels' font, as shown
+                assert on_screen >= LABEL_PX - 1, f"traversal labels {on_screen:.1f} px tall at {width} px"
+                problems = page.evaluate(screenshots.LAYOUT_JS)
+                assert not problems, f"at {width} px: {problems}"
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
