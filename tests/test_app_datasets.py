@@ -212,3 +212,31 @@ def test_npz_checkpoint_with_its_data_file_samples_and_renders_ground_truth(npz_
             h.sample_factors(session, 0, 0, 0, *([None] * (slots - 3)))
         first = h.first_example(h.new_session())  # no shipped examples: the page opens on a sample of the file
         assert first[0].input is not None and first[0].input.factors is not None
+
+
+def test_every_panel_answers_on_the_dsprites_checkpoint() -> None:
+    """Graph, do(), retrieval, traversals and factor maps on the greyscale dSprites checkpoint (small one-off
+    measurements: 48 map pairs, 32 images behind the do() order)."""
+    if not (DSPRITES / "config.json").is_file():
+        pytest.skip(f"{DSPRITES.name} is not shipped in this checkout")
+    from matplotlib.figure import Figure
+
+    ex = Explorer(CausalVQ.from_pretrained(DSPRITES), source=str(DSPRITES), map_pairs=48, code_images=32)
+    h = app.Handlers(ex, app.MIN_SLOTS, [str(DSPRITES)])
+    session = h.first_example(h.new_session())[0]
+    F, slots = ex.config.num_factors, h.slots
+    heat, net, text, table = h.graph(session, 0, 0.5, app.GRAPH_OVER[1])
+    assert isinstance(heat, Figure) and ex.action_names[0] in text
+    image, grid, _, text = h.do(session, 3, h.code_choices(session, 3)["value"])
+    assert image.ndim == 2 and grid.ndim == 3 and text.startswith("do(node 3")  # greyscale, coloured code grid
+    steps = [0] * slots
+    steps[ex.factor_names.index("pos_y")] = 1
+    x, y = h.pair_from_sliders(session, *steps)
+    assert x.ndim == y.ndim == 2
+    _, _, text = h.retrieve(session, x, y)
+    assert text.startswith("Answer:") and "retrieval.json" in text  # the checkpoint's own reject rule
+    trav, png, gif = h.traverse(session, 2)
+    assert trav.shape[0] > F * ex.config.image_size and Path(png).is_file() and Path(gif).is_file()  # F rows
+    fig, overlay, text = h.factor_maps(session, ex.action_names.index("pos_x +"))
+    pairs = int(ex.factor_maps().pairs[ex.action_names.index("pos_x +")])  # its share of the 48 test pairs
+    assert isinstance(fig, Figure) and overlay.ndim == 3 and f"Over {pairs} one-step test pairs of “pos_x +”" in text
