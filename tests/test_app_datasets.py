@@ -67,6 +67,22 @@ def test_both_shipped_checkpoints_are_in_the_menu(monkeypatch: pytest.MonkeyPatc
     assert all(f"assets/{p.name}" in docs for p in SHIPPED_CHECKPOINTS)
 
 
+def test_the_app_opens_on_the_dsprites_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CAUSALVQ_CHECKPOINT=assets/causalvq-dsprites python app.py``: its gallery and factors from the start, and
+    the default checkpoint still in the menu."""
+    if not (DSPRITES / "config.json").is_file():
+        pytest.skip(f"{DSPRITES.name} is not shipped in this checkout")
+    monkeypatch.setenv(ENV_CHECKPOINT, str(DSPRITES))
+    monkeypatch.delenv(ENV_CHOICES, raising=False)
+    h = app.load_demo().handlers
+    ex = h.explorer(h.new_session())
+    assert ex.source == str(DSPRITES) and ex.dataset.name == "dsprites" and not ex.notice
+    assert h.examples == [str(p) for p in example_images(DSprites())]
+    assert set(h.sources) == {p.name for p in SHIPPED_CHECKPOINTS}
+    session = h.first_example(h.new_session())[0]
+    assert session.input.factors == tuple(example_factors(h.examples[0]))
+
+
 def test_each_dataset_has_its_own_shipped_examples() -> None:
     for dataset in (Shapes3D(), DSprites()):
         paths = example_images(dataset)
