@@ -157,6 +157,7 @@ def _latency(repeats: int) -> dict:
                 fn()
                 times.append((time.perf_counter() - t) * 1e3)
             out[name] = statistics.median(times[3:])
+    out["image_size"] = model.config.image_size
     return out
 
 
@@ -200,7 +201,7 @@ def main() -> None:
     print(f"lower bound of one retrieval: its second-layer projections ({r['mmac']:.0f} MMAC) as one matmul take "
           f"{r['ms']:.1f} ms ({r['gmac_per_s']:.0f} GMAC/s here)")
     r = run("latency", "torch")
-    print(f"shipped checkpoint, one 32-px image: reconstruct {r['reconstruct']:.1f} ms p50, "
+    print(f"shipped checkpoint, one {r['image_size']}-px image: reconstruct {r['reconstruct']:.1f} ms p50, "
           f"one intervention {r['intervene']:.1f} ms p50")
     print(REFERENCE)
 
