@@ -678,8 +678,10 @@ def test_retrieval_bar_values_stay_inside_the_plot_and_clear_of_the_ticks(explor
         assert all(t.x0 >= box.x0 and t.x1 <= box.x1 for t in texts), "a number runs past the plot"
         if view.thresholds is not None:
             ticks = ax.transData.transform(ax.collections[-1].get_offsets())  # (rows, 2) in pixels
-            for t, (tick_x, tick_y) in zip(texts, ticks):
-                assert t.y0 <= tick_y <= t.y1 and t.x0 > tick_x, "a number sits on its threshold tick"
+            bars = [b.get_window_extent().x1 for b in ax.patches]  # (rows,) the bars' ends
+            for t, (tick_x, tick_y), end in zip(texts, ticks, bars):
+                assert t.y0 <= tick_y <= t.y1 and not t.x0 - 2 <= tick_x <= t.x1 + 2, "a number is on its tick"
+                assert t.x0 >= end, "a number is on its bar"
 
 
 def _cell_rows(grid: np.ndarray) -> np.ndarray:

@@ -325,16 +325,23 @@ def retrieval_figure(view: RetrievalView, top: int = 12) -> Figure:
     ax = fig.add_subplot()
     best = "#dd8452" if view.accepted is not False else "#999999"
     ax.barh(names, d[order], color=["#4c72b0"] * (len(names) - 1) + [best])
-    ends = d[order]  # where each bar's value is written: after the bar and after its threshold tick
+    values = d[order]
+    ticks = None
     if view.thresholds is not None:
         ticks = np.asarray([view.thresholds[i % K] for i in order])
         ax.scatter(ticks, names, marker="|", s=200, color="black", zorder=3)
         ax.set_title("black tick: the threshold of the move's k", fontsize=8)  # a legend would cover a bar
-        ends = np.maximum(ends, ticks)
-    for i, (v, x) in enumerate(zip(d[order], ends)):
-        ax.annotate(f"{v:.3f}", (x, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    # each bar's value is written after the bar, or after its threshold tick where the tick would cross it; the x
+    # range is first fitted to the values all written after their ticks (the rightmost they can be)
+    labels = [ax.annotate(f"{v:.3f}", (v if ticks is None else max(v, ticks[i]), i), xytext=(4, 0),
+                          textcoords="offset points", va="center", fontsize=8) for i, v in enumerate(values)]
     ax.set_xlabel("distance of y from the move (node NLL)\nsmaller is closer")
     _fit_texts(fig, ax)
+    if ticks is not None:
+        for i, label in enumerate(labels):
+            bar, tick = (ax.transData.transform((x, 0))[0] for x in (values[i], ticks[i]))
+            if not bar - 2 <= tick <= bar + label.get_window_extent().width + 10:
+                label.xy = (values[i], i)  # the tick is clear of the value at the bar's end
     return fig
 
 
