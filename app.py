@@ -910,8 +910,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         gr.on([maps_tab.select, map_action.input], h.factor_maps, [session, map_action],
               [maps_plot, maps_img, maps_md], api_name="factor_maps", trigger_mode="always_last", **FIGURES)
         checkpoint.input(h.change_checkpoint, [checkpoint, session], [session, info, *model_outputs],
-                         api_name="checkpoint").then(h.first_example, [session], load_outputs,
-                                                     api_visibility="private")
+                         api_name="checkpoint").success(h.first_example, [session], load_outputs,
+                                                        api_visibility="private")  # not after a refused switch
 
     demo.queue(default_concurrency_limit=1)  # every other event: one at a time per event
     demo.handlers = h  # the handlers behind the events, for tests and benchmarks
