@@ -48,9 +48,9 @@ def draw(maps: FactorMaps, mean_image: np.ndarray, factor_names: tuple[str, ...]
             pairs = int(maps.pairs[f if c < 3 else F + f])
             ax.set_xlabel(f"{pairs} pairs", fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0.0, 0.0, 0.93, 1.0))
+    fig.tight_layout(rect=(0.0, 0.0, 0.88, 1.0))
     if image is not None:
-        bar = fig.add_axes((0.94, 0.3, 0.015, 0.4))
+        bar = fig.add_axes((0.9, 0.3, 0.015, 0.4))
         fig.colorbar(image, cax=bar, label="share of the action's pairs")
     return fig
 

@@ -28,7 +28,7 @@ def test_shipped_checkpoint_was_trained_by_the_cpu_recipe():
     recorded = recipe_from_toml((shipped / "recipe.toml").read_text(), source=str(shipped / "recipe.toml"))
     assert load_recipe("cpu").differences(recorded) == []
     config = read_config(shipped)
-    assert config == load_recipe("cpu").model_config((32, 32, 3), config.factor_names, config.factor_sizes)
+    assert config == load_recipe("cpu").model_config((64, 64, 3), config.factor_names, config.factor_sizes)
 
 
 def test_shipped_dsprites_checkpoint_was_trained_by_the_cpu_dsprites_recipe():
