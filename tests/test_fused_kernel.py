@@ -178,3 +178,43 @@ def test_app_loads_the_kernel_in_the_background_unless_forbidden(monkeypatch: py
         assert not thread.is_alive() and kernels.loaded() is not None
     finally:
         kernels.disable()
+
+
+def test_fused_kernel_releases_the_gil_while_it_computes(fused) -> None:
+    """Another Python thread runs while one long kernel call computes (the app serves other visitors meanwhile):
+    with the GIL held it could not execute a single bytecode between the call's start and end."""
+    import sys
+    import threading
+    import time
+
+    torch.manual_seed(0)
+    X, Y = torch.randn(16, 512, 4, 32), torch.randn(16, 512, 4, 32)  # a call of a few hundred ms on one thread
+    a = torch.randn(1, 4, 32)
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            seen.append(time.perf_counter())
+
+    old, threads = sys.getswitchinterval(), torch.get_num_threads()
+    sys.setswitchinterval(0.001)
+    torch.set_num_threads(1)  # the kernel takes one core, the counting thread can have the other
+    worker = threading.Thread(target=count, daemon=True)
+    worker.start()
+    try:
+        for _ in range(5):  # a few tries: a loaded machine may not schedule the counting thread in a short call
+            start = time.perf_counter()
+            with torch.no_grad():
+                pairwise_score(X, Y, a, slope=0.2)
+            end = time.perf_counter()
+            margin = 0.2 * (end - start)
+            if any(start + margin < t < end - margin for t in list(seen)):
+                break
+        else:
+            pytest.fail(f"no other Python thread ran during a {1e3 * (end - start):.0f} ms kernel call")
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(old)
+        torch.set_num_threads(threads)

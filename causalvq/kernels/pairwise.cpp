@@ -288,8 +288,11 @@ torch::Tensor attend_forward(torch::Tensor xt, torch::Tensor xs, torch::Tensor a
 
 }  // namespace
 
+// Each call releases the GIL while it computes (it touches no Python object): the app's other threads, serving
+// other visitors, run Python meanwhile.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &pairwise_forward, "pairwise additive score, forward");
-  m.def("backward", &pairwise_backward, "pairwise additive score, backward");
-  m.def("attend", &attend_forward, "GATv2 attention over a dense graph, forward only");
+  using release = pybind11::call_guard<pybind11::gil_scoped_release>;
+  m.def("forward", &pairwise_forward, "pairwise additive score, forward", release());
+  m.def("backward", &pairwise_backward, "pairwise additive score, backward", release());
+  m.def("attend", &attend_forward, "GATv2 attention over a dense graph, forward only", release());
 }
