@@ -12,7 +12,7 @@ import time
 
 from causalvq.data import FactorDataset
 from causalvq.metrics.evaluation import evaluate_model
-from causalvq.metrics.report import EvalReport, metric_table, structure_in_words
+from causalvq.metrics.report import EvalReport, metric_table, structure_paragraph
 from causalvq.model import CausalVQ
 from causalvq.probe import FactorProbe, evaluate_probe
 from train.data import make_sampler
@@ -40,7 +40,4 @@ def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, probe: Fac
 
 def markdown_table(report: EvalReport) -> str:
     """The report's scalar metrics as a Markdown table (for the model card), after the structure in plain words."""
-    words = [] if report.structure is None else [
-        "**Structure, in plain words.** " + structure_in_words(report.structure, report.factor_names,
-                                                               report.protocol.get("num_nodes")), ""]
-    return "\n".join(words + metric_table(report.rows())) + "\n"
+    return "\n".join(structure_paragraph(report) + metric_table(report.rows())) + "\n"

@@ -227,10 +227,7 @@ def format_markdown(report: EvalReport) -> str:
     """The report as Markdown: a table with one row per metric (``EvalReport.rows``: value, chance level where
     one applies, sample count), then the protocol notes."""
     p = report.protocol
-    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", ""]
-    if report.structure is not None:
-        lines += ["**Structure, in plain words.** " + structure_in_words(report.structure, report.factor_names,
-                                                                         p.get("num_nodes")), ""]
+    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "", *structure_paragraph(report)]
     lines += metric_table(report.rows())
     lines += ["", "## Protocol", "",
               f"- split `{report.split}` of the factor grid (split seed {p['split_seed']}, fractions "
@@ -446,3 +443,11 @@ def structure_in_words(st: StructureResult, factor_names: Sequence[str], num_nod
                    f"another node in {100 * d.propagating_share:.0f} % of {d.num_interventions} tries, {spread} on "
                    f"average{agree}: the graph carries part of each change.")
     return " ".join(out)
+
+
+def structure_paragraph(report: EvalReport) -> list[str]:
+    """eval.md's and the model card's opening lines: the structure in plain words (none without the section)."""
+    if report.structure is None:
+        return []
+    words = structure_in_words(report.structure, report.factor_names, report.protocol.get("num_nodes"))
+    return ["**Structure, in plain words.** " + words, ""]
