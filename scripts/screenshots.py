@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,11 +66,6 @@ def missing() -> str:
     except ImportError:
         return "playwright is not installed (pip install playwright; no browser download needed)"
     return ""
-
-
-def _factors(path: Path) -> list[int]:
-    """The factor values in an example's file name (``example_4-5-7-7-0-2.png``)."""
-    return [int(v) for v in re.fullmatch(r"example_([\d-]+)", path.stem).group(1).split("-")]
 
 
 def _text(page: Any, selector: str) -> str:
@@ -179,10 +173,12 @@ def tour(url: str, out: Path, example: Path, bad_file: Path, widths: tuple[int, 
     ``timeout_s`` bounds each wait for an answer of the app."""
     from playwright.sync_api import sync_playwright
 
+    from causalvq.explore.checkpoints import example_factors
+
     out.mkdir(parents=True, exist_ok=True)
     seen = Seen()
     examples = sorted(example.parent.glob("*.png"))
-    factors = _factors(example)
+    factors = example_factors(example)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
