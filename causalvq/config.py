@@ -65,6 +65,11 @@ class ModelConfig:
     mask_context: int = 0  # B24: the mask's hidden layer also sees the codes of the (2r + 1)² grid cells around
     #                        the node (r = mask_context), so "is this cell on the object's outline" can be said;
     #                        needs mask_hidden > 0; 0 is the official (the node's own code only)
+    intervention_context: int = 0  # B28: the intervened head "by action a" also reads the codes of the (2r + 1)²
+    #                                grid cells around its node (r = intervention_context) through a small
+    #                                convolutional network, so a step of the object's outline can say where the
+    #                                object is; 0 is the official (the node's features and its in-edges only)
+    intervention_hidden: int = 64  # B28: hidden width of that network
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
     overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"
@@ -156,6 +161,12 @@ class ModelConfig:
                              f"{self.grid_size}), got {self.mask_context}")
         if self.mask_context and not self.mask_hidden:
             raise ValueError("ModelConfig.mask_context needs a hidden mask layer: set mask_hidden > 0 too")
+        if not 0 <= self.intervention_context < self.grid_size:
+            raise ValueError(f"ModelConfig.intervention_context must be in [0, {self.grid_size - 1}] (the grid side "
+                             f"is {self.grid_size}), got {self.intervention_context}")
+        if not 0 < self.intervention_hidden <= MAX_SIZE:
+            raise ValueError(f"ModelConfig.intervention_hidden must be in [1, {MAX_SIZE}], "
+                             f"got {self.intervention_hidden}")
         for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight", "mask_weight",
                      "edge_weight", "edge_budget"):
             value = getattr(self, name)

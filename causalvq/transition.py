@@ -17,6 +17,10 @@ The whole layer (shared/paper.md §5.7), with m the intervention mask and C the 
                                  Gr is an edge list; an edge not drawn gets no gradient]
     ŷ  = softmax((1 − m)·H[head 0] + m·H[head a + 1])   (b, n, v)
 
+With ``intervention_context`` (B28) head a + 1 adds the logits of a small network of the codes around node i,
+the action and i's position (``InterventionContext``) [official: the head reads the node's features and its
+in-edges only].
+
 With ``action_node`` an extra node carrying Linear(a) sends an edge to every intervened node [official: the
 action node receives every edge and sends none, so it never influences a latent node]. Only the output heads a
 sample uses are computed (exact: heads are independent), and without an action the action discoverers are
@@ -98,6 +102,7 @@ class CausalTransition(nn.Module):
         self.gat1 = DenseGATv2(v, config.graph_width, a + 1, residual=config.graph_residual)
         self.gat2 = DenseGATv2(config.graph_width * (a + 1), v, a + 1, residual=config.graph_residual)
         self.action_embedding = nn.Linear(a, v) if config.action_node else None
+        self.context = InterventionContext(config) if config.intervention_context else None
 
     def node_features(self, codes: torch.Tensor) -> NodeFeatures:
         """Codes `(b, n)` → one-hot X `(b, n, v)` and P = X + drop(PE) [official: drop(X + PE)]."""
@@ -202,6 +207,7 @@ class CausalTransition(nn.Module):
         C, m, p = self.edges(nodes, action, sample, copies)  # (b, n, n), (b, n), (b, n)
         graph = self.sample_graph(C, sample, identity_graph)  # Gr (b, n, n)
         H = self.graph_network(terms, C, graph, m, action, copies)  # (b, n, k, v), the heads used
+        H = self.with_context(H, nodes.codes, action, copies)
         return TransitionOutput(probs=self.blend_heads(H, m).softmax(-1), mask=m, mask_probs=p, edge_probs=C,
                                 graph=graph, head_logits=H)
 
@@ -260,7 +266,7 @@ class CausalTransition(nn.Module):
         C, m, p = self.edges(nodes, action, False, copies)  # (b·r, n, n), (b·r, n), (b·r, n)
         graph = self.sample_graph(C, False)  # (b·r, n, n)
         if m.sum(1).max() > n // 2:  # a pass rewires most rows: the dense passes cost less than the bookkeeping
-            H = self.graph_network(terms, C, graph, m, action, copies)
+            H = self.with_context(self.graph_network(terms, C, graph, m, action, copies), nodes.codes, action, copies)
             return TransitionOutput(probs=self.blend_heads(H, m).softmax(-1), mask=m, mask_probs=p, edge_probs=C,
                                     graph=graph, head_logits=H)
         C0 = self.discoverers(nodes.features, 0)  # (b, n, n): the no-action graph, once per grid
@@ -302,8 +308,18 @@ class CausalTransition(nn.Module):
         out0 = self.gat2.attend_rows(t0.tgt, t0.src, t0.root, w0, e0, zero)  # (b, n, v): the no-action pass
         H = repeat(out0, "b n v -> (b r) n k v", r=copies, k=2).contiguous()  # head a + 1 unused where m = 0
         H.scatter_(1, idx2[..., None, None].expand(-1, -1, 2, v), out_rows.unflatten(-1, (2, v)))
+        H = self.with_context(H, nodes.codes, action, copies)
         return TransitionOutput(probs=self.blend_heads(H, m).softmax(-1), mask=m, mask_probs=p, edge_probs=C,
                                 graph=graph, head_logits=H)
+
+    def with_context(self, H: torch.Tensor, codes: torch.Tensor, action: torch.Tensor | None, copies: int = 1
+                     ) -> torch.Tensor:
+        """B28: the heads ``H (b·copies, n, k, v)`` with the context logits of ``codes (b, n)`` added to head
+        "intervened by a"; ``H`` itself without ``intervention_context`` or without an action."""
+        if self.context is None or action is None:
+            return H
+        extra = self.context(codes, action, copies)  # (b·copies, n, v)
+        return torch.stack([H[:, :, 0], H[:, :, 1] + extra], 2)
 
     def blend_heads(self, H: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Logits of ŷ `(b, n, v)`: (1 − m)·H[head 0] + m·H[head a + 1] from the heads used ``H (b, n, k, v)``."""
@@ -322,6 +338,43 @@ class CausalTransition(nn.Module):
         out = self.gat2(hidden, None, None, heads=heads).unflatten(-1, (1, self.config.codebook_size))  # (b, n, 1, v)
         return TransitionOutput(probs=out[:, :, 0].softmax(-1), mask=zero, mask_probs=zero, edge_probs=eye,
                                 graph=eye, head_logits=out)
+
+
+class InterventionContext(nn.Module):
+    """B28: what the codes around a node add to its "intervened by a" logits, `(b, n, v)`.
+
+    Each node's code is embedded (E, `code_width` per codebook), a (2r + 1)² convolution over the K embedded grids
+    (zero past the border) reads the cells around the node, and the action and the node's position are added
+    before one hidden layer: logits_i = W_o·σ(W_h·σ(conv(E[c])_i + A_a + Q_i)), σ = LeakyReLU. The convolution
+    runs once per grid; a grid's ``copies`` (the actions of a retrieval) add their own action terms.
+    """
+
+    code_width = 32
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        k, r, h = config.num_codebooks, config.intervention_context, config.intervention_hidden
+        self.embed = nn.Embedding(config.codebook_size, self.code_width)
+        self.conv = nn.Conv2d(k * self.code_width, h, 2 * r + 1, padding=r)
+        self.action = nn.Embedding(config.num_actions, h)
+        self.position = nn.Parameter(torch.zeros(config.num_nodes, h))
+        self.hidden = nn.Linear(h, h)
+        self.out = nn.Linear(h, config.codebook_size)
+
+    def neighbourhood(self, codes: torch.Tensor) -> torch.Tensor:
+        """conv(E[c])_i + Q_i `(b, n, h)` of flat node codes `(b, n)`; the K nodes of a cell share the convolution."""
+        k, g = self.config.num_codebooks, self.config.grid_size
+        grid = rearrange(self.embed(codes), "b (k h w) c -> b (k c) h w", k=k, h=g, w=g)
+        return repeat(self.conv(grid), "b c h w -> b (k h w) c", k=k) + self.position
+
+    def forward(self, codes: torch.Tensor, action: torch.Tensor, copies: int = 1) -> torch.Tensor:
+        """Logits `(b·copies, n, v)` for grids ``codes (b, n)``, each standing for ``copies`` rows of ``action``."""
+        terms = self.neighbourhood(codes)
+        if copies > 1:
+            terms = terms.repeat_interleave(copies, 0)
+        hidden = F.leaky_relu(terms + self.action(action)[:, None])
+        return self.out(F.leaky_relu(self.hidden(hidden)))
 
 
 def _row_index(rows: torch.Tensor) -> torch.Tensor:

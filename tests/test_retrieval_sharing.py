@@ -8,7 +8,7 @@ from causalvq.config import ModelConfig
 from causalvq.model import CausalVQ
 
 SWITCHES = [{}, {"action_node": False}, {"mask_hidden": 8}, {"intervention_edges": "outgoing"},
-            {"graph_residual": False}, {"mask_context": 1, "mask_hidden": 8}]
+            {"graph_residual": False}, {"mask_context": 1, "mask_hidden": 8}, {"intervention_context": 1}]
 
 
 def _sparse_model(mask_shift: float = 0.3, edge_shift: float = 1.5, **switches) -> CausalVQ:

@@ -189,6 +189,63 @@ def test_mask_context_needs_a_hidden_layer_and_fits_the_grid() -> None:
     with pytest.raises(ValueError, match="mask_context"):
         ModelConfig.tiny(mask_hidden=4, mask_context=ModelConfig.tiny().grid_size)
 
+
+# --- B28: the intervened head reads the codes around its node ---------------------------------------------------
+def test_intervention_context_reads_the_window_around_each_node_and_nothing_past_it() -> None:
+    """Changing a code moves the context logits of the nodes within r cells (Chebyshev) of it, in every codebook
+    (the K nodes of a cell share the convolution), and of no other."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(intervention_context=1, positional_dropout=0.0)
+    ctx = CausalVQ(cfg).eval().transition.context
+    g, v = cfg.grid_size, cfg.codebook_size
+    codes = torch.randint(0, v, (1, cfg.num_nodes))
+    action = torch.tensor([2])
+    y0, x0 = 1, 2
+    moved = codes.clone()
+    moved[0, y0 * g + x0] = (moved[0, y0 * g + x0] + 1) % v
+    with torch.no_grad():
+        changed = (ctx(moved, action) - ctx(codes, action)).abs().amax(-1)[0] > 1e-6  # (n,)
+    window = torch.tensor([max(abs(y - y0), abs(x - x0)) <= 1
+                           for _ in range(cfg.num_codebooks) for y in range(g) for x in range(g)])
+    assert torch.equal(changed, window)
+
+
+def test_intervention_context_adds_to_the_intervened_head_only() -> None:
+    """Head 0 ("unchanged") is the same with and without the context network, head a + 1 gains its logits, and a
+    pass without an action is untouched; without the switch there is no such network (the official layer)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(intervention_context=1, positional_dropout=0.0)
+    tr = CausalVQ(cfg).eval().transition
+    codes = torch.randint(0, cfg.codebook_size, (3, cfg.num_nodes))
+    action = torch.tensor([0, 3, 5])
+    with torch.no_grad():
+        out = tr(codes, action, sample=False)
+        no_action = tr(codes, sample=False)
+        context, tr.context = tr.context, None
+        plain, plain_no_action = tr(codes, action, sample=False), tr(codes, sample=False)
+        extra = context(codes, action)
+    assert torch.allclose(out.head_logits[:, :, 0], plain.head_logits[:, :, 0])
+    assert torch.allclose(out.head_logits[:, :, 1], plain.head_logits[:, :, 1] + extra, atol=1e-6)
+    assert extra.abs().amax() > 0.01
+    assert torch.equal(no_action.probs, plain_no_action.probs)
+    assert not any(k.startswith("transition.context") for k in CausalVQ(ModelConfig.tiny()).state_dict())
+
+
+def test_intervention_context_trains_from_the_transition_loss() -> None:
+    torch.manual_seed(0)
+    tr = CausalVQ(ModelConfig.tiny(intervention_context=1)).transition
+    codes = torch.randint(0, tr.config.codebook_size, (4, tr.config.num_nodes))
+    out = tr(codes, torch.tensor([0, 1, 2, 3]))
+    (out.probs * torch.rand_like(out.probs)).sum().backward()
+    assert tr.context.conv.weight.grad.abs().sum() > 0 and tr.context.action.weight.grad.abs().sum() > 0
+
+
+def test_intervention_context_fits_the_grid() -> None:
+    with pytest.raises(ValueError, match="intervention_context"):
+        ModelConfig.tiny(intervention_context=ModelConfig.tiny().grid_size)
+    with pytest.raises(ValueError, match="intervention_hidden"):
+        ModelConfig.tiny(intervention_context=1, intervention_hidden=0)
+
 # --- the evaluation section, on models whose structure is set by hand --------------------------------------------
 def _forced(mask_logit: float, edge_logit: float) -> CausalVQ:
     """A tiny model whose mask is all or nothing and whose graph is complete or empty (through the biases)."""
