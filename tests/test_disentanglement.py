@@ -35,6 +35,8 @@ from causalvq.metrics import (
     prune_dims,
     sap,
     sap_score_matrix,
+    unrelated_baseline,
+    unrelated_representation,
 )
 
 SIZES = (4, 5, 6, 3)
@@ -360,3 +362,21 @@ def test_sizes_are_named_and_checked() -> None:
         DisentanglementSizes(dci_stages=0)
     with pytest.raises(ValueError, match="named settings"):
         DisentanglementSizes.named("huge")
+
+
+def test_unrelated_baseline_keeps_the_values_and_loses_the_factors() -> None:
+    """The unrelated representation returns the representation's own kind of values (one-hot stays one-hot) for
+    freshly drawn factors; its scores sit near pure noise's and far below the representation's."""
+    factors = sample(200, np.random.default_rng(0))
+    unrelated = unrelated_representation(one_hot, sample, SIZES, np.random.default_rng(1))(factors)
+    assert unrelated.shape == one_hot(factors).shape and set(np.unique(unrelated)) == {0.0, 1.0}
+    assert (unrelated.sum(1) == F).all()
+    agree = (unrelated.argmax(1) == one_hot(factors).argmax(1)).mean()  # first factor's value, by chance only
+    assert agree < 0.5
+    ident = evaluate_representation(identity, sample, SIZES, np.random.default_rng(1), SMALL)
+    base = unrelated_baseline(identity, sample, SIZES, np.random.default_rng(2), SMALL)
+    pure = noise_baseline(F, sample, SIZES, np.random.default_rng(2), SMALL)
+    for key in ("dci.disentanglement", "dci.completeness", "mig", "factor_vae.eval_accuracy"):
+        assert ident[key] > base[key] + 0.5, key
+        assert abs(base[key] - pure[key]) < 0.2, key
+    assert base["dci.informativeness_test"] < ident["dci.informativeness_test"] - 0.4

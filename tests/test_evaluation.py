@@ -268,6 +268,14 @@ def test_disentanglement_names_both_representations(full_report, model):
         assert all(0.0 <= v <= 1.0 for k, v in d.scores.items() if k != "factor_vae.num_active_dims")
 
 
+def test_report_names_its_baseline_and_noise_stays_available(full_report, dataset):
+    assert full_report.protocol["disentanglement_baseline"] == "unrelated"
+    assert "images unrelated to the factors" in format_markdown(full_report)
+    with pytest.raises(ValueError, match="baseline"):
+        evaluate_model(CausalVQ(ModelConfig.tiny(factor_names=NAMES, factor_sizes=SIZES)), dataset,
+                       disentanglement_baseline="random")
+
+
 def test_report_round_trips_through_json(full_report):
     again = EvalReport.from_dict(json.loads(json.dumps(full_report.to_dict())))
     assert again == full_report

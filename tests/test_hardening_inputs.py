@@ -71,6 +71,7 @@ def _recipe_error(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) ->
     ("[data]\nrender_options = [1]\n", ["data.render_options", "dict"]),
     ("[eval]\ndisentanglement = 1\n", ["eval.disentanglement", "bool"]),
     ("[eval]\nimportance = 'xgboost'\n", ["eval.importance"]),
+    ("[eval]\nbaseline = 'nosie'\n", ["eval.baseline"]),
     ("[model]\nhidden_dims = 'abc'\n", ["[model]", "hidden_dims"]),
     ("[model]\nfactor_names = [1, 2]\n", ["[model]", "factor_names"]),
     ("[model]\noverlapping_slices = 'yes'\n", ["[model]", "overlapping_slices"]),

@@ -28,7 +28,8 @@ def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, probe: Fac
         model, dataset, split="test", sampler=sampler, seed=settings.seed,
         num_images=settings.num_images, num_pairs=settings.num_pairs, max_steps=settings.max_steps,
         disentanglement=settings.disentanglement,
-        disentanglement_sizes=settings.sizes(), batch_size=settings.batch_size)
+        disentanglement_sizes=settings.sizes(), disentanglement_baseline=settings.baseline,
+        batch_size=settings.batch_size)
     if probe is None:
         return report
     start = time.perf_counter()

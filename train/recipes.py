@@ -29,7 +29,7 @@ from typing import Any
 
 from causalvq.config import ModelConfig, check_type
 from causalvq.data import DATASETS
-from causalvq.metrics.disentanglement import SIZE_PRESETS, DisentanglementSizes
+from causalvq.metrics.disentanglement import BASELINES, SIZE_PRESETS, DisentanglementSizes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -196,6 +196,9 @@ class EvalRecipe:
     disentanglement_sizes: str = "cpu"  # named sizes (causalvq.metrics.SIZE_PRESETS): "library"
     # (disentanglement_lib's; hours for a model on 2 cores) or "cpu" (minutes; the noise baseline shows the effect)
     dci_stages: int = 0  # DCI boosting stages per factor; 0: those of the named sizes (library 100, cpu 20)
+    baseline: str = "unrelated"  # the disentanglement rows' chance column: "unrelated" (the representation of
+    # images unrelated to the factors asked) or "noise" (standard normal codes as wide; GBT on continuous dims is
+    # several times slower than on one-hot codes)
     batch_size: int = 64  # images per model call
     seed: int = 0  # seed of the evaluation draws
 
@@ -211,6 +214,8 @@ class EvalRecipe:
         if self.disentanglement_sizes not in SIZE_PRESETS:
             raise ValueError(f"eval.disentanglement_sizes must be one of {', '.join(SIZE_PRESETS)}, got "
                              f"{self.disentanglement_sizes!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"eval.baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.dci_stages < 0:
             raise ValueError(f"eval.dci_stages must be >= 0 (0: the named sizes' own), got {self.dci_stages}")
 

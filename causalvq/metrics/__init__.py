@@ -12,6 +12,8 @@ from causalvq.metrics.disentanglement import (
     noise_representation,
     sap,
     sap_score_matrix,
+    unrelated_baseline,
+    unrelated_representation,
 )
 from causalvq.metrics.factor_vae import FactorVAEResult, factor_vae, factor_vae_core, factor_vae_votes, prune_dims
 
@@ -36,4 +38,6 @@ __all__ = [
     "prune_dims",
     "sap",
     "sap_score_matrix",
+    "unrelated_baseline",
+    "unrelated_representation",
 ]

@@ -341,6 +341,34 @@ def noise_representation(dims: int, rng: np.random.Generator) -> RepresentFn:
     return lambda factors: rng.standard_normal((len(factors), dims))
 
 
+BASELINES = ("unrelated", "noise")  # the chance column of the disentanglement rows: unrelated_baseline, noise_baseline
+
+
+def unrelated_representation(represent_fn: RepresentFn, sample_fn: SampleFn, factor_sizes: Sequence[int],
+                             rng: np.random.Generator) -> RepresentFn:
+    """``represent_fn`` of images unrelated to the factors asked: row i is the representation of an image whose
+    factors are drawn afresh from ``sample_fn`` with ``rng``. Its values are the representation's own (their
+    distribution, their width, their type: one-hot codes stay one-hot) and carry nothing about the factors asked,
+    as a permutation test's null."""
+    return lambda factors: represent_fn(sample_factors(sample_fn, len(factors), rng, factor_sizes))
+
+
+def unrelated_baseline(
+    represent_fn: RepresentFn,
+    sample_fn: SampleFn,
+    factor_sizes: Sequence[int],
+    rng: np.random.Generator,
+    sizes: DisentanglementSizes = DisentanglementSizes(),
+) -> dict[str, float]:
+    """:func:`evaluate_representation` of :func:`unrelated_representation` at the same sizes: the scores the
+    representation reaches when each point is paired with another image's values. Costs as much as the
+    representation itself (GBT on one-hot codes is several times cheaper than on as many continuous dims, which
+    is what :func:`noise_baseline` would fit for them)."""
+    (draw_rng,) = rng.spawn(1)
+    unrelated = unrelated_representation(represent_fn, sample_fn, factor_sizes, draw_rng)
+    return evaluate_representation(unrelated, sample_fn, factor_sizes, rng, sizes)
+
+
 def noise_baseline(
     dims: int,
     sample_fn: SampleFn,

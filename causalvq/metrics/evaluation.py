@@ -61,10 +61,12 @@ from causalvq.data import render_images
 from causalvq.data.base import FactorDataset
 from causalvq.data.pairs import SPLITS, TransitionSampler
 from causalvq.metrics.disentanglement import (
+    BASELINES,
     SIZE_PRESETS,
     DisentanglementSizes,
     evaluate_representation,
     noise_baseline,
+    unrelated_baseline,
 )
 from causalvq.metrics.reject import evaluate_reject
 from causalvq.metrics.report import (
@@ -283,22 +285,29 @@ def representation_fn(model: CausalVQ, dataset: FactorDataset, representation: s
 
 def evaluate_disentanglement(model: CausalVQ, dataset: FactorDataset, sampler: TransitionSampler,
                              rng: np.random.Generator, sizes: DisentanglementSizes = SIZE_PRESETS["library"],
-                             batch_size: int = 64) -> tuple[DisentanglementResult, ...]:
+                             batch_size: int = 64, baseline: str = "unrelated") -> tuple[DisentanglementResult, ...]:
     """DCI, MIG, SAP and FactorVAE of each representation in ``REPRESENTATIONS`` on points of the split.
 
-    Each representation draws from its own generator spawned from ``rng``, and its noise baseline (a random
-    representation as wide, at the same sizes) from a generator spawned from that one.
+    Each representation draws from its own generator spawned from ``rng``, and its baseline from a generator
+    spawned from that one: with ``baseline="unrelated"`` the same representation of images unrelated to the
+    factors asked (``unrelated_baseline``), with ``"noise"`` independent standard normal codes as wide
+    (``noise_baseline``).
     """
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     out = []
     for (name, description), child in zip(REPRESENTATIONS.items(), rng.spawn(len(REPRESENTATIONS))):
-        (noise_rng,) = child.spawn(1)
+        (base_rng,) = child.spawn(1)
         dims, factor_sizes = representation_dims(model.config, name), tuple(dataset.factor_sizes)
-        scores = evaluate_representation(representation_fn(model, dataset, name, batch_size), sampler.sample_images,
-                                         factor_sizes, child, sizes)
-        baseline = noise_baseline(dims, sampler.sample_images, factor_sizes, noise_rng, sizes)
+        represent = representation_fn(model, dataset, name, batch_size)
+        scores = evaluate_representation(represent, sampler.sample_images, factor_sizes, child, sizes)
+        if baseline == "unrelated":
+            base = unrelated_baseline(represent, sampler.sample_images, factor_sizes, base_rng, sizes)
+        else:
+            base = noise_baseline(dims, sampler.sample_images, factor_sizes, base_rng, sizes)
         out.append(DisentanglementResult(representation=name, description=description, dims=dims,
                                          scores={k: float(v) for k, v in scores.items()},
-                                         baseline={k: float(v) for k, v in baseline.items()}))
+                                         baseline={k: float(v) for k, v in base.items()}))
     return tuple(out)
 
 
@@ -315,6 +324,7 @@ def evaluate_model(
     max_steps: int = 5,
     disentanglement: bool = True,
     disentanglement_sizes: DisentanglementSizes = SIZE_PRESETS["library"],
+    disentanglement_baseline: str = "unrelated",
     batch_size: int = 64,
 ) -> EvalReport:
     """Evaluate a model on one split of a dataset, deterministically (eval mode, no grad, ``sample=False``).
@@ -332,6 +342,8 @@ def evaluate_model(
         disentanglement: whether to run the disentanglement metrics (the slowest section).
         disentanglement_sizes: their sample sizes; the default is disentanglement_lib's (hours for a model on 2 CPU
             cores: FactorVAE alone represents 970,000 images), ``DisentanglementSizes.named("cpu")`` minutes.
+        disentanglement_baseline: their chance column, ``"unrelated"`` (the representation of unrelated images)
+            or ``"noise"`` (standard normal codes as wide); see ``evaluate_disentanglement``.
         batch_size: images per model call.
     """
     model_factors = dict(zip(model.config.factor_names, model.config.factor_sizes))
@@ -344,6 +356,9 @@ def evaluate_model(
     if num_images < 1 or num_pairs < 1 or max_steps < 0 or batch_size < 1:
         raise ValueError(f"need num_images, num_pairs, batch_size >= 1 and max_steps >= 0; got {num_images}, "
                          f"{num_pairs}, {batch_size}, {max_steps}")
+    if disentanglement_baseline not in BASELINES:
+        raise ValueError(f"disentanglement_baseline must be one of {', '.join(BASELINES)}, "
+                         f"got {disentanglement_baseline!r}")
     if sampler is None:
         sampler = TransitionSampler(dataset, split=split)
     elif SPLITS[sampler.split] != split:
@@ -383,7 +398,7 @@ def evaluate_model(
     dis: tuple[DisentanglementResult, ...] = ()
     if disentanglement:
         dis = evaluate_disentanglement(model, dataset, sampler, rng["disentanglement"], disentanglement_sizes,
-                                       batch_size)
+                                       batch_size, disentanglement_baseline)
         lap("disentanglement")
     protocol = {
         "split": split,
@@ -396,6 +411,7 @@ def evaluate_model(
         "max_steps": max_steps,
         "intervention_pairs": {f"k{r.steps}": r.num_pairs for r in intervention},
         "disentanglement": dataclasses.asdict(disentanglement_sizes) if disentanglement else None,
+        "disentanglement_baseline": disentanglement_baseline if disentanglement else None,
         "batch_size": batch_size,
         **({"reject": reject} if isinstance(reject, str) else {}),
     }

@@ -83,7 +83,7 @@ class DisentanglementResult:
     description: str
     dims: int  # size of the flattened representation
     scores: dict[str, float]  # evaluate_representation's output (dci.*, mig, sap, factor_vae.*)
-    baseline: dict[str, float] | None = None  # the same of a random representation as wide (noise_baseline)
+    baseline: dict[str, float] | None = None  # the same at chance: unrelated_baseline or noise_baseline
 
 
 @dataclass(frozen=True)
@@ -287,7 +287,7 @@ def format_markdown(report: EvalReport) -> str:
         lines.append("- factor probe: none evaluated (the checkpoint folder has no `probe.safetensors` / "
                      "`probe.json`; `python -m train probe --checkpoint DIR` fits one).")
     if report.disentanglement:
-        lines.append(disentanglement_protocol(p["disentanglement"]))
+        lines.append(disentanglement_protocol(p["disentanglement"], p.get("disentanglement_baseline") or "noise"))
         lines += [f"  - `{r.representation}`: {r.description}; {r.dims} dims." for r in report.disentanglement]
     else:
         lines.append("- disentanglement: not run.")
@@ -295,9 +295,10 @@ def format_markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"  # fmt: skip
 
 
-def disentanglement_protocol(sizes: dict[str, Any]) -> str:
+def disentanglement_protocol(sizes: dict[str, Any], baseline: str = "noise") -> str:
     """The protocol line of the disentanglement rows, from ``dataclasses.asdict(DisentanglementSizes)`` (or the
-    shorter dict of a report written before DCI sizes, stages and noise baselines were recorded)."""
+    shorter dict of a report written before DCI sizes, stages and noise baselines were recorded) and the kind of
+    baseline in the chance column (reports written before the choice existed used ``"noise"``)."""
     d = sizes
     if "dci_stages" not in d:
         return (f"- disentanglement: DCI, MIG, SAP on {d['num_train']} + {d['num_test']} points of the split (DCI "
@@ -312,8 +313,14 @@ def disentanglement_protocol(sizes: dict[str, Any]) -> str:
             f"{d['dci_stages']} boosting stages per factor); FactorVAE with {d['factor_vae_train']} + "
             f"{d['factor_vae_eval']} votes of {d['group_size']} points, {d['num_variance']} points for the "
             "variances, ties broken at random with the seed (`tied_votes`: share of the votes that tied). The chance "
-            "column holds each score's noise baseline: the same metric on independent standard normal codes as "
-            "wide as the representation, at the same sizes. Representations:")
+            f"column holds each score's baseline: {BASELINE_WORDS[baseline]}, at the same sizes. Representations:")
+
+
+BASELINE_WORDS = {
+    "noise": "the same metric on independent standard normal codes as wide as the representation",
+    "unrelated": ("the same metric on the same representation of images unrelated to the factors asked (each "
+                  "point's factors drawn afresh): its own values, no information about the factors"),
+}
 
 
 def plot_confusion(confusion: Any, action_names: tuple[str, ...], path: str | os.PathLike,
