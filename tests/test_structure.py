@@ -388,3 +388,6 @@ def test_structure_in_words_says_what_the_figures_say() -> None:
     assert "of the" not in spreading.split(".")[0]  # no node count given: none invented
     assert "40 % of 10 tries, 2.5 other nodes" in spreading and "carries part of each change" in spreading
     assert "does not propagate" not in spreading
+    assert "cells around it" not in sparse  # no B28 context: not mentioned
+    with_context = structure_in_words(_structure(21.7, 22.8, 0.85, 0.67, 0.0), ("hue", "shape"), 64, context=2)
+    assert "the 5×5 cells around it" in with_context and "(B28)" in with_context

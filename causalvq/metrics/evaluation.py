@@ -406,6 +406,7 @@ def evaluate_model(
         "split_fractions": list(sampler.fractions),
         "deterministic": True,
         "num_nodes": model.config.num_nodes,
+        "intervention_context": model.config.intervention_context,
         "num_images": recon.num_images,
         "num_pairs": retrieval.num_pairs,
         "max_steps": max_steps,

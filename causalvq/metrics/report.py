@@ -414,10 +414,12 @@ def _structure_rows(st: StructureResult, names: tuple[str, ...], pairs: dict[str
     return out
 
 
-def structure_in_words(st: StructureResult, factor_names: Sequence[str], num_nodes: int | None = None) -> str:
+def structure_in_words(st: StructureResult, factor_names: Sequence[str], num_nodes: int | None = None,
+                       context: int = 0) -> str:
     """The structure section said in plain words, for eval.md and the model card: how many nodes an action
     intervenes on against how many its step changes, where each factor's mask is largest, how many in-edges the
-    graph keeps, and whether a hard intervention spreads. Every number is one of ``st``'s."""
+    graph keeps, what an intervened node reads besides them (``context``: the model's B28 radius), and whether a
+    hard intervention spreads. Every number is one of ``st``'s."""
     m, d = st.mask, st.propagation
     of = f" of the {num_nodes} nodes" if num_nodes else ""
     out = [f"An action intervenes on {m.mask_nodes:.1f}{of} on average, where its step changes "
@@ -435,6 +437,10 @@ def structure_in_words(st: StructureResult, factor_names: Sequence[str], num_nod
         out.append("Nodes intervened on per factor: " + ", ".join(f"{n} {s:.1f}" for s, n in sizes) + ".")
     out.append(f"The graph keeps {st.action_in_degree:.2f} in-edges per node (probability above 0.5) under an action "
                f"and {st.no_action_in_degree:.2f} without one.")
+    if context:
+        side = 2 * context + 1
+        out.append(f"An intervened node's new code also reads the codes of the {side}×{side} cells around it, through "
+                   "a small network beside the graph (B28): what a step's neighbourhood says reaches it without edges.")
     if d.propagating_share is None:
         out.append("No step changed a node, so do() was not tried.")
     elif d.propagating_share < 0.05:
@@ -456,5 +462,6 @@ def structure_paragraph(report: EvalReport) -> list[str]:
     """eval.md's and the model card's opening lines: the structure in plain words (none without the section)."""
     if report.structure is None:
         return []
-    words = structure_in_words(report.structure, report.factor_names, report.protocol.get("num_nodes"))
+    words = structure_in_words(report.structure, report.factor_names, report.protocol.get("num_nodes"),
+                               report.protocol.get("intervention_context") or 0)
     return ["**Structure, in plain words.** " + words, ""]
