@@ -59,6 +59,7 @@ from causalvq.explore.checkpoints import (
     load_model,
 )
 from causalvq.explore.images import InputError, read_image_file, to_model_input
+from causalvq.explore.transitions import TransitionCache, grid_key
 from causalvq.explore.views import (
     ActionMap,
     CodeChoices,
@@ -80,6 +81,7 @@ from causalvq.probe import FactorProbe
 
 DOMAIN_FACTOR = 3.0  # an input is "far from the training domain" above DOMAIN_FACTOR × the in-domain 95th pct
 GRAPHS_KEPT = 32  # graphs kept by ``Explorer.graph`` (a threshold, top-k or node change redraws without the model)
+DECODED_KEPT = 1024  # slider results kept decoded by their grid (S·S·C bytes each: 12 KB at 64 px RGB)
 RETRIEVAL_STEPS = reject.STEPS  # K: retrieval searches moves of 1..K steps of one action
 
 
@@ -102,7 +104,8 @@ class Explorer:
         notice: a message about loading to show in the app ("" for none).
         calibration_samples: in-domain samples measured for the out-of-domain notice.
         map_pairs: one-step test pairs behind the factor maps (computed once, on first use).
-        cache_size: code grids kept by the slider cache (one per applied action prefix).
+        cache_size: transitions kept by the slider moves' memo (``transitions.TransitionCache``, one per grid and
+            action, about 1.6 KB each at 64 nodes).
         max_batch: most single transitions that concurrent slider moves run as one batched call.
         code_images: dataset images whose codes are counted to order the do() choices (on first use).
         probe: the checkpoint's factor probe (``causalvq.probe``), or ``None``: then uploads get no estimate.
@@ -135,16 +138,17 @@ class Explorer:
         self.source, self.notice = source, notice
         self.calibration_samples = calibration_samples
         self._domain: DomainCheck | None = None
-        self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._cache_size = cache_size
         self._lock = threading.Lock()
         self._steps = Batcher(self._transition_rows, max_batch)  # the slider moves' transitions, batched
+        self.transitions = TransitionCache(self._slider_step, cfg.num_nodes, cache_size)  # each step computed once
         self._domain_lock = threading.Lock()
         self.map_pairs = map_pairs
         self._maps: FactorMaps | None = None
         self._maps_lock = threading.Lock()
         self._graphs: OrderedDict[tuple, GraphView] = OrderedDict()
         self._renders: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()  # factors → ground-truth image
+        self._decoded: OrderedDict[bytes, np.ndarray] = OrderedDict()  # grid_key → decoded slider result
+        self.decodes = 0  # slider results decoded (the others were kept; tests and benchmarks)
         self.code_images = code_images
         self._counts: np.ndarray | None = None
         self._counts_lock = threading.Lock()
@@ -296,33 +300,22 @@ class Explorer:
     def apply_actions(self, codes: torch.Tensor, actions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply an action sequence to code grids `(1, k, h, w)`: the codes and the bool `(1, n)` intervened mask.
 
-        Every prefix of the sequence is cached (keyed on the input codes), so moving one slider by one step
-        costs one transition per step from that slider on. Safe to call from several threads at once: on the
-        fused kernel (``batching_pays``) the transitions that concurrent calls need at the same moment run as one
-        batched call (``_transition_rows``), whose rows are each grid's own transition.
+        Each step is a transition of the grid reached so far, kept by grid and action (``self.transitions``, a
+        ``TransitionCache``): a chain computes only the steps no chain has met, so one step of a slider costs one
+        transition plus one per step of the sliders after it that are away from 0, and a position met before
+        costs none. Safe to call from several threads at once: a step two threads need is computed once, and on
+        the fused kernel (``batching_pays``) the transitions that concurrent calls need at the same moment run as
+        one batched call (``_transition_rows``), whose rows are each grid's own transition.
         """
-        base = codes.cpu().numpy().tobytes()
-        actions = tuple(int(a) for a in actions)
-        start, cur = 0, (codes, torch.zeros(codes.shape[0], self.config.num_nodes, dtype=torch.bool))
-        with self._lock:
-            for t in range(len(actions), 0, -1):
-                hit = self._cache.get((base, actions[:t]))
-                if hit is not None:
-                    self._cache.move_to_end((base, actions[:t]))
-                    start, cur = t, hit
-                    break
-        c, mask = cur
-        for t in range(start, len(actions)):
-            if c.shape[0] == 1 and batching_pays():  # a slider move: batched with the other threads' moves
-                c, step_mask = self._steps(c, torch.tensor([actions[t]]))
-            else:
-                c, step_mask = self._transition_rows(c, torch.tensor([actions[t]]))
-            mask = mask | step_mask
-            with self._lock:
-                self._cache[(base, actions[:t + 1])] = (c, mask)
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return c, mask
+        return self.transitions.walk(codes, actions)
+
+    def _slider_step(self, codes: torch.Tensor, action: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One transition of ``codes`` `(b, k, h, w)` by ``action`` for ``apply_actions``: batched with the other
+        threads' moves when it pays (a single grid on the fused kernel), else alone."""
+        a = torch.tensor([action])
+        if codes.shape[0] == 1 and batching_pays():
+            return self._steps(codes, a)
+        return self._transition_rows(codes, a)
 
     @torch.inference_mode()
     def _transition_rows(self, codes: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,11 +340,29 @@ class Explorer:
         values ``start`` (true or estimated), ``extrapolated`` marks the sliders that move a factor past its end."""
         actions = self.slider_actions(steps)
         out, mask = self.apply_actions(codes, actions)
-        image = to_uint8(self.model.decode_codes(out))[0]
+        image = self._decode(out)
         changed = (self.model.flatten_codes(out) != self.model.flatten_codes(codes))[0].numpy()
         extra = None if start is None else self.extrapolated(start, np.asarray(self.slider_steps(steps)))
         return SliderResult(image=image, codes=out, changed=changed, intervened=mask[0].numpy(), actions=actions,
                             extrapolated=extra)
+
+    def _decode(self, codes: torch.Tensor) -> np.ndarray:
+        """The decoded image of one grid `(1, k, h, w)` (read-only, shared): a slider position met before, by any
+        chain from any input, is not decoded again (``DECODED_KEPT`` kept, least recently used first out)."""
+        key = grid_key(codes)
+        with self._lock:
+            image = self._decoded.get(key)
+            if image is not None:
+                self._decoded.move_to_end(key)
+                return image
+        image = to_uint8(self.model.decode_codes(codes))[0]
+        image.flags.writeable = False
+        with self._lock:
+            self.decodes += 1
+            self._decoded[key] = image
+            while len(self._decoded) > DECODED_KEPT:
+                self._decoded.popitem(last=False)
+        return image
 
     def ground_truth(self, factors: Sequence[int], steps: Sequence[float | None],
                      estimated: bool = False) -> GroundTruth | None:
