@@ -42,8 +42,8 @@ class Step:
 
 
 def grid_key(codes: torch.Tensor) -> bytes:
-    """The memo's key of a code grid `(b, k, h, w)`: its codes' bytes (a grid of one explorer has one shape)."""
-    return codes.detach().cpu().contiguous().numpy().tobytes()
+    """The memo's key of code grids `(b, k, h, w)`: their dtype, shape and codes' bytes."""
+    return f"{codes.dtype}{tuple(codes.shape)}".encode() + codes.detach().cpu().contiguous().numpy().tobytes()
 
 
 class TransitionCache:
