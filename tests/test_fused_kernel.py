@@ -153,13 +153,16 @@ def test_app_composes_sliders_the_same_on_the_kernel(fused) -> None:
                                                 for i in range(4)]
 
     def compose() -> list:
-        explorer._cache.clear()
+        explorer.transitions.clear()  # every step and decode computed again on this path
+        explorer._decoded.clear()
         return [explorer.apply_sliders(codes, steps) for steps in moves]
 
     assert kernels.loaded() is not None
     on_kernel = compose()
+    computed = explorer.transitions.computed
     with plain_torch():
         plain = compose()
+    assert explorer.transitions.computed >= 2 * computed > 0  # the plain path ran its own transitions
     for a, b in zip(on_kernel, plain):
         assert torch.equal(a.codes, b.codes)
         assert np.array_equal(a.image, b.image)

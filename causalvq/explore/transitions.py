@@ -69,6 +69,11 @@ class TransitionCache:
     def __len__(self) -> int:
         return len(self._steps)
 
+    def clear(self) -> None:
+        """Forget every kept step (the steps being computed now still finish)."""
+        with self._lock:
+            self._steps.clear()
+
     def walk(self, codes: torch.Tensor, actions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply ``actions`` in order to ``codes`` `(b, k, h, w)`: the last grid `(b, k, h, w)` and the bool mask
         `(b, n)` of the nodes any step intervened on (``codes`` itself and no node for no action)."""
