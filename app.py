@@ -408,6 +408,11 @@ class Handlers:
                      "child(ren) by the same rule.")
         if marked is not None:
             text += f" Intervened nodes (red): {_node_list(marked)}."
+            if ex.config.intervention_context:  # B28: what they read besides their in-edges is not drawn here
+                side = 2 * ex.config.intervention_context + 1
+                text += (f" Each intervened node also reads the codes of the {side}×{side} cells around it through "
+                         "a small network beside the graph (B28), which this drawing does not show: its new code "
+                         "can depend on nodes that send it no edge.")
         where_of = lambda i: drawing.node_label(i, ex.config).split("(", 1)[1].rstrip(")")  # noqa: E731
         table = {"headers": list(edges.EGO_COLUMNS), "data": edges.ego_rows(ego, where_of)}
         return heat, net, text, table

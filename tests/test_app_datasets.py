@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import app
-from causalvq.config import ModelConfig
+from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
 from causalvq.data import DSprites, Shapes3D
 from causalvq.explore.checkpoints import (
     ENV_CHECKPOINT,
@@ -256,3 +256,19 @@ def test_every_panel_answers_on_the_dsprites_checkpoint() -> None:
     fig, overlay, text = h.factor_maps(session, ex.action_names.index("pos_x +"))
     pairs = int(ex.factor_maps().pairs[ex.action_names.index("pos_x +")])  # its share of the 48 test pairs
     assert isinstance(fig, Figure) and overlay.ndim == 3 and f"Over {pairs} one-step test pairs of “pos_x +”" in text
+
+
+def test_graph_caption_says_what_the_graph_does_not_draw() -> None:
+    """With B28 an intervened node reads its neighbourhood outside the graph: the caption says so under an action,
+    and says nothing of it without an action or without the switch."""
+    for context in (0, 1):
+        torch.manual_seed(0)
+        config = ModelConfig.tiny(factor_names=SHAPES3D_FACTORS, factor_sizes=SHAPES3D_SIZES,
+                                  intervention_context=context)
+        ex = Explorer(CausalVQ(config), source=f"tiny{context}", calibration_samples=4)
+        h = app.Handlers(ex)
+        session = app.Session(ex.source)
+        *_, under_action, _ = h.graph(session, 2, 0.5, app.GRAPH_OVER[0])
+        *_, no_action, _ = h.graph(session, app.NO_ACTION, 0.5, app.GRAPH_OVER[0])
+        assert ("3×3 cells around it" in under_action) == bool(context)
+        assert "cells around it" not in no_action
