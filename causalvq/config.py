@@ -70,6 +70,9 @@ class ModelConfig:
     #                                convolutional network, so a step of the object's outline can say where the
     #                                object is; 0 is the official (the node's features and its in-edges only)
     intervention_hidden: int = 64  # B28: hidden width of that network
+    intervened_weight: float = 0.0  # B29: weight ν of the action-mode CE of the head "intervened by a" alone against
+    #                                 c^y on every node, so it also learns what a node the step leaves keeps; 0 is
+    #                                 the official (the head learns only where the sampled mask picks it)
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
     overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"
@@ -168,7 +171,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.intervention_hidden must be in [1, {MAX_SIZE}], "
                              f"got {self.intervention_hidden}")
         for name in ("beta", "gamma", "alpha", "c_beta", "delta", "epsilon", "change_weight", "mask_weight",
-                     "edge_weight", "edge_budget"):
+                     "edge_weight", "edge_budget", "intervened_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"ModelConfig.{name} must be a finite non-negative number, got {value}")

@@ -296,8 +296,9 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
 
     def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor,
                           structure: float = 1.0) -> TransitionLosses:
-        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + s·δ·‖Gr‖_F + ε·‖v‖₂ + μ·BCE(p, c^x ≠ c^y) + s·κ·E[in-degree]]
-        (μ: B21, κ: B23; both 0 in the official loss).
+        """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + s·δ·‖Gr‖_F + ε·‖v‖₂ + μ·BCE(p, c^x ≠ c^y) + s·κ·E[in-degree]
+        + ν·CE(ŷ^a, c^y)] (μ: B21, κ: B23, ν: B29; all 0 in the official loss). ŷ^a is the head "intervened by a"
+        alone, on every node: what the node would become were the action to intervene on it.
 
         With ``change_weight`` λ > 0 the CE inside the loss weights the nodes that change by 1 + λ (B20); ``ce``
         still reports the plain mean CE. ``structure`` s scales the two prices of edges, δ and κ (B25: the trainer's
@@ -319,6 +320,9 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
             edges = (losses.in_degree_above(out.edge_probs, cfg.edge_budget) if cfg.edge_budget > 0
                      else losses.expected_in_degree(out.edge_probs))
             reg = reg + structure * cfg.edge_weight * edges
+        if cfg.intervened_weight > 0:  # B29: the intervened head also learns the nodes the step keeps
+            intervened = out.head_logits[:, :, 1].softmax(-1)  # (b, n, v)
+            reg = reg + cfg.intervened_weight * losses.code_cross_entropy(intervened, nodes_y, cfg.renormalised_ce)
         return TransitionLosses(loss=cfg.gamma * (fit + reg), ce=ce, regularizer=reg,
                                 accuracy=_accuracy(out, nodes_y), **_structure_log(out))
 

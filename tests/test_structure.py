@@ -68,7 +68,8 @@ def test_structure_scale_multiplies_the_prices_of_edges_only() -> None:
     full, half, off = run(1.0), run(0.5), run(0.0)
     torch.manual_seed(1)
     out = model.transition(model.flatten_codes(cx), a, sample=True)
-    prices = float(cfg.delta * losses.graph_size(out.graph) + cfg.edge_weight * losses.expected_in_degree(out.edge_probs))
+    prices = float(cfg.delta * losses.graph_size(out.graph)
+                   + cfg.edge_weight * losses.expected_in_degree(out.edge_probs))
     assert prices > 0
     assert float(full.regularizer - off.regularizer) == pytest.approx(prices, rel=1e-5)
     assert float(full.regularizer - half.regularizer) == pytest.approx(prices / 2, rel=1e-5)
@@ -238,6 +239,48 @@ def test_intervention_context_trains_from_the_transition_loss() -> None:
     out = tr(codes, torch.tensor([0, 1, 2, 3]))
     (out.probs * torch.rand_like(out.probs)).sum().backward()
     assert tr.context.conv.weight.grad.abs().sum() > 0 and tr.context.action.weight.grad.abs().sum() > 0
+
+
+def test_intervened_weight_adds_the_intervened_heads_own_cross_entropy_on_every_node() -> None:
+    """B29: ν·CE(ŷ^a, c^y) over all nodes joins the regulariser; ν = 0 is the loss as before."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(positional_dropout=0.0, mask_weight=1.0)
+    model = CausalVQ(cfg)
+    k, h = cfg.num_codebooks, cfg.grid_size
+    cx = torch.randint(0, 8, (4, k, h, h))
+    cy = torch.randint(0, 8, (4, k, h, h))
+    a = torch.tensor([0, 1, 2, 3])
+
+    def run(weight: float):
+        model.config = dataclasses.replace(cfg, intervened_weight=weight)
+        torch.manual_seed(1)
+        return model.transition_losses(cx, cy, a)
+
+    plain, added = run(0.0), run(0.5)
+    torch.manual_seed(1)
+    out = model.transition(model.flatten_codes(cx), a, sample=True)
+    head = losses.code_cross_entropy(out.head_logits[:, :, 1].softmax(-1), model.flatten_codes(cy))
+    extra = (added.regularizer - plain.regularizer).detach().item()
+    assert extra == pytest.approx(0.5 * head.detach().item(), rel=1e-5)
+    assert added.ce.detach().item() == plain.ce.detach().item()
+    with pytest.raises(ValueError, match="intervened_weight"):
+        ModelConfig.tiny(intervened_weight=-1.0)
+
+
+def test_intervened_weight_teaches_the_head_on_nodes_outside_the_mask() -> None:
+    """Without B29 a node the mask leaves gives the intervened head no gradient; with it, it does."""
+    torch.manual_seed(0)
+    for weight, moved in ((0.0, False), (1.0, True)):
+        model = CausalVQ(ModelConfig.tiny(positional_dropout=0.0, intervened_weight=weight))
+        with torch.no_grad():  # a mask that picks no node
+            model.transition.mask_net.weight.zero_()
+            model.transition.mask_net.bias.fill_(-30.0)
+        k, h = model.config.num_codebooks, model.config.grid_size
+        cx = torch.randint(0, 8, (4, k, h, h))
+        model.transition_losses(cx, cx, torch.tensor([0, 1, 2, 3])).loss.backward()
+        grad = model.transition.gat2.bias.grad  # the second layer's output bias, head by head
+        rows = grad.unflatten(0, (model.config.num_actions + 1, -1))[1:]  # the heads "intervened by a"
+        assert bool(rows.abs().sum() > 0) == moved
 
 
 def test_intervention_context_fits_the_grid() -> None:
