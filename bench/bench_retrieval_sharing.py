@@ -55,10 +55,9 @@ def main() -> None:
     dataset = find_dataset(cfg)
     if dataset is None:
         raise SystemExit(f"{args.checkpoint}: no procedural dataset matches this checkpoint's factors")
-    x_f, y_f, _ = TransitionSampler(dataset, split="test").sample_pairs(args.pairs, np.random.default_rng(0))
+    x_f, _, _ = TransitionSampler(dataset, split="test").sample_pairs(args.pairs, np.random.default_rng(0))
     with torch.inference_mode():
         cx = model.flatten_codes(model.encode_codes(render_images(dataset, x_f, cfg.image_size)))
-        cy = model.flatten_codes(model.encode_codes(render_images(dataset, y_f, cfg.image_size)))
     A = cfg.num_actions
     actions = torch.arange(A)
     tr = model.transition
@@ -66,8 +65,8 @@ def main() -> None:
     with torch.inference_mode():
         for i in range(args.pairs):
             codes = cx[i:i + 1]
-            shared = lambda: tr(codes, actions, sample=False, copies=A)  # noqa: E731
-            dense = lambda: tr(codes.repeat_interleave(A, 0), actions, sample=False)  # noqa: E731
+            shared = lambda codes=codes: tr(codes, actions, sample=False, copies=A)  # noqa: E731
+            dense = lambda codes=codes: tr(codes.repeat_interleave(A, 0), actions, sample=False)  # noqa: E731
             a, b = shared(), dense()
             if not torch.allclose(a.probs, b.probs, atol=1e-5):
                 raise SystemExit(f"pair {i}: the two paths disagree by {(a.probs - b.probs).abs().max():.2e}")

@@ -49,9 +49,11 @@ def main() -> None:
         cy = cx.clone()
         cy[:, :, :3] = torch.randint(0, v, (32, 1, 3, g))  # a step changes three rows of the grid
         a = torch.randint(0, cfg.num_actions, (32,))
-        base = step_ms(lambda: model.base_losses(cx).loss.backward(), args.repeats)
-        action = step_ms(lambda: model.transition_losses(cx, cy, a).loss.backward(), args.repeats)
-        retrieval = step_ms(lambda: model.retrieval_losses(cx[:4], cy[:4], a[:4]).loss.backward(), args.repeats)
+        m = model
+        base = step_ms(lambda m=m, cx=cx: m.base_losses(cx).loss.backward(), args.repeats)
+        action = step_ms(lambda m=m, cx=cx, cy=cy, a=a: m.transition_losses(cx, cy, a).loss.backward(), args.repeats)
+        retrieval = step_ms(lambda m=m, cx=cx, cy=cy, a=a: m.retrieval_losses(cx[:4], cy[:4], a[:4]).loss.backward(),
+                            args.repeats)
         mean = (base + 6 * action + retrieval) / 8
         print(f"graph width {width}: base {base:.0f} ms, action {action:.0f} ms, retrieval {retrieval:.0f} ms; "
               f"mean over 1 : 6 : 1 {mean:.0f} ms")

@@ -11,8 +11,9 @@ nodes a step changes, is what a graph could carry at most for this image model (
 is trained for this only, on the pool's pairs).
 
 The stage-2 code pool (``stage2_codes.safetensors`` of a run folder, train-split pairs) is split into fitting pairs
-and held-out pairs (the last ``--held-out``; ``--release`` scores trained transition layers on them too); prints the held-out code accuracy on changed and kept nodes, overall
-and per factor, for each radius. CPU time per radius: a few minutes on one thread.
+and held-out pairs (the last ``--held-out``; ``--release`` scores trained transition layers on them too); prints
+the held-out code accuracy on changed and kept nodes, overall and per factor, for each radius. CPU time per
+radius: a few minutes on one thread.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class ContextNet(nn.Module):
         self.embed = nn.Conv2d(v, width, 1)
         self.position = nn.Parameter(torch.zeros(1, width, grid, grid))
         self.action = nn.Embedding(actions, width)
-        self.body = nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(width, width, k, padding=radius), nn.ReLU())])
+        layers = [m for _ in range(3) for m in (nn.Conv2d(width, width, k, padding=radius), nn.ReLU())]
+        self.body = nn.Sequential(*layers)
         self.out = nn.Sequential(nn.Conv2d(2 * width, width, 1), nn.ReLU(), nn.Conv2d(width, v, 1))
 
     def forward(self, onehot: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
