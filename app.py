@@ -18,7 +18,6 @@ import hashlib  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 import uuid  # noqa: E402
-from collections import OrderedDict  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from functools import wraps  # noqa: E402
@@ -41,6 +40,7 @@ from causalvq.explore.checkpoints import (  # noqa: E402
 )
 from causalvq.explore.explorer import Explorer  # noqa: E402
 from causalvq.explore.images import InputError, display_image, read_image_file  # noqa: E402
+from causalvq.explore.lru import LRU  # noqa: E402
 from causalvq.explore.views import CodeChoices, DoView, LoadedInput  # noqa: E402
 
 TITLE = "CT-VAE explorer: causal interventions on VQ codes"
@@ -75,8 +75,7 @@ LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code chan
           "intervened on.")
 
 
-_ENCODED: OrderedDict[tuple, str] = OrderedDict()  # (pixels digest, mode, size, format, name, folder) → file
-_ENCODED_LOCK = threading.Lock()
+_ENCODED: LRU[tuple, str] = LRU(ENCODED_KEPT)  # (pixels digest, mode, size, format, name, folder) → file
 
 
 def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:
@@ -98,8 +97,7 @@ def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: st
     if img.mode in ("RGB", "RGBA", "L") and not img.info:
         key = (hashlib.blake2b(img.tobytes(), digest_size=20).digest(), img.mode, img.size, format, name,
                str(cache_dir))
-        with _ENCODED_LOCK:
-            known = _ENCODED.get(key)
+        known = _ENCODED.get(key)
         if known is not None and os.path.exists(known):
             return known
     data = processing_utils.encode_pil_to_bytes(img, format)
@@ -116,10 +114,7 @@ def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: st
                 raise
     os.replace(tmp, path)
     if key is not None:
-        with _ENCODED_LOCK:
-            _ENCODED[key] = str(path)
-            while len(_ENCODED) > ENCODED_KEPT:
-                _ENCODED.popitem(last=False)
+        _ENCODED.put(key, str(path))
     return str(path)
 
 

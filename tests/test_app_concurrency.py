@@ -171,7 +171,7 @@ def test_concurrent_slider_moves_equal_the_serial_path(model: CausalVQ) -> None:
     sessions = [app.Session(checkpoint=ex.source, input=ex.load_image(im)) for im in images]
     walks = _walks(ex, len(images), moves=12, seed=0)
     pad = [0] * (h.slots - F)
-    start = threading.Barrier(THREADS)
+    start = threading.Barrier(THREADS, timeout=120)  # a thread that dies before it breaks the wait, never hangs it
 
     def run(walk) -> list[tuple]:
         start.wait()
@@ -198,7 +198,7 @@ def test_the_served_app_answers_8_clients_at_once_as_the_serial_path(model: Caus
     slots = demo.handlers.slots
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
                             **app.LAUNCH_OPTIONS)
-    start = threading.Barrier(THREADS)
+    start = threading.Barrier(THREADS, timeout=120)  # a thread that dies before it breaks the wait, never hangs it
 
     def run(t: int) -> list[tuple]:
         client = Client(url, verbose=False, download_files=str(tmp_path / f"client{t}"))

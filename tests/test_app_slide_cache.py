@@ -167,7 +167,7 @@ def test_eight_threads_at_once_equal_the_serial_path_and_compute_each_step_once(
     ex = Explorer(model, calibration_samples=4)  # batches the transitions of concurrent moves
     h, sessions = app.Handlers(ex), sessions_of(ex, images)
     walks = [walk(ex.max_steps, 16, seed=t % 6, inputs=len(images)) for t in range(THREADS)]  # 2 pairs alike
-    start = threading.Barrier(THREADS)
+    start = threading.Barrier(THREADS, timeout=120)  # a thread that dies before it breaks the wait, never hangs it
 
     def run(moves: list[Move]) -> list[tuple]:
         start.wait()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +58,7 @@ from causalvq.explore.checkpoints import (
     load_model,
 )
 from causalvq.explore.images import InputError, read_image_file, to_model_input
+from causalvq.explore.lru import LRU
 from causalvq.explore.transitions import TransitionCache, grid_key
 from causalvq.explore.views import (
     ActionMap,
@@ -145,9 +145,9 @@ class Explorer:
         self.map_pairs = map_pairs
         self._maps: FactorMaps | None = None
         self._maps_lock = threading.Lock()
-        self._graphs: OrderedDict[tuple, GraphView] = OrderedDict()
-        self._renders: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()  # factors → ground-truth image
-        self._decoded: OrderedDict[bytes, np.ndarray] = OrderedDict()  # grid_key → decoded slider result
+        self._graphs: LRU[tuple, GraphView] = LRU(GRAPHS_KEPT)  # (action, grid) → graph
+        self._renders: LRU[tuple[int, ...], np.ndarray] = LRU(GRAPHS_KEPT * 128)  # factors → ground-truth image
+        self._decoded: LRU[bytes, np.ndarray] = LRU(DECODED_KEPT)  # grid_key → decoded slider result
         self.decodes = 0  # slider results decoded (the others were kept; tests and benchmarks)
         self.code_images = code_images
         self._counts: np.ndarray | None = None
@@ -350,18 +350,14 @@ class Explorer:
         """The decoded image of one grid `(1, k, h, w)` (read-only, shared): a slider position met before, by any
         chain from any input, is not decoded again (``DECODED_KEPT`` kept, least recently used first out)."""
         key = grid_key(codes)
-        with self._lock:
-            image = self._decoded.get(key)
-            if image is not None:
-                self._decoded.move_to_end(key)
-                return image
+        image = self._decoded.get(key)
+        if image is not None:
+            return image
         image = to_uint8(self.model.decode_codes(codes))[0]
         image.flags.writeable = False
         with self._lock:
             self.decodes += 1
-            self._decoded[key] = image
-            while len(self._decoded) > DECODED_KEPT:
-                self._decoded.popitem(last=False)
+        self._decoded.put(key, image)
         return image
 
     def ground_truth(self, factors: Sequence[int], steps: Sequence[float | None],
@@ -377,18 +373,14 @@ class Explorer:
         f = np.asarray(factors, dtype=np.int64) + np.asarray(self.slider_steps(steps))
         clipped = np.clip(f, 0, np.asarray(self.config.factor_sizes) - 1)
         key = tuple(int(v) for v in clipped)
-        with self._lock:  # a render is kept (GRAPHS_KEPT × 128 of them): visitors drag through the same values
-            image = self._renders.get(key)
+        image = self._renders.get(key)  # a render is kept: visitors drag through the same values
         if image is None:
             if not self.dataset.contains(clipped[None])[0]:
                 values = ", ".join(f"{n} = {v}" for n, v in zip(self.factor_names, key))
                 raise InputError(f"The data file has no image at {values}: no ground truth for this move.")
             image = to_uint8(self._prepare(self.dataset.render(clipped[None])))[0]
             image.flags.writeable = False  # shared by every later call
-            with self._lock:
-                self._renders[key] = image
-                while len(self._renders) > GRAPHS_KEPT * 128:
-                    self._renders.popitem(last=False)
+            self._renders.put(key, image)
         return GroundTruth(image=image, factors=key, clipped=bool((f != clipped).any()), estimated=estimated)
 
     # --- causal graph ---
@@ -403,8 +395,7 @@ class Explorer:
         if action is not None and not 0 <= action < self.config.num_actions:
             raise InputError(f"Unknown action {action}: choose one of {', '.join(self.action_names)}.")
         key = (action, None if codes is None else codes.cpu().numpy().tobytes())
-        with self._lock:
-            hit = self._graphs.get(key)
+        hit = self._graphs.get(key)
         if hit is not None:
             return hit
         with torch.inference_mode():
@@ -416,10 +407,7 @@ class Explorer:
                 weight = self.model.transition.rewired(torch.as_tensor(intervened, dtype=torch.float32)[None])
                 rewired = np.broadcast_to(weight[0].numpy() > 0, (n, n)).copy()  # (n, n)
         view = GraphView(adjacency=g.adjacency.numpy(), intervened=intervened, rewired=rewired)
-        with self._lock:
-            self._graphs[key] = view
-            while len(self._graphs) > GRAPHS_KEPT:
-                self._graphs.popitem(last=False)
+        self._graphs.put(key, view)
         return view
 
     @torch.inference_mode()

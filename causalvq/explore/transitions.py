@@ -25,11 +25,12 @@ Axis legend: ``b`` grids (1 for a slider move), ``k`` codebooks, ``h w`` latent 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from causalvq.explore.lru import LRU
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,8 @@ class TransitionCache:
 
     def __init__(self, run: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]], num_nodes: int,
                  size: int = 4096) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
         self.run, self.num_nodes, self.size = run, num_nodes, size
-        self._steps: OrderedDict[tuple[bytes, int], Step] = OrderedDict()
+        self._steps: LRU[tuple[bytes, int], Step] = LRU(size)  # raises ValueError for size < 1
         self._running: dict[tuple[bytes, int], threading.Event] = {}  # steps being computed now → done
         self._lock = threading.Lock()
         self.computed = self.reused = 0  # transitions run, and steps answered from the memo (tests, benchmarks)
@@ -92,7 +91,6 @@ class TransitionCache:
             with self._lock:
                 hit = self._steps.get(k)
                 if hit is not None:
-                    self._steps.move_to_end(k)
                     self.reused += 1
                     return hit
                 running = self._running.get(k)
@@ -105,9 +103,7 @@ class TransitionCache:
             step = Step(codes=out.clone(), mask=mask.clone(), key=grid_key(out))  # clones: no batch kept alive
             with self._lock:
                 self.computed += 1
-                self._steps[k] = step
-                while len(self._steps) > self.size:
-                    self._steps.popitem(last=False)
+                self._steps.put(k, step)
         finally:
             with self._lock:
                 del self._running[k]
