@@ -22,9 +22,11 @@ and the ground truth where ``/slide`` answers it too). After the run ``--check``
 compared pixel for pixel with the model-side result of the same input and slider values (``Explorer.apply_sliders``
 → ``display_image``, the code grid, and ``Explorer.ground_truth``); ``--check -1`` compares all of them.
 
-Prints: calls, errors (exceptions), wrong answers, latency p50 / p95 / max, throughput (answers per second), and
-(without ``--url``) the size of the app's gradio cache (``GRADIO_TEMP_DIR``: files, bytes, folders) at the end of
-the run and after the app stopped.
+Prints: calls, errors (exceptions), wrong answers, latency p50 / p95 / max, throughput (answers per second), the
+CPU time the clients' process and (without ``--url``, on Linux) the app's process spent during the run, per answer
+(the clients share the app's machine here, where a Space's visitors bring their own: the app's CPU per answer
+bounds what its cores could serve), and (without ``--url``) the size of the app's gradio cache (``GRADIO_TEMP_DIR``:
+files, bytes, folders) at the end of the run and after the app stopped.
 """
 
 from __future__ import annotations
@@ -138,6 +140,15 @@ def cache_line(when: str, folder: Path, seconds: float | None = None) -> str:
         line += (f" ({files / seconds * 60:.0f} files/min; delete_cache removes files older than 1 h every hour, so "
                  f"at this rate the cache peaks near {size / seconds * 7200 / 2**20:.0f} MB)")
     return line
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and all its threads so far (Linux ``/proc``); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15 of stat)
 
 
 def png_size(path: str | None) -> tuple[int, int] | None:
@@ -299,11 +310,16 @@ def main() -> None:
             t.start()
         barrier.wait(timeout=300)  # every client has connected and uploaded its input
         load_before = os.getloadavg()[0]
+        app_cpu = process_cpu_seconds(proc.pid) if proc is not None else None
+        own_cpu = time.process_time()  # this process: the clients' threads (and nothing else runs meanwhile)
         start = time.monotonic()
         stop[0] = start + args.seconds
         for t in threads:
             t.join()
         elapsed = time.monotonic() - start
+        own_cpu = time.process_time() - own_cpu
+        if app_cpu is not None:
+            app_cpu = process_cpu_seconds(proc.pid) - app_cpu
         load_after = os.getloadavg()[0]
         cache_end = cache_line("at the end of the run", cache, elapsed) if proc is not None else ""
     finally:
@@ -332,6 +348,13 @@ def main() -> None:
     print(f"latency: p50 {np.percentile(ms, 50):.0f} ms   p95 {np.percentile(ms, 95):.0f} ms   "
           f"max {ms.max():.0f} ms")
     print(f"throughput: {len(answers) / elapsed:.1f} answers/s")
+    if answers:  # where the machine's CPU went: the app's process, and the clients' own process
+        per = lambda cpu: f"{cpu:.1f} CPU s ({cpu / len(answers) * 1000:.1f} ms an answer)"  # noqa: E731
+        line = f"CPU during the run: clients {per(own_cpu)}"
+        if app_cpu is not None:
+            line += (f"; app {per(app_cpu)}, so {os.cpu_count()} cores given to the app alone would serve at most "
+                     f"{os.cpu_count() * len(answers) / app_cpu:.0f} answers/s")
+        print(line)
     if proc is not None:  # GRADIO_TEMP_DIR of the app: what it wrote, and what is left once it has stopped
         print(cache_end)
         print(cache_line("after the app stopped", cache))
