@@ -1,9 +1,9 @@
-"""Load test of the explorer: many gradio_client clients moving sliders at once, every answer checked.
+"""Load test of the explorer: many clients moving sliders at once, every answer checked.
 
 Usage::
 
     python bench/bench_load.py [--clients 20] [--seconds 60] [--moves walk|random] [--checkpoint DIR_OR_REPO]
-                               [--url URL | --app DIR] [--check 300]
+                               [--url URL | --app DIR] [--check 300] [--client http|gradio_client]
 
 Without ``--url`` it starts ``python app.py`` in a fresh process (as deployed; the clients' threads would share
 the GIL with an in-process server and slow it down) on ``--checkpoint``, else ``$CAUSALVQ_CHECKPOINT``, else the
@@ -12,7 +12,10 @@ compute); ``--app DIR`` starts ``DIR/app.py`` instead of this repository's (an o
 by the same clients). With ``--url`` it drives that app instead (then ``--checkpoint`` names the checkpoint it
 serves, for the model-side check).
 
-Each client is a ``gradio_client.Client`` (its own session): it uploads one of the gallery examples, then, until
+Each client (its own session) talks to the app through gradio's HTTP API (``--client http``, the default: one
+``POST /gradio_api/call/<api>`` and one event stream per call, images fetched by URL, as a browser or ``curl``) or
+through a ``gradio_client.Client`` (``--client gradio_client``, which polls for results every 50 ms and costs the
+shared machine several times the app's CPU per answer). It uploads one of the gallery examples, then, until
 ``--seconds`` have passed, calls ``/slide``, one call after another: ``--moves walk`` (default) moves one slider one
 step (a person dragging a slider: the prefix cache holds the factors before it, so a call runs one transition for
 the moved factor and one per step of the factors after it); ``--moves random`` draws every slider uniformly in its
@@ -44,6 +47,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,16 +177,88 @@ def next_values(rng: random.Random, current: list[int], max_steps: list[int], mo
     return out
 
 
+class GradioClientTransport:
+    """Calls through ``gradio_client.Client`` (one per client thread): its own session, files downloaded into
+    ``downloads``. It waits for results by polling its message queue every 50 ms."""
+
+    def __init__(self, url: str, path: Path, downloads: Path) -> None:
+        from gradio_client import Client, handle_file
+
+        self.client = Client(url, verbose=False, download_files=str(downloads))
+        self.client.predict(handle_file(str(path)), api_name="/load_image")
+
+    def slide(self, values: list[int]) -> tuple:
+        return tuple(self.client.predict(*values, api_name="/slide"))  # image, grid, text (, truth image, text)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class HttpTransport:
+    """Calls through gradio's documented HTTP API, as ``curl`` would: ``POST /gradio_api/upload`` for the input,
+    then per call ``POST /gradio_api/call/<api>`` (with this client's ``session_hash``, so the session's state is
+    kept) and ``GET /gradio_api/call/<api>/<event_id>``, read as a server-sent event stream until ``complete``.
+    Each image of an answer is fetched by its URL into ``downloads``, as a browser fetches it."""
+
+    def __init__(self, url: str, path: Path, downloads: Path) -> None:
+        import uuid
+
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=300)
+        self.session = uuid.uuid4().hex
+        self.downloads, self.count = downloads, 0
+        downloads.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as f:
+            r = self.http.post("gradio_api/upload", files={"files": (path.name, f, "image/png")})
+        r.raise_for_status()
+        self._call("load_image", [{"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}])
+
+    def _call(self, api: str, data: list) -> list:
+        import json
+
+        r = self.http.post(f"gradio_api/call/{api}", json={"data": data, "session_hash": self.session})
+        r.raise_for_status()
+        event = None
+        with self.http.stream("GET", f"gradio_api/call/{api}/{r.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line[len("event:"):].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    out = json.loads(line[len("data:"):])
+                    if event == "error":
+                        raise RuntimeError(f"/{api}: {out}")
+                    return out
+        raise RuntimeError(f"/{api}: the event stream ended without a result")
+
+    def _fetch(self, value: Any) -> Any:
+        """An image output (a file's dict with its URL) fetched into a file; anything else as it came."""
+        if not isinstance(value, dict) or not value.get("url"):
+            return value
+        self.count += 1
+        target = self.downloads / f"{self.count}.png"
+        r = self.http.get(value["url"])
+        r.raise_for_status()
+        target.write_bytes(r.content)
+        return str(target)
+
+    def slide(self, values: list[int]) -> tuple:
+        return tuple(self._fetch(v) for v in self._call("slide", values))
+
+    def close(self) -> None:
+        self.http.close()
+
+
+TRANSPORTS = {"http": HttpTransport, "gradio_client": GradioClientTransport}
+
+
 def client_loop(url: str, example: int, path: Path, max_steps: list[int], slots: int, moves: str,
                 sizes: dict[str, tuple], barrier: threading.Barrier, stop: list[float], seed: int, downloads: Path,
-                log: ClientLog) -> None:
+                log: ClientLog, transport: str = "http") -> None:
     """One client: upload ``path``, wait for all clients, then move sliders until ``stop[0]``."""
-    from gradio_client import Client, handle_file
-
     rng = random.Random(seed)
     try:
-        client = Client(url, verbose=False, download_files=str(downloads))
-        client.predict(handle_file(str(path)), api_name="/load_image")
+        client = TRANSPORTS[transport](url, path, downloads)
     except Exception as err:  # noqa: BLE001 - counted, reported
         log.errors.append(f"connect and upload: {type(err).__name__}: {err}")
         barrier.wait()
@@ -194,7 +270,7 @@ def client_loop(url: str, example: int, path: Path, max_steps: list[int], slots:
         values = current + [0] * (slots - len(max_steps))
         t = time.perf_counter()
         try:
-            out = client.predict(*values, api_name="/slide")  # image, grid, text (, truth image, truth text)
+            out = client.slide(values)  # image, grid, text (, truth image, truth text)
         except Exception as err:  # noqa: BLE001 - counted, reported
             log.errors.append(f"{type(err).__name__}: {str(err)[:200]}")
             continue
@@ -270,6 +346,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients move sliders (default 60)")
     parser.add_argument("--moves", choices=("walk", "random"), default="walk",
                         help="walk: one slider one step (default); random: every slider drawn anew each call")
+    parser.add_argument("--client", choices=tuple(TRANSPORTS), default="http",
+                        help="http: gradio's HTTP API, one event stream per call, as a browser (default); "
+                             "gradio_client: gradio_client.Client, which polls for results every 50 ms")
     parser.add_argument("--url", default=None, help="an app already running (default: start python app.py)")
     parser.add_argument("--app", default=str(ROOT), help="folder whose app.py to start (default: this repository)")
     parser.add_argument("--checkpoint", default=None, help="folder or Hub repo id (default: env / shipped / untrained)")
@@ -304,7 +383,8 @@ def main() -> None:
     stop = [float("inf")]
     threads = [threading.Thread(target=client_loop, daemon=True, args=(
         url, i % len(examples), examples[i % len(examples)], list(ex.max_steps), handlers.slots, args.moves, sizes,
-        barrier, stop, args.seed * 1000 + i, downloads / f"client{i}", logs[i])) for i in range(args.clients)]
+        barrier, stop, args.seed * 1000 + i, downloads / f"client{i}", logs[i], args.client))
+        for i in range(args.clients)]
     try:
         for t in threads:
             t.start()
@@ -342,7 +422,7 @@ def main() -> None:
           f"{' (python ' + str(Path(args.app).resolve() / 'app.py') + ')' if proc else ''}")
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} before / {load_after:.2f} after; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) model-side")
-    print(f"clients: {args.clients} for {elapsed:.1f} s, /slide, --moves {args.moves}")
+    print(f"clients: {args.clients} for {elapsed:.1f} s, /slide, --moves {args.moves}, --client {args.client}")
     print(f"answers: {len(answers)}   errors: {len(errors)}   wrong: {len(wrong)} "
           f"(every answer's images checked; {len(sample)} compared pixel for pixel with the model side)")
     print(f"latency: p50 {np.percentile(ms, 50):.0f} ms   p95 {np.percentile(ms, 95):.0f} ms   "
