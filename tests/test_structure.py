@@ -51,15 +51,18 @@ def test_transition_loss_includes_the_mask_term_only_when_weighted() -> None:
     assert weighted - base == pytest.approx(expected, rel=1e-4)
 
 
+def _random_steps(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four random code grids x and y (codes 0-7) and actions 0-3: a batch for the action-mode loss."""
+    k, h = cfg.num_codebooks, cfg.grid_size
+    return torch.randint(0, 8, (4, k, h, h)), torch.randint(0, 8, (4, k, h, h)), torch.tensor([0, 1, 2, 3])
+
+
 def test_structure_scale_multiplies_the_prices_of_edges_only() -> None:
     """B25: ``structure`` s scales δ·‖Gr‖_F and κ·E[in-degree] and nothing else; s = 0 removes them."""
     torch.manual_seed(0)
     cfg = ModelConfig.tiny(positional_dropout=0.0, delta=0.3, edge_weight=0.2, mask_weight=1.0)
     model = CausalVQ(cfg)
-    k, h = cfg.num_codebooks, cfg.grid_size
-    cx = torch.randint(0, 8, (4, k, h, h))
-    cy = torch.randint(0, 8, (4, k, h, h))
-    a = torch.tensor([0, 1, 2, 3])
+    cx, cy, a = _random_steps(cfg)
 
     def run(s: float):
         torch.manual_seed(1)
@@ -246,10 +249,7 @@ def test_intervened_weight_adds_the_intervened_heads_own_cross_entropy_on_every_
     torch.manual_seed(0)
     cfg = ModelConfig.tiny(positional_dropout=0.0, mask_weight=1.0)
     model = CausalVQ(cfg)
-    k, h = cfg.num_codebooks, cfg.grid_size
-    cx = torch.randint(0, 8, (4, k, h, h))
-    cy = torch.randint(0, 8, (4, k, h, h))
-    a = torch.tensor([0, 1, 2, 3])
+    cx, cy, a = _random_steps(cfg)
 
     def run(weight: float):
         model.config = dataclasses.replace(cfg, intervened_weight=weight)
