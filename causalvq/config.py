@@ -73,6 +73,9 @@ class ModelConfig:
     intervened_weight: float = 0.0  # B29: weight ν of the action-mode CE of the head "intervened by a" alone against
     #                                 c^y on every node, so it also learns what a node the step leaves keeps; 0 is
     #                                 the official (the head learns only where the sampled mask picks it)
+    intervened_own_graph: bool = False  # B29b: ν's CE reads the head of a second pass over the identity graph
+    #                                     (each node sees itself, the action node and its B28 context), so the term
+    #                                     trains the head without rewarding edges; False reads the loss's own pass
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
     overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"

@@ -283,6 +283,29 @@ def test_intervened_weight_teaches_the_head_on_nodes_outside_the_mask() -> None:
         assert bool(rows.abs().sum() > 0) == moved
 
 
+def test_intervened_own_graph_term_pays_for_no_edge() -> None:
+    """B29b: ν's CE read from a pass over the identity graph is the same whatever the graph (complete or empty),
+    so the term cannot reward an edge; B29's, read from the loss's own pass, changes with the graph."""
+    def term(edge_logit: float, own_graph: bool) -> float:
+        model = _forced(0.0, edge_logit).train()  # every node's mask probability 0.5, every edge's ≈ 0 or 1
+        cx, cy, a = _pairs(model, 4)
+        out = []
+        for weight in (0.0, 1.0):
+            model.config = dataclasses.replace(model.config, intervened_weight=weight, intervened_own_graph=own_graph)
+            torch.manual_seed(1)
+            out.append(model.transition_losses(cx, cy, a).regularizer.detach().item())
+        return out[1] - out[0]
+
+    assert term(30.0, True) == pytest.approx(term(-30.0, True), rel=1e-6)
+    assert abs(term(30.0, False) - term(-30.0, False)) > 1e-3
+    torch.manual_seed(0)  # and it trains the head: the intervened heads get a gradient from it
+    model = CausalVQ(ModelConfig.tiny(positional_dropout=0.0, intervened_weight=1.0, intervened_own_graph=True))
+    cx, cy, a = _random_steps(model.config)
+    model.transition_losses(cx, cy, a).loss.backward()
+    rows = model.transition.gat2.bias.grad.unflatten(0, (model.config.num_actions + 1, -1))[1:]
+    assert rows.abs().sum() > 0
+
+
 def test_intervention_context_fits_the_grid() -> None:
     with pytest.raises(ValueError, match="intervention_context"):
         ModelConfig.tiny(intervention_context=ModelConfig.tiny().grid_size)
