@@ -52,8 +52,10 @@ DEFAULT_TOP_K = 3  # parents drawn per node when the page opens (the caption say
 # Page CSS: image labels sit above the picture (the picture shrinks to fit) instead of floating over its top-left
 # corner, where they hid a code-grid cell and the traversal grid's column headers; the example gallery's thumbnails
 # share the column's width (gradio's are 100 px each, which cut the 4th column) and its height follows them (it
-# cut the 2nd row).
+# cut the 2nd row). Model-sized images (class ``pixels``: input, reconstruction, results, ground truth, the retrieval
+# pair) come at their own 64 px and the browser enlarges them to the panel without blurring.
 CSS = """
+.pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 .captioned [data-testid='block-label'].float { position: relative; top: 0; left: 0; margin-bottom: 4px; }
 .captioned .image-container { height: calc(100% - 30px); }
 #examples-gallery .grid-container.pt-6 { padding-top: 34px; }
@@ -728,6 +730,7 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
     specs = widget_specs(explorer, slots)
     names = list(h.sources)  # the dropdown shows names, never a machine path
     img = dict(format="png", interactive=False, height=256, buttons=["download"], elem_classes=["captioned"])
+    pix = {**img, "elem_classes": ["captioned", "pixels"]}  # the model's own pixels, enlarged by the browser
 
     # delete_cache: output images older than an hour are removed every hour (gradio keeps them all otherwise).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
@@ -762,8 +765,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                             "picture; the line below says how far the input is from the training images.")
                 domain = gr.Markdown("Load an image.", elem_id="domain-notice")
                 with gr.Row():
-                    input_img = gr.Image(label="Input (as the model sees it)", elem_id="input-image", **img)
-                    recon_img = gr.Image(label="Reconstruction", **img)
+                    input_img = gr.Image(label="Input (as the model sees it)", elem_id="input-image", **pix)
+                    recon_img = gr.Image(label="Reconstruction", **pix)
                 codes_img = gr.Image(label="Code indices (one panel per codebook)", **img)
 
         with gr.Tabs():
@@ -778,8 +781,8 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                         reset_btn = gr.Button("Reset")
                     with gr.Column(scale=2):
                         with gr.Row():
-                            result_img = gr.Image(label="After the interventions", elem_id="result-image", **img)
-                            truth_img = gr.Image(label="Ground truth (uploads: from the estimated factors)", **img)
+                            result_img = gr.Image(label="After the interventions", elem_id="result-image", **pix)
+                            truth_img = gr.Image(label="Ground truth (uploads: from the estimated factors)", **pix)
                         result_md = gr.Markdown("", elem_id="result-text")
                         truth_md = gr.Markdown("", elem_id="truth-text")
                         result_grid = gr.Image(label="Codes after the interventions", **img)
@@ -812,7 +815,7 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     do_btn = gr.Button("Apply do()", scale=1, elem_id="do-button")
                 do_md = gr.Markdown("", elem_id="do-text")
                 with gr.Row():
-                    do_img = gr.Image(label="After do() and propagation", **img)
+                    do_img = gr.Image(label="After do() and propagation", **pix)
                     do_grid = gr.Image(label="Codes after do()", **img)
                 do_plot = gr.Plot(label="The edges that carried the change", show_label=False)
 
@@ -826,10 +829,10 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                     retrieve_btn = gr.Button("Retrieve the action", variant="primary", elem_id="retrieve-button")
                 with gr.Row():
                     with gr.Column():
-                        x_img = gr.Image(label="x", type="numpy", elem_id="retrieve-x", **img)
+                        x_img = gr.Image(label="x", type="numpy", elem_id="retrieve-x", **pix)
                         x_up = gr.File(label="Upload x", file_types=["image"], type="filepath", height=130)
                     with gr.Column():
-                        y_img = gr.Image(label="y", type="numpy", elem_id="retrieve-y", **img)
+                        y_img = gr.Image(label="y", type="numpy", elem_id="retrieve-y", **pix)
                         y_up = gr.File(label="Upload y", file_types=["image"], type="filepath", height=130)
                 retrieve_md = gr.Markdown("", elem_id="retrieve-text")
                 with gr.Row():
@@ -957,6 +960,6 @@ demo = load_demo()
 if __name__ == "__main__":
     configure_threads()
     start_fused_kernel()
-    for ex in demo.handlers.explorers.values():  # the in-domain error in the background (retrieval.json: on first use)
-        threading.Thread(target=ex.domain_check, daemon=True).start()
+    for ex in demo.handlers.explorers.values():  # in-domain error, render tables: in the background
+        threading.Thread(target=ex.warm_up, daemon=True, name="causalvq-warm-up").start()
     demo.launch(**LAUNCH_OPTIONS)

@@ -20,8 +20,8 @@ shared machine several times the app's CPU per answer). It uploads one of the ga
 step (a person dragging a slider: the prefix cache holds the factors before it, so a call runs one transition for
 the moved factor and one per step of the factors after it); ``--moves random`` draws every slider uniformly in its
 range ±k_f (a jump: ~25 transitions a call, the prefix cache rarely helps). Every answer is checked: its images came
-back, are PNGs and have the sizes the model gives (result ``display_image`` of S px, code grid ``draw_code_grid``,
-and the ground truth where ``/slide`` answers it too). After the run ``--check`` answers drawn at random are
+back, are PNGs and have the sizes the model gives (result ``display_image``: S px, code grid ``draw_code_grid``,
+and the ground truth, S px, where ``/slide`` answers it too). After the run ``--check`` answers drawn at random are
 compared pixel for pixel with the model-side result of the same input and slider values (``Explorer.apply_sliders``
 → ``display_image``, the code grid, and ``Explorer.ground_truth``); ``--check -1`` compares all of them.
 

@@ -9,8 +9,9 @@ The app (``DIR/app.py``, default this repository; ``--app`` profiles another cop
 commit, with the same script) is imported and launched in this process with gradio's own profiler on
 (``GRADIO_PROFILING=1``: queue wait, preprocess, function call, postprocess and their total per event), and timers
 wrapped around the pieces of a move: ``Explorer.apply_sliders`` (transitions and decoding), ``Explorer.ground_truth``
-(the dataset render), ``display_image`` (the 256-px upscale), ``Handlers._grid`` (the code-grid picture), gradio's
-PNG encoder and its cache writer. It waits for the fused kernel and the in-domain check, as a warm app has them.
+(the dataset render), ``display_image`` (the page's image; a 256-px upscale before 2026-12-07), ``Handlers._grid``
+(the code-grid picture), gradio's PNG encoder and its cache writer. It waits for the fused kernel and the explorer's
+warm-up (in-domain check, render tables), as a warm app has them.
 
 ``--clients`` ``gradio_client`` clients run in a child process (as ``bench/bench_load.py``'s do: a client's
 threads would otherwise share this process's GIL). Each uploads an example, makes 5 warm-up moves, then
@@ -177,12 +178,12 @@ def main() -> None:
     from causalvq import kernels
 
     ex = next(iter(app.demo.handlers.explorers.values()))
-    ex.domain_check()
+    ex.warm_up()
     path = "fused kernel" if kernels.loaded() is not None else "plain torch"
 
     timed(type(ex), "apply_sliders", "model: transitions + decode (Explorer.apply_sliders)")
     timed(type(ex), "ground_truth", "ground truth render (Explorer.ground_truth)")
-    timed(app, "display_image", "upscale to 256 px (display_image)")
+    timed(app, "display_image", "page image (display_image)")
     timed(app.Handlers, "_grid", "code grid picture (Handlers._grid)")
     timed(processing_utils, "encode_pil_to_bytes", "PNG encoding (PIL)")
     timed(processing_utils, "save_pil_to_cache", "cache file: encode, hash, write")

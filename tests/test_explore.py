@@ -206,6 +206,16 @@ def test_domain_notice(explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> N
     assert explorer.load_image(np.zeros((64, 64, 3), np.uint8)).notice == ""
 
 
+def test_warm_up_computes_the_domain_check_and_every_render_table(checkpoint: Path) -> None:
+    ex = Explorer(CausalVQ.from_pretrained(checkpoint), calibration_samples=4)
+    assert not ex.dataset._ready.all()  # computed on first use otherwise
+    want = ex.dataset.render(np.array([[1, 2, 3, 4, 1, 9]]))
+    ex.warm_up()
+    assert ex.dataset._ready.all() and ex._domain is not None
+    assert np.array_equal(ex.dataset.render(np.array([[1, 2, 3, 4, 1, 9]])), want)  # the same pixels either way
+    Explorer(CausalVQ(ModelConfig.tiny())).warm_up()  # no dataset: nothing to do
+
+
 # --- code grid ---
 def test_code_grid_picture() -> None:
     codes = torch.arange(32).reshape(1, 2, 4, 4) % 8

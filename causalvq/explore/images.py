@@ -2,7 +2,7 @@
 
 ``read_image_file`` refuses what it cannot read, or what is too large, with a sentence (``InputError``) before
 decoding more than the header; ``to_model_input`` takes any array (bool, int, float; ``(H, W)``, ``(H, W, C)``
-or ``(C, H, W)``; 1–4 channels) to ``float (1, c, S, S)``; ``display_image`` enlarges a small image for the page.
+or ``(C, H, W)``; 1–4 channels) to ``float (1, c, S, S)``; ``display_image`` gives an image as the page gets it.
 ``causalvq.imaging`` holds the dataset-side conversions these build on.
 
 Axis legend: ``S`` model image side, ``C``/``c`` image channels, ``H W`` height and width.
@@ -135,8 +135,11 @@ def to_model_input(image: np.ndarray | Image.Image, image_size: int, channels: i
     return x.clamp(0, 1).contiguous()
 
 
-def display_image(image: np.ndarray, size: int = 256) -> np.ndarray:
-    """Nearest-neighbour upscale of a small uint8 image to at least ``size`` pixels; greyscale as ``(H, W)``."""
-    factor = max(1, -(-size // max(image.shape[:2])))
-    out = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
-    return out[..., 0] if out.ndim == 3 and out.shape[-1] == 1 else out
+def display_image(image: np.ndarray) -> np.ndarray:
+    """A uint8 image as the page gets it: its own pixels, greyscale as ``(H, W)``.
+
+    The page enlarges it in the browser (CSS ``image-rendering: pixelated``, the app's ``pixels`` class), so the
+    server neither upscales, hashes nor PNG-encodes 16 times the pixels of a 64-px image, and a download is the
+    model's own image.
+    """
+    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
