@@ -35,6 +35,7 @@ files, bytes, folders) at the end of the run and after the app stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -101,12 +102,37 @@ def resolve_checkpoint(arg: str | None) -> tuple[str, bool]:
     return checkpoint, True
 
 
-def start_app(checkpoint: str, cache: Path, folder: Path = ROOT) -> tuple[subprocess.Popen, str]:
+def kernel_env(folder: Path) -> dict[str, str]:
+    """The fused kernel's build folder for the app in ``folder``: torch's default for this repository, one of its
+    own for another copy (``--app``). torch rebuilds an extension whose source path changed, so two copies sharing a
+    folder rebuild each other's kernel on every start, a minute of compiler beside the measured app."""
+    if folder == ROOT or "TORCH_EXTENSIONS_DIR" in os.environ:
+        return {}
+    tag = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+    return {"TORCH_EXTENSIONS_DIR": str(Path(tempfile.gettempdir()) / f"causalvq-extensions-{tag}")}
+
+
+def prepare_kernel(folder: Path, env: dict[str, str]) -> str:
+    """Build (or find built) the fused kernel of the app in ``folder`` before the app starts, so no compiler runs
+    during the measurement and the app loads it from the cache at once. Returns a line saying what it found."""
+    code = "from causalvq import kernels; print(kernels.enable())"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        return "fused kernel: build timed out (the app serves on plain torch until it loads it)"
+    ready = done.stdout.strip().endswith("True")
+    return "fused kernel: ready" if ready else "fused kernel: unavailable (plain torch)"
+
+
+def start_app(checkpoint: str, cache: Path, folder: Path = ROOT, settle: float = 0.0) -> tuple[subprocess.Popen, str]:
     """``python app.py`` in ``folder`` on a free port, its gradio cache in ``cache``; returns the process and its
-    URL once the page answers."""
+    URL once the page answers and ``settle`` more seconds have passed (the app's start-up work in the background:
+    loading the kernel, the in-domain check, the render tables). The fused kernel is built before the app starts."""
     port = free_port()
-    env = {**os.environ, **OFFLINE, "CAUSALVQ_CHECKPOINT": checkpoint, "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_TEMP_DIR": str(cache)}
+    env = {**os.environ, **OFFLINE, **kernel_env(folder), "CAUSALVQ_CHECKPOINT": checkpoint,
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_TEMP_DIR": str(cache)}
+    print(prepare_kernel(folder, env), flush=True)
     url = f"http://127.0.0.1:{port}/"
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -115,6 +141,7 @@ def start_app(checkpoint: str, cache: Path, folder: Path = ROOT) -> tuple[subpro
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
+                    time.sleep(settle)
                     return proc, url
         except OSError:
             if proc.poll() is not None:
@@ -354,6 +381,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="folder or Hub repo id (default: env / shipped / untrained)")
     parser.add_argument("--check", type=int, default=300,
                         help="answers compared pixel for pixel with the model side (-1: all, 0: none)")
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds to wait after the app answers, for its start-up work in the background")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.clients < 1 or args.seconds <= 0:
@@ -377,7 +406,7 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="causalvq-load-cache-"))
     scratch += [downloads, cache]
     if url is None:
-        proc, url = start_app(checkpoint, cache, Path(args.app).resolve())
+        proc, url = start_app(checkpoint, cache, Path(args.app).resolve(), args.settle)
     logs = [ClientLog() for _ in range(args.clients)]
     barrier = threading.Barrier(args.clients + 1)
     stop = [float("inf")]

@@ -9,7 +9,7 @@ The app (``DIR/app.py``, default this repository; ``--app`` profiles another cop
 commit, with the same script) is imported and launched in this process with gradio's own profiler on
 (``GRADIO_PROFILING=1``: queue wait, preprocess, function call, postprocess and their total per event), and timers
 wrapped around the pieces of a move: ``Explorer.apply_sliders`` (transitions and decoding), ``Explorer.ground_truth``
-(the dataset render), ``display_image`` (the page's image; a 256-px upscale before 2026-12-07), ``Handlers._grid``
+(the dataset render), ``display_image`` (the page's image; a 256-px upscale before 2026-12-06), ``Handlers._grid``
 (the code-grid picture), gradio's PNG encoder and its cache writer. It waits for the fused kernel and the explorer's
 warm-up (in-domain check, render tables), as a warm app has them.
 
