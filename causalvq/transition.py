@@ -161,12 +161,14 @@ class CausalTransition(nn.Module):
         """Edge probabilities `(b, n, n)` under mask `m (b, n)`: the action discoverer's where ``rewired``."""
         return C + self.rewired(m) * (C_action - C)
 
-    def edges(self, nodes: NodeFeatures, action: torch.Tensor | None, sample: bool, copies: int = 1) -> Edges:
+    def edges(self, nodes: NodeFeatures, action: torch.Tensor | None, sample: bool, copies: int = 1,
+              graph: bool = True) -> Edges:
         """The intervention mask m of ``action`` and the edge probabilities C under it (``Edges``), `(b, n)` and
         `(b, n, n)`; ``copies`` as in ``forward``. The one edge function of the layer: the forward pass and
-        ``CausalVQ.causal_graph`` both call it."""
+        ``CausalVQ.causal_graph`` both call it. ``graph=False`` skips the discoverers (C = 0) for a pass over the
+        identity graph, which reads no edge probability; the discoverers draw no noise, so m is the same draw."""
         X, P = nodes.onehot, nodes.features
-        C = self.discoverers(P, 0)  # (b, n, n)
+        C = self.discoverers(P, 0) if graph else P.new_zeros(P.shape[0], P.shape[1], P.shape[1])  # (b, n, n)
         if copies > 1:
             if self.training and self.dropout.p > 0:
                 raise ValueError("copies > 1 shares one dropout draw between copies: use it in eval mode")
@@ -178,6 +180,8 @@ class CausalTransition(nn.Module):
         m = bernoulli_st(p, sample, separate_clamps=self.config.separate_clamps)  # (b, n)
         # Without gradients only the rewired entries of the action discoverer are scored (exact: the blend
         # ignores the rest); training needs them all, for the straight-through gradient of m.
+        if not graph:
+            return Edges(C, m, p)
         pairs = None if torch.is_grad_enabled() else self.rewired(m) > 0
         return Edges(self.blend_edges(C, self.discoverers(P, action + 1, pairs=pairs), m), m, p)
 
@@ -190,7 +194,8 @@ class CausalTransition(nn.Module):
             action: long `(b,)` action indices, or None for the no-action (reconstruction) pass.
             sample: draw the mask and the graph with Gumbel noise (training); False thresholds at 0.5.
             identity_graph: replace the sampled graph by the identity (each node sees only itself). Without an
-                action this skips the discoverers and the attention (exact: the only in-edge is the self-loop).
+                action this skips the discoverers and the attention (exact: the only in-edge is the self-loop);
+                with one it skips the discoverers (their probabilities are unused; ``edge_probs`` comes back 0).
             copies: each grid of ``codes`` stands for ``copies`` consecutive rows of ``action`` (retrieval: all A
                 actions of one pair). Node features, the no-action graph and the first graph layer's node
                 projections are computed once per grid; exact in eval mode only, where dropout does not differ
@@ -204,7 +209,7 @@ class CausalTransition(nn.Module):
             return self._identity_pass(terms)
         if copies > 1 and not sample and not identity_graph and action is not None and not torch.is_grad_enabled():
             return self._shared_passes(nodes, terms, action, copies)
-        C, m, p = self.edges(nodes, action, sample, copies)  # (b, n, n), (b, n), (b, n)
+        C, m, p = self.edges(nodes, action, sample, copies, graph=not identity_graph)  # (b, n, n), (b, n), (b, n)
         graph = self.sample_graph(C, sample, identity_graph)  # Gr (b, n, n)
         H = self.graph_network(terms, C, graph, m, action, copies)  # (b, n, k, v), the heads used
         H = self.with_context(H, nodes.codes, action, copies)

@@ -306,6 +306,27 @@ def test_intervened_own_graph_term_pays_for_no_edge() -> None:
     assert rows.abs().sum() > 0
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_identity_action_pass_skips_the_discoverers_and_gives_the_same_heads(train: bool) -> None:
+    """A pass over the identity graph reads no edge probability, so skipping the discoverers changes nothing:
+    the same heads and mask as the pass that computes them (training: the same noise draws too)."""
+    torch.manual_seed(0)
+    tr = CausalVQ(ModelConfig.tiny(positional_dropout=0.0, intervention_context=1)).transition.train(train)
+    codes = torch.randint(0, tr.config.codebook_size, (4, tr.config.num_nodes))
+    action = torch.tensor([0, 1, 2, 3])
+    runs = []
+    for graph in (True, False):
+        edges = tr.edges
+        tr.edges = lambda *args, **kw: edges(*args, **{**kw, "graph": graph})  # noqa: B023
+        torch.manual_seed(1)
+        runs.append(tr(codes, action, sample=train, identity_graph=True))
+        del tr.edges
+    full, skipped = runs
+    assert full.edge_probs.abs().sum() > 0 and skipped.edge_probs.abs().sum() == 0
+    assert torch.equal(full.mask, skipped.mask)
+    torch.testing.assert_close(full.head_logits, skipped.head_logits, rtol=1e-6, atol=1e-6)
+
+
 def test_intervention_context_fits_the_grid() -> None:
     with pytest.raises(ValueError, match="intervention_context"):
         ModelConfig.tiny(intervention_context=ModelConfig.tiny().grid_size)
