@@ -7,7 +7,8 @@ structure recipes' transition layer at several graph widths: what a cheaper stag
 One thread, the fused kernel unless ``--torch``; random codes on the 8×8 grid (one codebook), a batch of 32 for base
 and action steps and of 4 pairs (× all actions) for retrieval steps, as in the ``cpu`` recipe; the structure
 switches of the 64-px runs (B20-B24, B26). Prints milliseconds of process time per step and the mean over the
-recipe's mode ratio 1 : 6 : 1. ``--set`` changes fields of that ``ModelConfig`` (the cost of a lever).
+recipe's mode ratio 1 : 6 : 1. ``--set`` changes fields of that ``ModelConfig`` (the cost of a lever; values read as
+in ``python -m train --set``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from causalvq import kernels
 from causalvq.config import ModelConfig
 from causalvq.model import CausalVQ
+from train.recipes import RecipeError, parse_override
 
 
 def step_ms(fn, repeats: int) -> float:
@@ -31,29 +33,6 @@ def step_ms(fn, repeats: int) -> float:
     return (time.process_time() - start) / repeats * 1000
 
 
-def parse_sets(items: list[str]) -> dict[str, object]:
-    """``["name=value", ...]`` → ModelConfig fields; values read as bool (true/false), int, float, else string."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    out: dict[str, object] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or name not in fields:
-            raise SystemExit(f"--set {item!r}: expected name=value with a ModelConfig field name")
-        low = text.lower()
-        if low in ("true", "false"):
-            out[name] = low == "true"
-            continue
-        for kind in (int, float):
-            try:
-                out[name] = kind(text)
-                break
-            except ValueError:
-                pass
-        else:
-            out[name] = text
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--graph-width", type=int, nargs="+", default=[96, 48])
@@ -62,7 +41,10 @@ def main() -> None:
     p.add_argument("--torch", action="store_true", help="plain torch instead of the fused kernel")
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="ModelConfig fields to change")
     args = p.parse_args()
-    sets = parse_sets(args.set)
+    try:
+        sets = dict(parse_override(item) for item in args.set)  # values read as TOML, as `python -m train --set`
+    except RecipeError as err:
+        raise SystemExit(str(err)) from None
     torch.set_num_threads(1)
     print(f"fused kernel: {False if args.torch else kernels.enable()}")
     for width in args.graph_width:
@@ -70,7 +52,10 @@ def main() -> None:
         cfg = ModelConfig(image_size=64, hidden_dims=(32, 64, 64), codebook_size=args.codebook_size,
                           graph_width=width, delta=0.0, change_weight=1.0, mask_weight=5.0, mask_hidden=64,
                           mask_context=1, edge_weight=0.02, edge_budget=8.0)
-        cfg = dataclasses.replace(cfg, **sets)
+        try:
+            cfg = ModelConfig.from_dict({**dataclasses.asdict(cfg), **sets})
+        except (TypeError, ValueError) as err:  # an unknown field or a bad value
+            raise SystemExit(f"--set: {err}") from None
         model = CausalVQ(cfg).train()
         g, v = cfg.grid_size, cfg.codebook_size
         cx = torch.randint(0, v, (32, 1, g, g))
