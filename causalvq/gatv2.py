@@ -174,6 +174,36 @@ class DenseGATv2(nn.Module):
         pick = lambda t: t.index_select(0, heads.flatten()).unflatten(0, heads.shape)  # noqa: E731
         return pick(self.lin_edge), pick(self.att), pick(rearrange(self.bias, "(h c) -> h c", h=self.heads))
 
+    def attend_self_and_one(self, terms: NodeTerms, extra: NodeTerms, w: torch.Tensor, gate: torch.Tensor,
+                            heads: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` over a graph where each node's only in-edge is from one extra node (the action node), at
+        the nodes where ``gate`` is 1: every node attends to itself and, there, to the extra node. No n × n scores.
+
+        Args:
+            terms: `(b, n, h, c)` projections of the nodes (``project``).
+            extra: `(b, 1, h, c)` projections of the extra node, one per sample; its own output is not computed.
+            w: `(b, n)` weight of the edge from the extra node into each node (the self-loop gets the same weight,
+                the mean of the node's in-edges, as in ``with_self_loops``).
+            gate: `(b, n)` hard 0/1: where the edge is drawn. A gate that carries a gradient gets that of
+                ``gated_softmax`` (absent edges too); pass a detached one for the masked softmax's.
+            heads: as in ``forward``.
+
+        Returns:
+            `(b, n, k·out)`: the same as ``forward`` at the first n nodes of the (n + 1)-node graph, up to float
+            rounding, with the same gradients.
+        """
+        xs, xt, root = terms
+        e, att, bias = self._picked(heads)  # (1 or b, h, c)
+        on = gate.detach() > 0
+        w = (w * on)[..., None, None]  # (b, n, 1, 1); an absent edge carries no weight, nor its gradient
+        score = lambda src: (att[:, None] * F.leaky_relu(xt + src + w * e[:, None], 0.2)).sum(-1)  # noqa: E731
+        s_self, s_extra = score(xs), score(extra.src)  # (b, n, h)
+        shift = torch.where(on[..., None], torch.maximum(s_self, s_extra), s_self).detach()
+        q_self, q_extra = ((s - shift).clamp(max=30.0).exp() for s in (s_self, s_extra))
+        q_extra = gate[..., None] * q_extra
+        out = (q_self[..., None] * xs + q_extra[..., None] * extra.src) / (q_self + q_extra)[..., None] + bias[:, None]
+        return rearrange(out if root is None else out + root, "b n h c -> b n (h c)")
+
     @staticmethod
     def with_self_loops(weights: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Target-major edge weights and edges `(b, n, n)` (entry [i, j] is the edge j → i) of a graph given

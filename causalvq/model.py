@@ -322,9 +322,9 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
             reg = reg + structure * cfg.edge_weight * edges
         if cfg.intervened_weight > 0:  # B29: the intervened head also learns the nodes the step keeps
             # B29b: from a pass over the identity graph, so no edge is paid for by this term
-            own = self.transition(nodes_x, action, sample=True, identity_graph=True) if cfg.intervened_own_graph \
-                else out
-            intervened = own.head_logits[:, :, 1].softmax(-1)  # (b, n, v)
+            head = self.transition.intervened_alone(nodes_x, action) if cfg.intervened_own_graph \
+                else out.head_logits[:, :, 1]
+            intervened = head.softmax(-1)  # (b, n, v)
             reg = reg + cfg.intervened_weight * losses.code_cross_entropy(intervened, nodes_y, cfg.renormalised_ce)
         return TransitionLosses(loss=cfg.gamma * (fit + reg), ce=ce, regularizer=reg,
                                 accuracy=_accuracy(out, nodes_y), **_structure_log(out))

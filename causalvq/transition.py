@@ -195,7 +195,8 @@ class CausalTransition(nn.Module):
             sample: draw the mask and the graph with Gumbel noise (training); False thresholds at 0.5.
             identity_graph: replace the sampled graph by the identity (each node sees only itself). Without an
                 action this skips the discoverers and the attention (exact: the only in-edge is the self-loop);
-                with one it skips the discoverers (their probabilities are unused; ``edge_probs`` comes back 0).
+                with one it skips the discoverers (their probabilities are unused; ``edge_probs`` comes back 0)
+                and each node attends over its two possible sources only, itself and the action node.
             copies: each grid of ``codes`` stands for ``copies`` consecutive rows of ``action`` (retrieval: all A
                 actions of one pair). Node features, the no-action graph and the first graph layer's node
                 projections are computed once per grid; exact in eval mode only, where dropout does not differ
@@ -207,6 +208,8 @@ class CausalTransition(nn.Module):
         terms = self.project_nodes(nodes)  # first-layer node terms: the same for every graph over these nodes
         if identity_graph and action is None:
             return self._identity_pass(terms)
+        if identity_graph:
+            return self._identity_action_pass(nodes, terms, action, sample, copies)
         if copies > 1 and not sample and not identity_graph and action is not None and not torch.is_grad_enabled():
             return self._shared_passes(nodes, terms, action, copies)
         C, m, p = self.edges(nodes, action, sample, copies, graph=not identity_graph)  # (b, n, n), (b, n), (b, n)
@@ -331,6 +334,49 @@ class CausalTransition(nn.Module):
         if H.shape[2] == 1:  # no action
             return H[:, :, 0]
         return H[:, :, 0] + m[..., None] * (H[:, :, 1] - H[:, :, 0])
+
+    def _identity_action_pass(self, nodes: NodeFeatures, terms: NodeTerms, action: torch.Tensor, sample: bool,
+                              copies: int = 1) -> TransitionOutput:
+        """An action pass over the identity graph: ``forward`` with ``identity_graph`` and an action."""
+        C, m, p = self.edges(nodes, action, sample, copies, graph=False)  # C = 0: the discoverers are skipped
+        H = self.identity_heads(terms.repeat_interleave(copies), m, action)
+        H = self.with_context(H, nodes.codes, action, copies)
+        b, n = m.shape
+        eye = torch.eye(n, device=m.device).expand(b, n, n)
+        return TransitionOutput(probs=self.blend_heads(H, m).softmax(-1), mask=m, mask_probs=p, edge_probs=C,
+                                graph=eye, head_logits=H)
+
+    def identity_heads(self, terms: NodeTerms, m: torch.Tensor, action: torch.Tensor,
+                       heads: torch.Tensor | None = None) -> torch.Tensor:
+        """``graph_network`` over the identity graph under mask ``m (b, n)``, `(b, n, k, v)`, at the cost of two
+        sources per node instead of n + 1: with the action node (B2) each node's in-edges are its self-loop and,
+        where m_i = 1, the action node's edge; without it, the self-loop alone. ``heads`` `(b, k)` are the output
+        heads computed, by default "unchanged" and "intervened by a" (k = 2)."""
+        if heads is None:
+            heads = torch.stack([torch.zeros_like(action), action + 1], 1)  # (b, 2)
+        shape = (heads.shape[1], self.config.codebook_size)
+        if self.action_embedding is None:
+            hidden = F.leaky_relu(self.gat1(terms, None, None))
+            return self.gat2(hidden, None, None, heads=heads).unflatten(-1, shape)
+        a_node = self.action_embedding(F.one_hot(action, self.config.num_actions).to(m.dtype))  # (b, v)
+        a_terms = self.gat1.project(a_node[:, None])  # (b, 1, A + 1, G)
+        # B19: with gradients the drawn mask gates the attention, as in graph_network; else the masked softmax
+        gate = m if self.config.gated_attention and torch.is_grad_enabled() else (m.detach() > 0).to(m.dtype)
+        hidden = F.leaky_relu(self.gat1.attend_self_and_one(terms, a_terms, m, gate))  # (b, n, (A + 1)·G)
+        hidden_a = F.leaky_relu(self.gat1(a_terms, None, None))  # the action node has no in-edge but its self-loop
+        out = self.gat2.attend_self_and_one(self.gat2.project(hidden, heads), self.gat2.project(hidden_a, heads),
+                                            m, gate, heads)  # (b, n, k·v)
+        return out.unflatten(-1, shape)
+
+    def intervened_alone(self, codes: torch.Tensor, action: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """B29b: logits `(b, n, v)` of the head "intervened by a" on every node, over the identity graph: what each
+        node would become were the action to intervene on it with no edge to read (its own code, the action node
+        where the drawn mask picks it, and its B28 context). Equal to ``forward(codes, action, sample=sample,
+        identity_graph=True).head_logits[:, :, 1]`` (the same draws), without the head "unchanged"."""
+        nodes = self.node_features(codes)
+        C, m, p = self.edges(nodes, action, sample, graph=False)
+        logits = self.identity_heads(self.project_nodes(nodes), m, action, heads=(action + 1)[:, None])[:, :, 0]
+        return logits if self.context is None else logits + self.context(codes, action)
 
     def _identity_pass(self, terms: NodeTerms) -> TransitionOutput:
         """The no-action pass on the identity graph: each node's output depends on its own features only."""

@@ -327,6 +327,72 @@ def test_identity_action_pass_skips_the_discoverers_and_gives_the_same_heads(tra
     torch.testing.assert_close(full.head_logits, skipped.head_logits, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(("action_node", "gated", "residual"),
+                         [(True, True, True), (True, False, True), (True, True, False), (False, True, True)])
+def test_identity_heads_equal_the_graph_network_over_the_identity_graph(action_node: bool, gated: bool,
+                                                                        residual: bool) -> None:
+    """The identity pass's two sources per node give the dense graph network's heads over the (n + 1)-node identity
+    graph, and the same gradients: to the weights, and to the mask through the action node's edges (B19's gate)."""
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(positional_dropout=0.0, action_node=action_node, gated_attention=gated,
+                              graph_residual=residual)
+    tr = CausalVQ(config).transition
+    b, n = 6, config.num_nodes
+    codes = torch.randint(0, config.codebook_size, (b, n))
+    action = torch.randint(0, config.num_actions, (b,))
+    logits = torch.randn(b, n, requires_grad=True)
+    probs = torch.sigmoid(logits)
+    m = (probs.detach() > 0.5).float() + probs - probs.detach()  # hard 0/1 with a straight-through gradient
+    weight = torch.randn(b, n, 2, config.codebook_size)
+    runs = []
+    for cheap in (False, True):
+        tr.zero_grad()
+        logits.grad = None
+        terms = tr.project_nodes(tr.node_features(codes))
+        H = tr.identity_heads(terms, m, action) if cheap else \
+            tr.graph_network(terms, torch.zeros(b, n, n), torch.eye(n).expand(b, n, n), m, action)
+        (H * weight).sum().backward(retain_graph=True)
+        grads = {name: p.grad.clone() for name, p in tr.named_parameters() if p.grad is not None}
+        runs.append((H.detach(), torch.zeros(b, n) if logits.grad is None else logits.grad.clone(), grads))
+    (dense, dense_m, dense_w), (cheap, cheap_m, cheap_w) = runs
+    torch.testing.assert_close(cheap, dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cheap_m, dense_m, rtol=1e-4, atol=1e-5)
+    assert dense_w
+    for name in dense_w.keys() | cheap_w.keys():  # a weight one path does not read has a zero gradient in the other
+        zero = torch.zeros_like(dict(tr.named_parameters())[name])
+        torch.testing.assert_close(cheap_w.get(name, zero), dense_w.get(name, zero), rtol=1e-4, atol=1e-5, msg=name)
+    if action_node:  # the mask is read: through the edges' weights, and their gate where B19 is on
+        assert dense_m.abs().sum() > 0
+    with torch.no_grad():  # and without gradients (the fused attention where it is built)
+        terms = tr.project_nodes(tr.node_features(codes))
+        torch.testing.assert_close(tr.identity_heads(terms, m, action), dense, rtol=1e-5, atol=1e-5)
+
+
+def test_intervened_alone_is_the_identity_pass_intervened_head() -> None:
+    """B29b's term reads one head of the identity pass: the same logits as the whole pass (the same draws of
+    dropout and mask, in training), and the same gradients."""
+    torch.manual_seed(0)
+    tr = CausalVQ(ModelConfig.tiny(intervention_context=1)).transition.train()
+    assert tr.dropout.p > 0
+    codes = torch.randint(0, tr.config.codebook_size, (5, tr.config.num_nodes))
+    action = torch.randint(0, tr.config.num_actions, (5,))
+    runs = []
+    for alone in (False, True):
+        tr.zero_grad()
+        torch.manual_seed(1)
+        head = tr.intervened_alone(codes, action) if alone else \
+            tr(codes, action, sample=True, identity_graph=True).head_logits[:, :, 1]
+        head.square().sum().backward()
+        runs.append((head.detach(), {k: p.grad.clone() for k, p in tr.named_parameters() if p.grad is not None}))
+    (whole, whole_grads), (alone, alone_grads) = runs
+    torch.testing.assert_close(alone, whole, rtol=1e-5, atol=1e-5)
+    for name in whole_grads.keys() | alone_grads.keys():  # head "unchanged" reads weights the term does not
+        zero = torch.zeros_like(dict(tr.named_parameters())[name])
+        torch.testing.assert_close(alone_grads.get(name, zero), whole_grads.get(name, zero), rtol=1e-4, atol=1e-5,
+                                   msg=name)
+    assert alone_grads["mask_net.weight"].abs().sum() > 0  # the mask learns from the term, through the action node
+
+
 def test_intervention_context_fits_the_grid() -> None:
     with pytest.raises(ValueError, match="intervention_context"):
         ModelConfig.tiny(intervention_context=ModelConfig.tiny().grid_size)
