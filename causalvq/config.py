@@ -76,6 +76,10 @@ class ModelConfig:
     intervened_own_graph: bool = False  # B29b: ν's CE reads the head of a second pass over the identity graph
     #                                     (each node sees itself, the action node and its B28 context), so the term
     #                                     trains the head without rewarding edges; False reads the loss's own pass
+    patch_codes: bool = False  # B30: each code reads its own patch of pixels only (2×2 stride-2 convolutions, 1×1
+    #                            layers on the grid), so a step changes the codes of the cells whose pixels change;
+    #                            False is the official encoder (4×4 convolutions and 3×3 layers on the grid: at 64 px
+    #                            each code reads the whole image)
     # --- fidelity switches (docs/fidelity.md); the official behaviour is one flag away ---
     overlapping_slices: bool = False  # B1: official codebook k reads channels k..k+d-1 (overlapping)
     intervention_edges: Literal["incoming", "outgoing"] = "incoming"  # B3: official is "outgoing"

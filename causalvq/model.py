@@ -109,7 +109,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         if not isinstance(config, ModelConfig):
             raise TypeError(f"CausalVQ needs a ModelConfig, got {type(config).__name__}")
         self.config = config
-        self.encoder = Encoder(config.in_channels, config.hidden_dims, config.num_residual, config.embedding_dim)
+        self.encoder = Encoder(config.in_channels, config.hidden_dims, config.num_residual, config.embedding_dim,
+                               patch=config.patch_codes)
         self.quantizer = MultiCodebookQuantizer(config.num_codebooks, config.codebook_size, config.code_dim,
                                                 config.beta, overlapping=config.overlapping_slices)
         self.decoder = Decoder(config.in_channels, config.hidden_dims, config.num_residual, config.embedding_dim)

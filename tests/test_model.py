@@ -73,6 +73,23 @@ def test_indices_codes_indices_round_trip(model: CausalVQ) -> None:
     assert z.shape == (B, model.config.embedding_dim, 4, 4)
 
 
+@pytest.mark.parametrize("patch", [False, True])
+def test_patch_codes_read_their_own_patch_only(patch: bool) -> None:
+    """B30: with patch codes, new pixels inside one cell's patch change that cell's features and no other; the
+    official encoder's 3×3 layers on the grid carry them to the cells around it (at 64 px, to nearly every cell)."""
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=64, hidden_dims=(8, 8, 8), embedding_dim=8, num_residual=2, codebook_size=16,
+                         patch_codes=patch)
+    encoder = CausalVQ(config).encoder.eval()
+    x = torch.rand(2, 3, 64, 64)
+    y = x.clone()
+    y[:, :, 24:32, 40:48] = torch.rand(2, 3, 8, 8)  # the patch of cell (3, 5)
+    with torch.no_grad():
+        moved = (encoder(x) - encoder(y)).abs().amax(1) > 0  # (b, 8, 8)
+    assert moved[:, 3, 5].all()
+    assert (moved.sum((1, 2)) == 1).all() if patch else (moved.sum((1, 2)) > 25).all()
+
+
 def test_straight_through_gradient_is_identity() -> None:
     q = CausalVQ(ModelConfig.tiny()).quantizer
     z = torch.randn(2, 8, 4, 4, requires_grad=True)
