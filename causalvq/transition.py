@@ -374,7 +374,7 @@ class CausalTransition(nn.Module):
         where the drawn mask picks it, and its B28 context). Equal to ``forward(codes, action, sample=sample,
         identity_graph=True).head_logits[:, :, 1]`` (the same draws), without the head "unchanged"."""
         nodes = self.node_features(codes)
-        C, m, p = self.edges(nodes, action, sample, graph=False)
+        m = self.edges(nodes, action, sample, graph=False).mask
         logits = self.identity_heads(self.project_nodes(nodes), m, action, heads=(action + 1)[:, None])[:, :, 0]
         return logits if self.context is None else logits + self.context(codes, action)
 
