@@ -23,6 +23,7 @@ from causalvq.metrics import (
     FactorVAEResult,
     completeness_score,
     dci,
+    dci_importance,
     discrete_mutual_info,
     disentanglement_score,
     evaluate_representation,
@@ -256,6 +257,20 @@ def test_deterministic_given_seed() -> None:
     codes = noise(GRID)
     assert dci(codes, GRID, seed=1, n_estimators=20) == dci(codes, GRID, seed=1, n_estimators=20)
     assert isinstance(dci(codes, GRID), DCIResult)
+
+
+def test_dci_fits_the_factors_in_threads_with_the_serial_result() -> None:
+    rng = np.random.default_rng(0)
+    factors = np.concatenate([rng.integers(0, 3, (90, 2)), np.zeros((90, 1), int)], axis=1)  # one constant factor
+    codes = rng.normal(size=(90, 6)) + np.repeat(factors[:, :2], 3, axis=1)
+    train, test = slice(0, 60), slice(60, None)
+    fits = [dci_importance(codes[train], factors[train], codes[test], factors[test], n_estimators=5, n_jobs=jobs)
+            for jobs in (1, 3)]  # fmt: skip
+    np.testing.assert_array_equal(fits[0][0], fits[1][0])
+    assert fits[0][1:] == fits[1][1:]
+    assert fits[0][0][:, 2].sum() == 0.0 and fits[0][0][:3, 0].sum() > fits[0][0][3:, 0].sum()
+    with pytest.raises(ValueError, match="n_jobs"):
+        dci_importance(codes, factors, codes, factors, n_jobs=0)
 
 
 def test_factor_vae_never_fixes_a_single_valued_factor() -> None:

@@ -7,6 +7,8 @@ Axis legend: `n` points, `d` representation dimensions, `f` factors.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +94,7 @@ def dci_importance(
     importance: Importance = "gbt",
     n_estimators: int = 100,
     seed: int = 0,
+    n_jobs: int | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """Fit one tree-ensemble classifier per factor and read its feature importances.
 
@@ -108,6 +111,8 @@ def dci_importance(
         n_estimators: boosting stages (trees per class) per factor; 100 as disentanglement_lib and disent. Fewer
             stages are a faster setting, not the libraries' DCI: name it where it is reported.
         seed: random state of the classifiers.
+        n_jobs: threads fitting the factors' classifiers at once (None: one per core). Each fit is seeded on its
+            own, so the result is the same for every value.
 
     Returns:
         ``(importance (d, f), mean train accuracy, mean test accuracy)``. A factor with a single value in the
@@ -117,20 +122,28 @@ def dci_importance(
         raise ValueError(f"importance must be 'gbt' or 'extra_trees', got {importance!r}")
     if n_estimators < 1:
         raise ValueError(f"n_estimators must be >= 1, got {n_estimators}")
+    if n_jobs is not None and n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1 or None, got {n_jobs}")
     d, f = codes_train.shape[1], factors_train.shape[1]
-    matrix = np.zeros((d, f))  # (d, f)
-    train_acc, test_acc = [], []
-    for j in range(f):
+
+    def fit(j: int) -> tuple[np.ndarray, float, float]:  # factor j: (importance (d,), train acc, test acc)
         y_train, y_test = factors_train[:, j], factors_test[:, j]
         if np.unique(y_train).size < 2:
-            train_acc.append(1.0)
-            test_acc.append(float(np.mean(y_test == y_train[0])))
-            continue
-        model = _classifier(importance, n_estimators, seed)
-        model.fit(codes_train, y_train)
-        matrix[:, j] = np.abs(model.feature_importances_)
-        train_acc.append(float(np.mean(model.predict(codes_train) == y_train)))
-        test_acc.append(float(np.mean(model.predict(codes_test) == y_test)))
+            return np.zeros(d), 1.0, float(np.mean(y_test == y_train[0]))
+        model = _classifier(importance, n_estimators, seed).fit(codes_train, y_train)
+        return (np.abs(model.feature_importances_), float(np.mean(model.predict(codes_train) == y_train)),
+                float(np.mean(model.predict(codes_test) == y_test)))
+
+    # the factors' classifiers are independent and sklearn builds trees without the GIL: one thread per core
+    workers = min(f, n_jobs or os.cpu_count() or 1)
+    if workers == 1:
+        fits = [fit(j) for j in range(f)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            fits = list(pool.map(fit, range(f)))
+    matrix = np.stack([imp for imp, _, _ in fits], axis=1)  # (d, f)
+    train_acc = [acc for _, acc, _ in fits]
+    test_acc = [acc for _, _, acc in fits]
     return matrix, float(np.mean(train_acc)), float(np.mean(test_acc))
 
 
