@@ -322,6 +322,22 @@ def test_sap_scores_a_constant_dim_as_a_constant_prediction() -> None:
     assert sap(informative, factors) == pytest.approx(np.maximum(matrix[0] - matrix[1], 0).mean())
 
 
+def test_sap_fits_in_worker_processes_with_the_serial_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import causalvq.metrics.disentanglement as module
+
+    rng = np.random.default_rng(3)
+    factors = sample(300, rng)
+    onehot = np.eye(6)[factors[:, 2]]  # (n, 6): factor 2 one-hot
+    codes = np.concatenate([onehot, rng.normal(size=(300, 3)), np.full((300, 2), 0.5), factors.astype(float)], 1)
+    serial = sap_score_matrix(codes, factors, n_jobs=1)
+    monkeypatch.setattr(module, "SAP_MIN_FITS_PER_WORKER", 1)  # force the worker processes on this small matrix
+    np.testing.assert_array_equal(sap_score_matrix(codes, factors, n_jobs=2), serial)
+    assert serial.shape == (codes.shape[1], F)
+    assert serial[-2, 2] > serial[6:9, 2].max() + 0.2  # the factor itself predicts better than noise
+    with pytest.raises(ValueError, match="n_jobs"):
+        sap_score_matrix(codes, factors, n_jobs=0)
+
+
 def test_noise_scores_near_its_baseline_and_identity_far_above() -> None:
     noisy = evaluate_representation(noise, sample, SIZES, np.random.default_rng(1), SMALL)
     base = noise_baseline(F, sample, SIZES, np.random.default_rng(2), SMALL)

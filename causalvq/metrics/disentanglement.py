@@ -28,6 +28,7 @@ random representation of the same width at the same sizes: a score means somethi
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,6 +139,24 @@ def mig(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> float:
 # --------------------------------------------------------------------------------------------------------------
 
 
+SAP_MIN_FITS_PER_WORKER = 500  # fewer LinearSVC fits than this per worker process run in this process
+
+
+def _svc_accuracies(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                    y_test: np.ndarray) -> np.ndarray:
+    """Test accuracy `(c, f)` of a ``LinearSVC(C=0.01, class_weight="balanced")`` per column of ``x`` `(n, c)` and
+    factor of ``y`` `(n, f)` (each factor takes at least two values in training)."""
+    from sklearn.svm import LinearSVC
+
+    scores = np.zeros((x_train.shape[1], y_train.shape[1]))
+    for i in range(x_train.shape[1]):
+        for j in range(y_train.shape[1]):
+            clf = LinearSVC(C=0.01, class_weight="balanced", random_state=0)
+            clf.fit(x_train[:, i, None], y_train[:, j])
+            scores[i, j] = np.mean(clf.predict(x_test[:, i, None]) == y_test[:, j])
+    return scores
+
+
 def sap_score_matrix(
     codes: np.ndarray,
     factors: np.ndarray,
@@ -145,6 +164,7 @@ def sap_score_matrix(
     *,
     train_fraction: float = 2 / 3,
     seed: int = 0,
+    n_jobs: int | None = None,
 ) -> np.ndarray:
     """SAP score matrix `(d, f)`: how well each single code dim predicts each factor.
 
@@ -156,11 +176,18 @@ def sap_score_matrix(
     constant input differ only by solver tolerance, and the class it settles on is usually the training
     majority (another one where class counts nearly tie). Scoring it 0 instead put every factor's runner-up
     below chance, so that a single noise dim next to five constant ones scored 0.123 (disentanglement_lib:
-    0.005).
+    0.005). The solver's coordinate order is seeded (``random_state=0``; disentanglement_lib draws it from
+    numpy's global generator), so the matrix is the same from run to run and process to process.
+
+    The d·f fits (tens of thousands for a model's representation, a few ms each, most of it sklearn's Python)
+    run in ``n_jobs`` worker processes (None: one per core; 1: this process), each on a block of dims; a
+    matrix of fewer than ``SAP_MIN_FITS_PER_WORKER`` fits per worker is scored in this process.
 
     ``continuous=True``: squared correlation of the code dim with the factor value over all points; a constant
     dim scores 0, as in disentanglement_lib. Labels are the factor values' ranks.
     """
+    if n_jobs is not None and n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1 or None, got {n_jobs}")
     codes, labels = check_inputs(codes, factors)
     d, f = codes.shape[1], labels.shape[1]
     constant = codes.var(axis=0) <= CONSTANT_VAR  # (d,)
@@ -176,18 +203,29 @@ def sap_score_matrix(
         scores[ok] = (cov**2)[ok] / denom[ok]
         return np.clip(scores, 0.0, 1.0)
 
-    from sklearn.svm import LinearSVC
-
     train, test = split_indices(codes.shape[0], train_fraction, seed)
-    for j in range(f):
-        y_train, y_test = labels[train, j], labels[test, j]
-        if np.unique(y_train).size < 2:
-            continue  # nothing to classify: no dim is informative about a factor constant in training
-        scores[constant, j] = np.mean(y_test == np.bincount(y_train).argmax())  # a constant prediction
-        for i in np.flatnonzero(~constant):
-            clf = LinearSVC(C=0.01, class_weight="balanced")
-            clf.fit(codes[train, i, None], y_train)
-            scores[i, j] = np.mean(clf.predict(codes[test, i, None]) == y_test)
+    y_train, y_test = labels[train], labels[test]  # (n_train, f), (n_test, f)
+    # a factor constant in training: nothing to classify, no dim is informative about it (scores stay 0)
+    varied = np.flatnonzero([np.unique(y_train[:, j]).size >= 2 for j in range(f)])  # (f',)
+    for j in varied:
+        scores[constant, j] = np.mean(y_test[:, j] == np.bincount(y_train[:, j]).argmax())  # a constant prediction
+    dims = np.flatnonzero(~constant)  # (d',)
+    if varied.size == 0 or dims.size == 0:
+        return scores
+    x_train, x_test = codes[np.ix_(train, dims)], codes[np.ix_(test, dims)]  # (n_train, d'), (n_test, d')
+    y_train, y_test = y_train[:, varied], y_test[:, varied]
+    workers = min(n_jobs or os.cpu_count() or 1, max(1, dims.size * varied.size // SAP_MIN_FITS_PER_WORKER))
+    if workers == 1:
+        fitted = _svc_accuracies(x_train, y_train, x_test, y_test)  # (d', f')
+    else:
+        from joblib import Parallel, delayed
+
+        blocks = np.array_split(np.arange(dims.size), workers * 4)  # a few blocks per worker evens their load
+        parts = Parallel(n_jobs=workers, backend="loky")(
+            delayed(_svc_accuracies)(x_train[:, blk], y_train, x_test[:, blk], y_test) for blk in blocks
+        )
+        fitted = np.concatenate(parts, axis=0)  # (d', f')
+    scores[np.ix_(dims, varied)] = fitted
     return scores
 
 
