@@ -283,7 +283,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
                            usage=q.usage.mean())
 
     def base_losses(self, codes_x: torch.Tensor) -> TransitionLosses:
-        """Stage 2, no action: γ·[CE(ŷ, c^x) + α·(CE(ŷ^I, c^x) + MSE(Gr, I))]."""
+        """Stage 2, no action: γ·[CE(ŷ, c^x) + α·(CE(ŷ^I, c^x) + MSE(Gr, I)) + κ₀·E[in-degree]] (κ₀: B31, 0 in the
+        official loss; not scaled by B25's schedule)."""
         cfg, nodes = self.config, self.flatten_codes(codes_x)
         # official_dropout_draws: both passes see one draw of P, as in the official code; else each draws its own
         features = self.transition.node_features(nodes) if cfg.official_dropout_draws else None
@@ -292,6 +293,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
         r = cfg.renormalised_ce
         ce = losses.code_cross_entropy(out.probs, nodes, r)
         reg = cfg.alpha * (losses.code_cross_entropy(ident.probs, nodes, r) + losses.identity_graph_mse(out.graph))
+        if cfg.base_edge_weight > 0:  # B31: a price per expected edge of the no-action graph
+            reg = reg + cfg.base_edge_weight * losses.expected_in_degree(out.edge_probs)
         return TransitionLosses(loss=cfg.gamma * (ce + reg), ce=ce, regularizer=reg, accuracy=_accuracy(out, nodes),
                                 **_structure_log(out))
 

@@ -79,6 +79,36 @@ def test_structure_scale_multiplies_the_prices_of_edges_only() -> None:
     assert float(full.ce) == float(off.ce)  # the same draws: only the prices moved
 
 
+def test_base_edge_price_adds_kappa0_times_the_no_action_in_degree() -> None:
+    """B31: κ₀ prices the expected in-edges of the no-action graph in the base-mode loss, and its gradient lowers
+    every off-diagonal edge probability's logit; κ₀ = 0 is the official base loss."""
+    torch.manual_seed(0)
+    priced = ModelConfig.tiny(positional_dropout=0.0, base_edge_weight=0.5)
+    model = CausalVQ(priced)
+    codes = torch.randint(0, 8, (4, priced.num_codebooks, priced.grid_size, priced.grid_size))
+
+    def run(config: ModelConfig):
+        model.config = config
+        torch.manual_seed(1)
+        return model.base_losses(codes)
+
+    with_price, official = run(priced), run(dataclasses.replace(priced, base_edge_weight=0.0))
+    edges = losses.expected_in_degree(model.transition(model.flatten_codes(codes), None).edge_probs)
+    assert float(edges) > 0
+    assert float(with_price.regularizer - official.regularizer) == pytest.approx(0.5 * float(edges), rel=1e-5)
+    assert float(with_price.ce) == float(official.ce)
+
+    model.config = priced
+    model.zero_grad()
+    torch.manual_seed(1)
+    probs = model.transition(model.flatten_codes(codes), None).edge_probs
+    grad, = torch.autograd.grad(priced.base_edge_weight * losses.expected_in_degree(probs), probs)
+    off = ~torch.eye(probs.shape[-1], dtype=torch.bool)
+    assert (grad[:, off] > 0).all() and (grad[:, ~off] == 0).all()  # descent lowers every off-diagonal edge
+    with pytest.raises(ValueError, match="base_edge_weight"):
+        ModelConfig.tiny(base_edge_weight=-0.1)
+
+
 def test_structure_schedule_of_the_stage2_recipe() -> None:
     from train.recipes import Stage2Recipe
 
