@@ -58,10 +58,10 @@ class ModelConfig:
     #                           teaches the mask the nodes a step changes; 0 is the official (no such term)
     edge_weight: float = 0.0  # B23: weight κ of the expected in-degree of the action-mode graph, mean_i Σ_j C_ji (a
     #                           constant price per edge, unlike δ's Frobenius norm); 0 is the official (no such term)
-    base_edge_weight: float = 0.0  # B31: weight κ₀ of the expected in-degree of the no-action graph in the base-mode
-    #                                loss, from the first step (B25 does not delay it): copying c^x needs no
-    #                                neighbour, yet its CE gains a little from each, which can fill that graph;
-    #                                0 is the official (only α·MSE(Gr, I) acts on it)
+    base_edge_weight: float = 0.0  # B31: weight κ₀ of the expected in-edges the no-action discoverer gives: of the
+    #                                no-action graph in the base-mode loss, and of the nodes an action keeps (mask
+    #                                0) in the action-mode loss, from the first step (B25 does not delay it); the
+    #                                intervened nodes' rewired in-edges are left to κ; 0 is the official
     edge_budget: float = 0.0  # B26: with κ > 0, each node's first ``edge_budget`` expected in-edges are free and κ
     #                           prices only the ones above, κ·mean_i max(0, Σ_j C_ji − budget); 0 prices every edge
     mask_hidden: int = 0  # B22: hidden width of a mask network p(a, PE_i)[c_i] with one hidden layer, so the

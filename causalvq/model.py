@@ -284,7 +284,8 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
 
     def base_losses(self, codes_x: torch.Tensor) -> TransitionLosses:
         """Stage 2, no action: γ·[CE(ŷ, c^x) + α·(CE(ŷ^I, c^x) + MSE(Gr, I)) + κ₀·E[in-degree]] (κ₀: B31, 0 in the
-        official loss; not scaled by B25's schedule)."""
+        official loss; not scaled by B25's schedule, and ``transition_losses`` prices the same discoverer's edges
+        into the nodes an action keeps)."""
         cfg, nodes = self.config, self.flatten_codes(codes_x)
         # official_dropout_draws: both passes see one draw of P, as in the official code; else each draws its own
         features = self.transition.node_features(nodes) if cfg.official_dropout_draws else None
@@ -301,8 +302,10 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
     def transition_losses(self, codes_x: torch.Tensor, codes_y: torch.Tensor, action: torch.Tensor,
                           structure: float = 1.0) -> TransitionLosses:
         """Stage 2, action: γ·[CE(ŷ, c^y) + β_ct·KL + s·δ·‖Gr‖_F + ε·‖v‖₂ + μ·BCE(p, c^x ≠ c^y) + s·κ·E[in-degree]
-        + ν·CE(ŷ^a, c^y)] (μ: B21, κ: B23, ν: B29; all 0 in the official loss). ŷ^a is the head "intervened by a"
-        alone, on every node: what the node would become were the action to intervene on it.
+        + κ₀·E[in-degree of the kept nodes] + ν·CE(ŷ^a, c^y)] (μ: B21, κ: B23, κ₀: B31, ν: B29; all 0 in the
+        official loss). ŷ^a is the head "intervened by a" alone, on every node: what the node would become were the
+        action to intervene on it. κ₀ prices the no-action discoverer's edges, which the blended graph keeps where
+        the mask is 0; the intervened nodes' rewired in-edges are left to κ.
 
         With ``change_weight`` λ > 0 the CE inside the loss weights the nodes that change by 1 + λ (B20); ``ce``
         still reports the plain mean CE. ``structure`` s scales the two prices of edges, δ and κ (B25: the trainer's
@@ -324,6 +327,9 @@ class CausalVQ(nn.Module, PyTorchModelHubMixin, library_name="causalvq", license
             edges = (losses.in_degree_above(out.edge_probs, cfg.edge_budget) if cfg.edge_budget > 0
                      else losses.expected_in_degree(out.edge_probs))
             reg = reg + structure * cfg.edge_weight * edges
+        if cfg.base_edge_weight > 0:  # B31: the no-action discoverer's edges into the nodes the action keeps
+            kept = out.edge_probs * (1 - self.transition.rewired(out.mask.detach()))  # C on the columns m = 0
+            reg = reg + cfg.base_edge_weight * losses.expected_in_degree(kept)
         if cfg.intervened_weight > 0:  # B29: the intervened head also learns the nodes the step keeps
             # B29b: from a pass over the identity graph, so no edge is paid for by this term
             head = self.transition.intervened_alone(nodes_x, action) if cfg.intervened_own_graph \

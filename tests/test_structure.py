@@ -109,6 +109,29 @@ def test_base_edge_price_adds_kappa0_times_the_no_action_in_degree() -> None:
         ModelConfig.tiny(base_edge_weight=-0.1)
 
 
+def test_base_edge_price_in_the_action_loss_prices_the_kept_nodes_in_edges_only() -> None:
+    """B31 in the action-mode loss: κ₀ times the expected in-edges of the nodes the drawn mask keeps (columns with
+    m = 0, which the no-action discoverer gives); an intervened node's rewired in-edges cost nothing there."""
+    torch.manual_seed(0)
+    priced = ModelConfig.tiny(positional_dropout=0.0, base_edge_weight=0.5)
+    model = CausalVQ(priced)
+    cx, cy, a = _random_steps(priced)
+
+    def run(config: ModelConfig):
+        model.config = config
+        torch.manual_seed(1)
+        return model.transition_losses(cx, cy, a)
+
+    with_price, official = run(priced), run(dataclasses.replace(priced, base_edge_weight=0.0))
+    torch.manual_seed(1)
+    out = model.transition(model.flatten_codes(cx), a, sample=True)
+    kept = (1 - out.mask)[:, None, :]  # (b, 1, n): the columns (targets) the mask keeps
+    assert 0 < float(out.mask.sum()) < out.mask.numel()  # some nodes intervened on, some kept
+    expected = 0.5 * float(losses.expected_in_degree(out.edge_probs * kept))
+    assert float(with_price.regularizer - official.regularizer) == pytest.approx(expected, rel=1e-5)
+    assert expected < 0.5 * float(losses.expected_in_degree(out.edge_probs))  # the rewired in-edges are not priced
+
+
 def test_structure_schedule_of_the_stage2_recipe() -> None:
     from train.recipes import Stage2Recipe
 
