@@ -33,14 +33,14 @@ from train.recipes import load_recipe
 def without_edges(model: CausalVQ, which: str) -> Iterator[None]:
     """Within the block, the discoverers named by ``which`` ("no-action", "action", "both" or "none") give
     probability 0 to every edge."""
+    removed = {"none": (), "no-action": (True,), "action": (False,), "both": (True, False)}[which]  # no-action?
     discoverers = model.transition.discoverers
     forward = discoverers.forward
 
     def drop(P: torch.Tensor, index: torch.Tensor | int, *args, **kwargs) -> torch.Tensor:
         probs = forward(P, index, *args, **kwargs)
-        no_action = isinstance(index, int) and index == 0
-        removed = which == "both" or (which == "no-action") == no_action
-        return torch.zeros_like(probs) if removed and which != "none" else probs
+        no_action = isinstance(index, int) and index == 0  # discoverer 0; the action ones come as a tensor or > 0
+        return torch.zeros_like(probs) if no_action in removed else probs
 
     discoverers.forward = drop
     try:

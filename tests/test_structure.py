@@ -99,7 +99,6 @@ def test_base_edge_price_adds_kappa0_times_the_no_action_in_degree() -> None:
     assert float(with_price.ce) == float(official.ce)
 
     model.config = priced
-    model.zero_grad()
     torch.manual_seed(1)
     probs = model.transition(model.flatten_codes(codes), None).edge_probs
     grad, = torch.autograd.grad(priced.base_edge_weight * losses.expected_in_degree(probs), probs)
