@@ -46,7 +46,7 @@ from causalvq.explore.views import CodeChoices, DoView, LoadedInput  # noqa: E40
 TITLE = "CT-VAE explorer: causal interventions on VQ codes"
 MIN_SLOTS = 8  # factor sliders / menus laid out (extra ones hidden), so a checkpoint switch can relabel them
 NO_ACTION = -1
-GRAPH_OVER = ("all codes (average)", "this input")
+GRAPH_OVER = ("all codes (average)", "this input")  # the graph panel opens on the second: the input's own graph
 GRAPH_VIEWS = ("whole graph", "one node: parents and children")
 DEFAULT_TOP_K = 3  # parents drawn per node when the page opens (the caption says how many edges exist)
 # Page CSS: image labels sit above the picture (the picture shrinks to fit) instead of floating over its top-left
@@ -795,7 +795,7 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                 with gr.Row():
                     action_dd = gr.Dropdown(label="Action", elem_id="graph-action", **specs.action)
                     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Edge threshold")
-                    over = gr.Radio(list(GRAPH_OVER), value=GRAPH_OVER[0], label="Edge probabilities over")
+                    over = gr.Radio(list(GRAPH_OVER), value=GRAPH_OVER[1], label="Edge probabilities over")
                 with gr.Row():
                     view = gr.Radio(list(GRAPH_VIEWS), value=GRAPH_VIEWS[0], label="Draw")
                     top_k = gr.Slider(minimum=0, step=1, label="Parents per node (top-k; 0 = all)", **specs.top_k)

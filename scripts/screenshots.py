@@ -125,7 +125,9 @@ def _open(page: Any, tab: str | None) -> None:
 
 
 # What is cut or covered on the visible part of the page, in blocks that show a picture or take a file: text or a
-# picture reaching outside its block (gradio clips it there), an image label over its picture.
+# picture reaching outside its block (gradio clips it there), an image label over its picture. Text that a scrolling
+# box inside the block (a table's body) holds out of view is scrolled, not cut: it counts only if it reaches outside
+# that box's scroll area.
 LAYOUT_JS = """() => {
   const out = [], r = (e) => e.getBoundingClientRect(), shown = (e) => e.offsetParent !== null && r(e).height > 0;
   const name = (b) => b.id || b.querySelector('[data-testid=block-label]')?.innerText || b.className;
@@ -135,11 +137,23 @@ LAYOUT_JS = """() => {
     if (!shown(b) || !b.querySelector('img, input[type=file]')) continue;
     const box = r(b), texts = document.createTreeWalker(b, NodeFilter.SHOW_TEXT);
     let cut = [...b.querySelectorAll('img')].filter((i) => shown(i) && outside(r(i), box)).length;
+    const scroller = (e) => {
+      for (let a = e; a && a !== b; a = a.parentElement) {
+        const y = getComputedStyle(a).overflowY;
+        if ((y === 'auto' || y === 'scroll') && a.scrollHeight > a.clientHeight) return a;
+      }
+      return null;
+    };
     for (let t = texts.nextNode(); t; t = texts.nextNode()) {
       if (!t.textContent.trim() || !shown(t.parentElement)) continue;
       const range = document.createRange();
       range.selectNodeContents(t);
-      if (outside(range.getBoundingClientRect(), box)) cut += 1;
+      const s = scroller(t.parentElement), e = range.getBoundingClientRect();
+      if (s) {
+        const v = r(s), left = v.left - s.scrollLeft, top = v.top - s.scrollTop;
+        const area = {left, top, right: left + s.scrollWidth, bottom: top + s.scrollHeight};
+        if (outside(e, area) || outside(v, box)) cut += 1;
+      } else if (outside(e, box)) cut += 1;
     }
     if (cut) out.push('cut: ' + name(b) + ' (' + cut + ' pictures or texts)');
     const label = b.querySelector('[data-testid=block-label]'), img = b.querySelector('img');

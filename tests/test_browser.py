@@ -68,6 +68,7 @@ def test_browser_tour_of_every_panel(app_url: str, tmp_path: Path) -> None:
     assert "Extrapolation" in seen.extrapolation and "shape" in seen.extrapolation
     # 4-7. every panel answered
     assert "object_hue +" in seen.graph_text
+    assert "this input's codes" in seen.graph_text  # the panel opens on the input's own graph
     assert seen.retrieval_text
     assert seen.traversal_shown
     assert seen.maps_changed, "the factor map did not change with the action"
@@ -182,3 +183,33 @@ def test_browser_checkpoint_switch_follows_the_dataset(two_checkpoints, tmp_path
             raise
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_layout_rule_flags_clipped_text_and_spares_a_scrolled_table() -> None:
+    """``LAYOUT_JS`` on a hand-built page: text that overflows its block is cut; rows a scrolling table body holds
+    out of view are not, and neither is a block whose text fits."""
+    reason = screenshots.missing()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    rows = "".join(f"<tr><td>row {i}</td></tr>" for i in range(40))
+    html = f"""<html><body>
+      <div class="block" id="clipped" style="width:200px;height:60px;overflow:hidden">
+        <img src="data:," style="width:10px;height:10px"><p style="margin-top:80px">below the block</p></div>
+      <div class="block" id="scrolled" style="width:200px;height:200px">
+        <img src="data:," style="width:10px;height:10px">
+        <div style="max-height:120px;overflow-y:auto"><table>{rows}</table></div></div>
+      <div class="block" id="fits" style="width:200px;height:80px"><img src="data:," style="width:10px;height:10px">
+        <p>inside</p></div>
+    </body></html>"""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=screenshots.CHROMIUM, args=screenshots.ARGS)
+        try:
+            page = browser.new_page()
+            page.set_content(html)
+            problems = page.evaluate(screenshots.LAYOUT_JS)
+        finally:
+            browser.close()
+    assert problems == ["cut: clipped (1 pictures or texts)"]
