@@ -415,6 +415,29 @@ class Handlers:
         return heat, net, text, table
 
     @_friendly
+    def graph_focus(self, session: Session, action: int | None, threshold: float, over: str,
+                    view: str = GRAPH_VIEWS[0], top_k: float = DEFAULT_TOP_K, node: int | None = 0) -> tuple:
+        """The graph panel opened or its action or source changed: ``graph``'s outputs on the node the ego table
+        and do() should show (``edges.focus_node``: the picked node while it is intervened on and has an edge,
+        else the intervened node with the most edges), the node picker moved there, and its do() codes."""
+        ex = self.explorer(session)
+        act = None if action is None or int(action) == NO_ACTION else int(action)
+        codes = session.input.codes if session.input is not None else None
+        if over == GRAPH_OVER[1] and codes is None:
+            raise gr.Error("Load an image first to see the graph of this input, or choose 'all codes'.")
+        g = ex.graph(act, codes if over == GRAPH_OVER[1] else None)  # kept: ``graph`` below reuses it
+        current = int(node) if node is not None else 0
+        focus = edges.focus_node(g.adjacency, float(threshold), current, g.intervened)
+        return (*self.graph(session, action, threshold, over, view, top_k, focus), gr.update(value=focus),
+                self.code_choices(session, focus))
+
+    @_friendly
+    def graph_node(self, session: Session, action: int | None, threshold: float, over: str,
+                   view: str = GRAPH_VIEWS[0], top_k: float = DEFAULT_TOP_K, node: int | None = 0) -> tuple:
+        """A node was picked: ``graph``'s outputs on it and its do() codes, in one event."""
+        return (*self.graph(session, action, threshold, over, view, top_k, node), self.code_choices(session, node))
+
+    @_friendly
     def code_choices(self, session: Session, node: int | None) -> dict:
         """The do() codebook entries for ``node``: the codes it takes in the dataset, most frequent first."""
         if node is None:
@@ -702,7 +725,7 @@ def widget_specs(ex: Explorer | None, slots: int) -> WidgetSpecs:
         code=dict(choices=[(str(c), c) for c in range(cfg.codebook_size)], value=0),  # ordered on the graph tab
         top_k=dict(maximum=cfg.num_nodes - 1, value=min(DEFAULT_TOP_K, cfg.num_nodes - 1)),
         action=dict(choices=[("no action", NO_ACTION), *[(n, i) for i, n in enumerate(ex.action_names)]],
-                    value=NO_ACTION),
+                    value=0),  # an action: its intervened nodes and rewired in-edges are what the panel is for
         steps=dict(maximum=max(1, min(8, max(ex.max_steps))), value=min(3, max(ex.max_steps))),
         random=dict(interactive=ex.dataset is not None),
         map_action=dict(choices=[(n, i) for i, n in enumerate(ex.action_names)], value=0))
@@ -791,7 +814,9 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
             with gr.Tab("4. Causal graph", elem_id="panel-graph") as graph_tab:
                 gr.Markdown("Which nodes feed which. Pick an action to see the nodes it intervenes on (red) and the "
                             "in-edges it rewires; raise the threshold or lower top-k to keep the strongest edges. "
-                            "Below, set one node's code yourself and see what the graph passes on.")
+                            "The node menu moves to the intervened node with the most edges: the table lists its "
+                            "parents and children. Below, set one node's code yourself and see what the graph "
+                            "passes on.")
                 with gr.Row():
                     action_dd = gr.Dropdown(label="Action", elem_id="graph-action", **specs.action)
                     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Edge threshold")
@@ -895,12 +920,18 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         reset_btn.click(h.reset, [session], [*sliders, result_img, result_grid, truth_img, truth_md, result_md],
                         api_name="reset")
 
-        graph_inputs = [session, action_dd, threshold, over, view, top_k, node_dd]
-        gr.on([graph_tab.select, action_dd.input, threshold.release, over.input, view.input, top_k.release,
-               node_dd.input], h.graph, graph_inputs, [heat_plot, net_plot, graph_md, ego_table], api_name="graph",
-              trigger_mode="always_last", **FIGURES)
-        gr.on([graph_tab.select, node_dd.input], h.code_choices, [session, node_dd], [code_dd],
-              api_name="code_choices", trigger_mode="always_last")
+        # one event each: the drawing's settings redraw; opening the panel or changing its action or source also
+        # moves the node picker onto a node the action intervenes on; picking a node also offers its do() codes
+        graph_inputs, graph_outputs = [session, action_dd, threshold, over, view, top_k, node_dd], [
+            heat_plot, net_plot, graph_md, ego_table]
+        gr.on([threshold.release, view.input, top_k.release], h.graph, graph_inputs, graph_outputs,
+              api_name="graph", trigger_mode="always_last", **FIGURES)
+        gr.on([graph_tab.select, action_dd.input, over.input], h.graph_focus, graph_inputs,
+              [*graph_outputs, node_dd, code_dd], api_name="graph_focus", trigger_mode="always_last", **FIGURES)
+        node_dd.input(h.graph_node, graph_inputs, [*graph_outputs, code_dd], api_name="graph_node",
+                      trigger_mode="always_last", **FIGURES)
+        gr.Button(visible=False).click(h.code_choices, [session, node_dd], [code_dd],
+                                       api_name="code_choices")  # the do() codes alone, for API callers
         do_btn.click(h.do, [session, node_dd, code_dd], [do_img, do_grid, do_plot, do_md], api_name="do", **FIGURES)
 
         pair_btn.click(h.pair_from_sliders, [session, *sliders], [x_img, y_img], api_name="pair_from_sliders")

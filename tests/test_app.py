@@ -22,7 +22,7 @@ from causalvq.model import CausalVQ
 
 ENDPOINTS = {"/load_image", "/sample_random", "/sample_factors", "/slide", "/ground_truth", "/reset", "/graph",
              "/do", "/pair_from_sliders", "/upload_x", "/upload_y", "/retrieve", "/traverse", "/checkpoint",
-             "/factor_maps", "/code_choices"}
+             "/factor_maps", "/code_choices", "/graph_focus", "/graph_node"}
 F = len(SHAPES3D_FACTORS)
 
 
@@ -102,6 +102,10 @@ def test_graph_do_retrieval_traversal_endpoints(client: Client, server) -> None:
     assert "Intervened nodes" in text and "Node 3 has" in text
     parents = int(text.split("Node 3 has ")[1].split(" parent")[0])
     assert sum(r[0].startswith("parent") for r in table["data"]) == parents  # the table lists them all
+    *_, text, table, node, codes = client.predict(2, 0.3, app.GRAPH_OVER[1], app.GRAPH_VIEWS[0], 0, 3,
+                                                  api_name="/graph_focus")  # the node picker follows the action
+    node = node["value"]
+    assert f"Table: node {node}'s" in text and codes["value"] == explorer.code_choices(node).codes[0]
     update, want = client.predict(3, api_name="/code_choices"), explorer.code_choices(3)
     assert [c for _, c in update["choices"]] == list(want.codes) and update["value"] == want.codes[0]  # most frequent
     image, grid, plot, text = client.predict(3, 1, api_name="/do")

@@ -43,7 +43,7 @@ from causalvq.explore.drawing import (
     save_traversal,
     traversal_grid,
 )
-from causalvq.explore.edges import describe_selection, ego_rows, select_edges
+from causalvq.explore.edges import describe_selection, ego_rows, focus_node, select_edges
 from causalvq.explore.explorer import Explorer
 from causalvq.explore.images import InputError, display_image, read_image_file, to_model_input, to_uint8_image
 from causalvq.explore.views import DomainCheck
@@ -350,6 +350,22 @@ def test_top_k_parents_per_node(explorer: Explorer) -> None:
         fig = graph_network(sel, explorer.config)
         assert _arrows(fig) == _title_count(fig) == len(sel) <= k * n
         assert f"{k} most probable parent" in describe_selection(sel)
+
+
+def test_focus_node_prefers_an_intervened_node_with_edges() -> None:
+    n, t = 6, 0.5
+    adj = np.zeros((n, n))
+    adj[0, 3] = adj[1, 3] = adj[2, 4] = 0.9  # node 3: two parents; node 4: one; nodes 0-2: one child each
+    adj[5, 5] = 1.0  # a self-loop is not an edge
+    intervened = np.array([False, False, False, True, True, True])
+    assert focus_node(adj, t, 0, intervened) == 3  # off the mask: the intervened node with the most edges
+    assert focus_node(adj, t, 4, intervened) == 4  # the picked node stays while it is intervened and has an edge
+    assert focus_node(adj, t, 5, intervened) == 3  # intervened but edgeless (its self-loop does not count)
+    assert focus_node(adj, 0.95, 4, intervened) == 4  # no edge anywhere: an intervened pick stays
+    assert focus_node(adj, 0.95, 0, intervened) == 3  # ... else the first intervened node
+    assert focus_node(adj, t, 5, None) == 3  # no action: every node is a candidate (3 has 2 edges, 0-2 one)
+    assert focus_node(adj, t, 1, np.zeros(n, bool)) == 1  # an empty mask: every node; node 1 has an edge
+    assert focus_node(adj, t, 5, np.zeros(n, bool)) == 3
 
 
 def test_ego_view_and_table(explorer: Explorer) -> None:
@@ -834,6 +850,17 @@ def test_handlers_graph_do_retrieval_traversal(handlers: app.Handlers, explorer:
     assert f"**Drawn: {len(ego)}**" in text and f"Node 6 has {ego.parents_above} parent(s)" in text
     with pytest.raises(gr.Error, match="Load an image first"):
         handlers.graph(app.Session(checkpoint=explorer.source), 2, 0.3, app.GRAPH_OVER[1])
+    # the panel opened or its action changed: the node picker moves onto the intervened node with the most edges,
+    # and its do() codes come in the same event
+    heat, net, text, table, node, codes = handlers.graph_focus(session, 4, 0.3, app.GRAPH_OVER[1], app.GRAPH_VIEWS[0],
+                                                               3, 0)
+    focus = focus_node(g.adjacency, 0.3, 0, g.intervened)
+    assert node["value"] == focus and (not marked.any() or marked[focus])
+    assert f"Table: node {focus}'s" in text
+    assert codes["value"] == explorer.code_choices(focus).codes[0]
+    assert [c for _, c in codes["choices"]] == list(explorer.code_choices(focus).codes)
+    *_, text, table, codes = handlers.graph_node(session, 4, 0.3, app.GRAPH_OVER[1], app.GRAPH_VIEWS[1], 0, 9)
+    assert "Node 9 has" in text and [c for _, c in codes["choices"]] == list(explorer.code_choices(9).codes)
     image, grid, fig, text = handlers.do(session, 3, 1)
     assert image.ndim == 3 and grid.ndim == 3 and isinstance(fig, Figure) and text.startswith("do(node 3")
     x, y = handlers.pair_from_sliders(session, 0, 0, 1, 0, 0, 0, *([0] * (handlers.slots - F)))

@@ -96,6 +96,26 @@ def select_edges(adjacency: np.ndarray, threshold: float, top_k: int = 0, node: 
         children_above=int(above[node].sum()) if node is not None else 0)
 
 
+def focus_node(adjacency: np.ndarray, threshold: float, current: int, intervened: np.ndarray | None = None) -> int:
+    """The node the ego view and do() should open on: ``current`` when it is a candidate with an edge above
+    ``threshold``, else the candidate with the most parents and children above it (ties: the lower index).
+
+    Candidates are the ``intervened`` nodes (bool `(n,)`) when there are any, else every node. A node with no
+    edge shows an empty table and a do() that cannot propagate, so a panel moves off it; when no candidate has an
+    edge, ``current`` stays if it is a candidate, else the first candidate.
+    """
+    adj = np.asarray(adjacency, dtype=np.float64)
+    n = adj.shape[0]
+    above = (adj > threshold) & ~np.eye(n, dtype=bool)  # (n, n)
+    degree = above.sum(0) + above.sum(1)  # (n,) parents + children
+    candidate = np.ones(n, bool) if intervened is None or not np.any(intervened) else np.asarray(intervened, bool)
+    if 0 <= current < n and candidate[current] and degree[current] > 0:
+        return int(current)
+    if not (degree * candidate).any():
+        return int(current) if 0 <= current < n and candidate[current] else int(np.flatnonzero(candidate)[0])
+    return int(np.argmax(np.where(candidate, degree, -1)))  # argmax: the first of the ties
+
+
 def ego_rows(selection: EdgeSelection, where: Callable[[int], str]) -> list[list]:
     """The ego table: one row per selected edge of the node (parents first, then children, strongest first),
     columns ``EGO_COLUMNS``; ``where(i)`` names node i's place (codebook, row, column)."""
