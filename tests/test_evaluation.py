@@ -172,13 +172,13 @@ def test_intervention_without_pairs_is_none(model, dataset):
 # --- metric meaning ---------------------------------------------------------------------------------------------
 def test_oracle_scores_one(model, dataset, monkeypatch):
     oracle = make_oracle(model, dataset, monkeypatch)
-    report = evaluate_model(oracle, dataset, num_images=8, num_pairs=120, max_steps=5, disentanglement=False)
+    report = evaluate_model(oracle, dataset, num_images=8, num_pairs=48, max_steps=5, disentanglement=False)
     assert report.retrieval.action_accuracy == 1.0 and report.retrieval.factor_accuracy == 1.0
     assert all(v == 1.0 for v in report.retrieval.per_factor_action_accuracy.values())
-    assert np.trace(np.asarray(report.retrieval.confusion)) == report.retrieval.num_pairs == 120
+    assert np.trace(np.asarray(report.retrieval.confusion)) == report.retrieval.num_pairs == 48
     assert [r.steps for r in report.intervention] == [1, 2, 3, 4, 5]
     for r in report.intervention:
-        assert r.num_pairs == 120 and r.accuracy == 1.0 and r.mse == 0.0
+        assert r.num_pairs == 48 and r.accuracy == 1.0 and r.mse == 0.0
         assert all(v == 1.0 for v in r.per_factor_accuracy.values())
         assert 0.0 < r.chance < 0.5
 

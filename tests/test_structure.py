@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from causalvq import losses
 from causalvq.config import ModelConfig
-from causalvq.metrics.structure import in_degree, mask_scores, propagation_scores
+from causalvq.metrics.structure import in_degree, in_degree_by_mask, mask_scores, propagation_scores
 from causalvq.model import CausalVQ
 
 
@@ -176,6 +176,22 @@ def test_in_degree_excludes_self_loops() -> None:
     chain = torch.zeros(1, n, n)
     chain[0, 0, 1] = chain[0, 1, 2] = chain[0, 2, 3] = 1.0  # 0 → 1 → 2 → 3: three edges over four nodes
     assert float(in_degree(chain > 0.5)) == pytest.approx(3 / 4)
+
+
+def test_in_degree_by_mask_splits_the_in_edges_between_intervened_and_kept_nodes() -> None:
+    n = 4
+    g = torch.zeros(2, n, n, dtype=torch.bool)
+    g[0, 0, 1] = g[0, 2, 1] = g[0, 3, 1] = True  # graph 0: three in-edges into node 1
+    g[0, 1, 1] = True  # a self-loop does not count
+    g[1, 0, 3] = True  # graph 1: one in-edge into node 3
+    mask = torch.tensor([[False, True, False, False], [False, True, False, False]])
+    inside, outside = in_degree_by_mask(g, mask)
+    assert inside == pytest.approx((3 + 0) / 2)  # node 1 of each graph: 3 and 0 in-edges
+    assert outside == pytest.approx((0 + 1) / 6)  # the other 6 nodes: one in-edge into node 3 of graph 1
+    assert (inside * 2 + outside * 6) / (2 * n) == pytest.approx(float(in_degree(g).mean()))  # the split of the mean
+    assert in_degree_by_mask(g, torch.zeros(2, n, dtype=torch.bool)) == (None, pytest.approx(4 / 8))  # no mask
+    with pytest.raises(ValueError):
+        in_degree_by_mask(g, mask[:, :3])
 
 
 def test_propagation_scores_on_known_interventions() -> None:
@@ -484,11 +500,13 @@ def test_evaluate_structure_reads_the_models_masks_and_graphs() -> None:
     s = evaluate_structure(everything, cx, cy, a, names, np.random.default_rng(0), batch_size=5)
     assert s.mask.recall == 1.0 and s.mask.precision == pytest.approx(2 / n) and s.mask.empty_share == 0.0
     assert s.action_in_degree == n - 1 and s.no_action_in_degree == n - 1
+    assert s.action_in_degree_intervened == n - 1 and s.action_in_degree_kept is None  # every node intervened
     assert s.propagation.num_interventions == len(a)
     nothing = _forced(mask_logit=-20.0, edge_logit=-20.0)
     s = evaluate_structure(nothing, cx, cy, a, names, np.random.default_rng(0))
     assert s.mask.recall == 0.0 and s.mask.precision is None and s.mask.empty_share == 1.0
     assert s.action_in_degree == 0.0 and s.no_action_in_degree == 0.0
+    assert s.action_in_degree_intervened is None and s.action_in_degree_kept == 0.0  # nothing intervened
     # no edges: a node's output depends on its own code only, so do() on one node cannot move another
     assert s.propagation.propagating_share == 0.0 and s.propagation.changed_nodes == 0.0
     assert set(s.per_factor_mask) == set(names)
@@ -596,3 +614,7 @@ def test_structure_in_words_says_what_the_figures_say() -> None:
     assert "cells around it" not in sparse  # no B28 context: not mentioned
     with_context = structure_in_words(_structure(21.7, 22.8, 0.85, 0.67, 0.0), ("hue", "shape"), 64, context=2)
     assert "the 5×5 cells around it" in with_context and "(B28)" in with_context
+    assert "into each node the action intervenes on" not in sparse  # an eval.json without the split: not invented
+    split = structure_in_words(dataclasses.replace(_structure(10.0, 12.0, 0.9, 3.0, 0.0), action_in_degree_intervened=
+                                                   19.2, action_in_degree_kept=0.0), ("hue", "shape"), 64)
+    assert "3.00 in-edges per node" in split and "(19.20 into each node the action intervenes on, 0.00 into" in split

@@ -251,7 +251,8 @@ def format_markdown(report: EvalReport) -> str:
               "of the changed nodes intervened on (both pooled over pairs); `mask.size_ratio` = mean mask size / "
               "mean changed nodes; `mask.empty_share` = share of pairs with an empty mask; `in_degree` = in-edges "
               "per node of the deterministic graph (edge probability > 0.5, self-loops excluded) under the pair's "
-              "action and with no action; `do`: for each pair that changes a node, one changed node (uniform, "
+              "action (`.intervened_nodes` / `.kept_nodes`: per node inside / outside the pair's mask) and with no "
+              "action; `do`: for each pair that changes a node, one changed node (uniform, "
               "seeded) is set to its code in y, do(i = c^y_i), and the no-action pass predicts the rest, compared "
               "with the same pass on x unedited: `propagating_share` = share of these interventions that change "
               "another node, `changed_nodes` = "
@@ -402,6 +403,8 @@ def _structure_rows(st: StructureResult, names: tuple[str, ...], pairs: dict[str
         out += [MetricRow(f"structure.mask.{key}.{name}", getattr(f, key), None, f.num_pairs)
                 for key in ("precision", "recall", "size_ratio", "empty_share")]
     out += [MetricRow("structure.in_degree.action", st.action_in_degree, None, n),
+            MetricRow("structure.in_degree.action.intervened_nodes", st.action_in_degree_intervened, None, n),
+            MetricRow("structure.in_degree.action.kept_nodes", st.action_in_degree_kept, None, n),
             MetricRow("structure.in_degree.no_action", st.no_action_in_degree, None, n)]
     out += [MetricRow(f"structure.in_degree.action.{name}", st.per_factor_action_in_degree[name], None, pairs[name])
             for name in names]
@@ -435,8 +438,12 @@ def structure_in_words(st: StructureResult, factor_names: Sequence[str], num_nod
              if n in st.per_factor_mask and st.per_factor_mask[n].num_pairs]
     if sizes and not dense:
         out.append("Nodes intervened on per factor: " + ", ".join(f"{n} {s:.1f}" for s, n in sizes) + ".")
-    out.append(f"The graph keeps {st.action_in_degree:.2f} in-edges per node (probability above 0.5) under an action "
-               f"and {st.no_action_in_degree:.2f} without one.")
+    split = ""
+    if st.action_in_degree_intervened is not None and st.action_in_degree_kept is not None:
+        split = (f" ({st.action_in_degree_intervened:.2f} into each node the action intervenes on, "
+                 f"{st.action_in_degree_kept:.2f} into each other node)")
+    out.append(f"The graph keeps {st.action_in_degree:.2f} in-edges per node (probability above 0.5) under an action"
+               f"{split} and {st.no_action_in_degree:.2f} without one.")
     if context:
         side = 2 * context + 1
         out.append(f"An intervened node's new code also reads the codes of the {side}×{side} cells around it, through "

@@ -86,6 +86,18 @@ def in_degree(graph: torch.Tensor) -> torch.Tensor:
     return off.double() / graph.shape[1]
 
 
+def in_degree_by_mask(graph: torch.Tensor, mask: torch.Tensor) -> tuple[float | None, float | None]:
+    """Mean in-degree of the intervened nodes and of the kept ones, pooled over graphs, self-loops excluded:
+    bool or 0/1 graphs `(b, n, n)` (row = source) and masks `(b, n)` → (intervened, kept); ``None`` where no node
+    is in that group. Under an action the rewired in-edges sit on the intervened nodes, so the two say where the
+    graph's edges are, which the mean over every node (``in_degree``) hides."""
+    if graph.ndim != 3 or graph.shape[1] != graph.shape[2] or mask.shape != graph.shape[:2]:
+        raise ValueError(f"graph must be (b, n, n) and mask (b, n), got {tuple(graph.shape)}, {tuple(mask.shape)}")
+    g, m = graph.bool(), mask.bool()
+    per_node = (g.sum(1) - g.diagonal(dim1=1, dim2=2).long()).double()  # (b, n) in-edges of each target node
+    return _ratio(per_node[m], m.double()), _ratio(per_node[~m], (~m).double())
+
+
 def propagation_scores(before: torch.Tensor, after: torch.Tensor, node: torch.Tensor,
                        reference: torch.Tensor) -> PropagationScores:
     """How far hard interventions propagate through the graph.
@@ -123,6 +135,8 @@ class StructureResult:
     per_factor_action_in_degree: dict[str, float | None]
     propagation: PropagationScores
     per_factor_propagation: dict[str, PropagationScores]
+    action_in_degree_intervened: float | None = None  # in-edges per intervened node under the pair's action
+    action_in_degree_kept: float | None = None  # in-edges per node the action does not intervene on
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StructureResult:
@@ -133,7 +147,9 @@ class StructureResult:
                    per_factor_action_in_degree=dict(data["per_factor_action_in_degree"]),
                    propagation=PropagationScores(**data["propagation"]),
                    per_factor_propagation={k: PropagationScores(**v)
-                                           for k, v in data["per_factor_propagation"].items()})
+                                           for k, v in data["per_factor_propagation"].items()},
+                   action_in_degree_intervened=data.get("action_in_degree_intervened"),  # absent before 2026-12-07
+                   action_in_degree_kept=data.get("action_in_degree_kept"))
 
 
 def evaluate_structure(model: CausalVQ, codes_x: torch.Tensor, codes_y: torch.Tensor, actions: torch.Tensor,
@@ -155,7 +171,7 @@ def evaluate_structure(model: CausalVQ, codes_x: torch.Tensor, codes_y: torch.Te
     """
     was_training = model.training
     model.eval()
-    masks, action_deg, base_deg, base_codes = [], [], [], []
+    masks, graphs, action_deg, base_deg, base_codes = [], [], [], [], []
     try:
         with torch.no_grad():
             for s in range(0, len(actions), batch_size):
@@ -163,6 +179,7 @@ def evaluate_structure(model: CausalVQ, codes_x: torch.Tensor, codes_y: torch.Te
                 t = model.transition_codes(cx, a, sample=False)
                 masks.append(t.mask.cpu())
                 action_deg.append(in_degree(t.graph).cpu())
+                graphs.append(t.graph.bool().cpu())
                 base = model.transition_codes(cx, None, sample=False)
                 base_deg.append(in_degree(base.graph).cpu())
                 base_codes.append(model.flatten_codes(base.codes).cpu())
@@ -176,6 +193,7 @@ def evaluate_structure(model: CausalVQ, codes_x: torch.Tensor, codes_y: torch.Te
     finally:
         model.train(was_training)
     mask, action_deg, base_deg = torch.cat(masks), torch.cat(action_deg), torch.cat(base_deg)
+    split_deg = in_degree_by_mask(torch.cat(graphs), mask > 0.5)  # (intervened, kept)
     predicted = torch.cat(base_codes)[torch.tensor(rows, dtype=torch.long)]  # (r, n) no-action pass on x
     after = torch.cat(after) if after else torch.zeros(0, nx.shape[1], dtype=torch.long)
     rows_t = torch.tensor(rows, dtype=torch.long)
@@ -189,6 +207,8 @@ def evaluate_structure(model: CausalVQ, codes_x: torch.Tensor, codes_y: torch.Te
         no_action_in_degree=float(base_deg.mean()),
         per_factor_action_in_degree={name: float(action_deg[sel].mean()) if bool(sel.any()) else None
                                      for name, sel in by.items()},
+        action_in_degree_intervened=split_deg[0],
+        action_in_degree_kept=split_deg[1],
         propagation=propagation_scores(predicted, after, nodes, ny[rows_t]),
         per_factor_propagation={name: propagation_scores(predicted[sel], after[sel], nodes[sel], ny[rows_t][sel])
                                 for name, sel in by_do.items()},
