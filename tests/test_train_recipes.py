@@ -82,7 +82,8 @@ def test_cpu_dsprites_recipe_builds_a_64px_greyscale_model_on_an_8x8_grid():
         1.0, 5.0, 64, 0.001, 0.0)
     assert (config.mask_context, config.intervention_context, config.intervened_weight,
             config.intervened_own_graph, config.patch_codes) == (1, 2, 1.0, True, False)
-    assert (recipe.stage1.steps, recipe.stage2.steps) == (3000, 9000)
+    assert (recipe.stage1.steps, recipe.stage2.steps, recipe.stage2.lr_decay_every) == (3000, 14000, 1003)
+    assert config.base_edge_weight == 0.01  # B31
     assert (recipe.stage1.output_bias, recipe.stage1.restart_every, recipe.stage1.restart_until) == (True, 1, 1000)
     x = render_images(dataset, dataset.sample_factors(2, np.random.default_rng(0)), config.image_size)
     assert x.shape == (2, 1, 64, 64) and 0 <= float(x.min()) < float(x.max()) <= 1
