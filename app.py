@@ -669,7 +669,8 @@ def do_explanation(view: DoView, config: Any) -> str:
         children = np.flatnonzero(view.graph[i])
         if not len(children):
             text = head + (f"no other node changed, because no node has node {i} as a parent above 0.5 (the "
-                           "threshold the pass uses, on the edited grid): the new code reaches no other node.")
+                           "threshold the pass uses, on the edited grid): the new code reaches no other node. do() "
+                           "uses the graph without an action, not the chosen action's graph drawn above.")
         else:
             j = int(children[np.argmax(view.edge_probs[i, children])])
             text = head + (f"no other node changed: node {i} is a parent of {len(children)} node(s) above 0.5 "

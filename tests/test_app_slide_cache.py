@@ -233,8 +233,10 @@ def test_a_move_computes_nothing_for_hidden_panels(model: CausalVQ) -> None:
     slide = fns["slide"]
     assert {tab(demo.blocks[b]) for b, _ in slide.targets} == {"panel-interventions"}
     assert {tab(c) for c in slide.outputs} == {"panel-interventions"}
-    for name, tab_id in (("graph", "panel-graph"), ("factor_maps", "panel-maps")):
+    for name, tab_id in (("graph_focus", "panel-graph"), ("factor_maps", "panel-maps")):
         events = {(tab(demo.blocks[b]), e) for b, e in fns[name].targets}
         assert (tab_id, "select") in events and all(t == tab_id for t, _ in events), name
+    for name in ("graph", "graph_node"):  # the graph's other events: its own widgets only
+        assert all(tab(demo.blocks[b]) == "panel-graph" for b, _ in fns[name].targets), name
     for name in ("traverse", "retrieve", "do"):
         assert {e for _, e in fns[name].targets} == {"click"}, name
