@@ -373,22 +373,26 @@ class Handlers:
         return (*([0] * self.slots), display_image(inp.reconstruction), self._grid(ex, inp.codes), truth, text, "")
 
     # --- 4. causal graph ---
-    @_friendly
-    def graph(self, session: Session, action: int | None, threshold: float, over: str, view: str = GRAPH_VIEWS[0],
-              top_k: float = DEFAULT_TOP_K, node: int | None = 0) -> tuple:
-        """Heat map, node–link drawing, caption and ego table of the learned graph for no action or one action
-        (at most one model call: ``Explorer.graph`` keeps the graphs it computed)."""
+    def _graph_view(self, session: Session, action: int | None, over: str) -> tuple:
+        """(explorer, action or None, the input's codes or None, ``Explorer.graph``'s view) for a graph event."""
         ex = self.explorer(session)
         act = None if action is None or int(action) == NO_ACTION else int(action)
         codes = session.input.codes if session.input is not None else None
         if over == GRAPH_OVER[1] and codes is None:
             raise gr.Error("Load an image first to see the graph of this input, or choose 'all codes'.")
+        return ex, act, codes, ex.graph(act, codes if over == GRAPH_OVER[1] else None)
+
+    @_friendly
+    def graph(self, session: Session, action: int | None, threshold: float, over: str, view: str = GRAPH_VIEWS[0],
+              top_k: float = DEFAULT_TOP_K, node: int | None = 0) -> tuple:
+        """Heat map, node–link drawing, caption and ego table of the learned graph for no action or one action
+        (at most one model call: ``Explorer.graph`` keeps the graphs it computed)."""
+        ex, act, codes, g = self._graph_view(session, action, over)
         if node is None:
             raise gr.Error("Choose a node.")
         if not 0 <= int(node) < ex.config.num_nodes:
             raise gr.Error(f"Choose a node between 0 and {ex.config.num_nodes - 1}, got {node}.")
         t, k, node = float(threshold), int(round(float(top_k or 0))), int(node)
-        g = ex.graph(act, codes if over == GRAPH_OVER[1] else None)
         adj, marked = g.adjacency, g.intervened
         name = "no action" if act is None else f"action “{ex.action_names[act]}”"
         ego = edges.select_edges(adj, t, k, node, g.rewired)
@@ -420,12 +424,7 @@ class Handlers:
         """The graph panel opened or its action or source changed: ``graph``'s outputs on the node the ego table
         and do() should show (``edges.focus_node``: the picked node while it is intervened on and has an edge,
         else the intervened node with the most edges), the node picker moved there, and its do() codes."""
-        ex = self.explorer(session)
-        act = None if action is None or int(action) == NO_ACTION else int(action)
-        codes = session.input.codes if session.input is not None else None
-        if over == GRAPH_OVER[1] and codes is None:
-            raise gr.Error("Load an image first to see the graph of this input, or choose 'all codes'.")
-        g = ex.graph(act, codes if over == GRAPH_OVER[1] else None)  # kept: ``graph`` below reuses it
+        g = self._graph_view(session, action, over)[3]  # kept by the explorer: ``graph`` below reuses it
         current = int(node) if node is not None else 0
         focus = edges.focus_node(g.adjacency, float(threshold), current, g.intervened)
         return (*self.graph(session, action, threshold, over, view, top_k, focus), gr.update(value=focus),
