@@ -68,8 +68,11 @@ class MultiCodebookQuantizer(nn.Module):
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
             raise ValueError(f"code indices must lie in [0, {self.codebook_size}), "
                              f"got [{int(indices.min())}, {int(indices.max())}]")
-        k = torch.arange(self.num_codebooks, device=indices.device)[None, :, None, None]
-        q = self.codebooks[k, indices]  # (b, k, h, w, d)
+        # one table of K·N rows: codebook k's code i is row k·N + i. F.embedding's backward sums the gradient in a
+        # fixed order; advanced indexing's (index_put_ with accumulate) does not on several CPU threads, which made
+        # two runs of one recipe drift apart from the first steps
+        offsets = torch.arange(self.num_codebooks, device=indices.device)[None, :, None, None] * self.codebook_size
+        q = F.embedding(indices + offsets, self.codebooks.flatten(0, 1))  # (b, k, h, w, d)
         return rearrange(q, "b k h w d -> b (k d) h w")
 
     def forward(self, z: torch.Tensor, indices: torch.Tensor | None = None) -> Quantized:

@@ -102,6 +102,32 @@ def test_straight_through_gradient_is_identity() -> None:
     torch.testing.assert_close(out.quantized, q.lookup(out.indices), rtol=0, atol=1e-6)
 
 
+def test_codebook_gradient_is_the_same_on_every_run() -> None:
+    """Two runs of one recipe on several CPU threads must train the same model: the codebook lookup's backward
+    sums each code's gradient in a fixed order (advanced indexing's accumulate did not, and runs drifted apart)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        q = CausalVQ(ModelConfig.tiny()).quantizer
+        indices = torch.randint(0, 4, (64, q.num_codebooks, 8, 8))  # few codes: many rows add into each
+        weight = torch.randn(64, q.num_codebooks * q.code_dim, 8, 8)
+        grads = []
+        for _ in range(8):
+            q.codebooks.grad = None
+            (q.lookup(indices) * weight).sum().backward()
+            grads.append(q.codebooks.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    expected = torch.zeros_like(q.codebooks)  # and it is the gradient: each code gets the sum over its uses
+    w = weight.unflatten(1, (q.num_codebooks, q.code_dim)).movedim(2, -1).double()  # (b, k, h, w, d)
+    for k in range(q.num_codebooks):
+        for v in range(4):
+            expected[k, v] = w[:, k][indices[:, k] == v].sum(0).float()
+    torch.testing.assert_close(grads[0], expected, rtol=1e-5, atol=1e-4)
+
+
 def test_hard_samples_are_exactly_binary_with_gradient() -> None:
     p = torch.rand(1000, requires_grad=True)
     for sample in (True, False):

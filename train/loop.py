@@ -7,7 +7,10 @@ owns everything else:
 - **Determinism.** Step ``t`` draws its batch from two generators, ``shared`` (the same on every process: e.g.
   the stage-2 batch's use) and ``local`` (one per rank: the samples), both seeded by ``(seed, stage, t)``, and
   reseeds torch's global generator from ``(seed, stage, t, rank)`` (Gumbel noise, dropout). Training is thus a
-  pure function of (recipe, seed, step): resuming from a checkpoint continues bit for bit.
+  pure function of (recipe, seed, step) on one machine, thread count and device: resuming from a checkpoint
+  continues bit for bit, and two runs of one recipe train the same model. (CPU kernels sum in an order that
+  depends on the thread count; ops whose backward accumulates in a racy order, such as advanced-indexing
+  ``index_put_``, are kept out of the model: ``MultiCodebookQuantizer.lookup``.)
 - **Prefetch.** Because a batch depends only on its step, ``data.prefetch`` threads can draw (render) the next
   batches while the model trains; the result does not depend on their number.
 - **Checkpoints** every ``checkpoint_every`` steps and at the last step (``train.checkpoint``), by rank 0.
