@@ -1,6 +1,7 @@
 """B27, data-dependent starts of stage 1: the quantizer moves exactly the dead codes onto encoder outputs,
 deterministically; the stage-1 trainer applies the restart on the steps the recipe names and sets the decoder's
-output bias to the first batch's mean pixel (tiny config, seconds)."""
+output bias to the first batch's mean pixel (tiny config, seconds). A run killed inside the restart window resumes
+bit for bit (tests/test_train_resume.py), and two torchrun ranks apply the same restarts (tests/test_train_ddp.py)."""
 
 from __future__ import annotations
 
@@ -124,54 +125,3 @@ def test_output_bias_starts_the_decoder_at_the_mean_pixel():
     bias = layer.bias.detach().clone()
     spec.step(Objective(model), spec.draw(*step_generators(recipe.seed, 1, 1, 0)), 1)
     assert torch.equal(layer.bias.detach(), bias)  # only step 0 sets it (the step itself never trains: no optimiser)
-
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-B27 = ["--set", "stage1.output_bias=true", "--set", "stage1.restart_every=1", "--set", "stage1.restart_until=5",
-       "--set", "stage1.checkpoint_every=3", "--set", "stage1.log_every=1"]
-
-
-def _train(*args: str) -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def _log(out) -> list[dict]:
-    import json
-
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in records]
-
-
-def test_resuming_with_restarts_is_bit_identical(tmp_path):
-    """B27 keeps no state outside the checkpoint: 3 steps, then --resume to 8, equals 8 steps in one go."""
-    common = ["-m", "train", "stage1", "--recipe", "tiny", "--no-progress", "--threads", "1", *B27]
-    _train(*common, "--set", "stage1.steps=8", "--out", str(tmp_path / "clean"))
-    _train(*common, "--set", "stage1.steps=3", "--out", str(tmp_path / "split"))
-    _train(*common, "--set", "stage1.steps=8", "--out", str(tmp_path / "split"), "--resume")
-    name = "stage1/model.safetensors"
-    assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
-    log = _log(tmp_path / "clean")
-    assert log == _log(tmp_path / "split")
-    assert log[0]["restarted"] > 0 and all(r["restarted"] == 0 for r in log if r["step"] > 5)
-
-
-@pytest.mark.slow
-def test_restarts_keep_two_processes_in_sync(tmp_path):
-    """Under torchrun (2 Gloo processes, different batches) every rank applies the same restarts and output bias:
-    the loop's end-of-stage check finds the same weights on both."""
-    import json
-
-    out = tmp_path / "ddp"
-    _train("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", "stage1",
-           "--recipe", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", *B27,
-           "--set", "stage1.steps=6", "--out", str(out))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("restarted", 0) > 0 for r in records)
-    weights = [r for r in records if r.get("event") == "weights"]
-    assert len(weights) == 1 and len(set(weights[0]["weight_digests"])) == 1
