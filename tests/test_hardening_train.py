@@ -28,6 +28,7 @@ import torch
 from causalvq.model import CausalVQ
 from train.checkpoint import load_state
 from train.cli import main
+from train.release import read_training
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["all", "--recipe", "tiny", "--no-progress", "--threads", "1", "--kernel", "torch",
@@ -35,7 +36,7 @@ ARGS = ["all", "--recipe", "tiny", "--no-progress", "--threads", "1", "--kernel"
         "--set", "stage2.steps=12", "--set", "stage2.checkpoint_every=3", "--set", "stage2.log_every=1",
         "--set", "eval.num_images=4", "--set", "eval.num_pairs=4", "--set", "eval.max_steps=0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-OUTPUTS = ("stage1/model.safetensors", "model/model.safetensors", "model/README.md", "stage2_codes.safetensors")
+OUTPUTS = ("stage1/model.safetensors", "model/model.safetensors", "stage2_codes.safetensors")
 
 
 # The CLI, killed with SIGKILL during the n-th atomic write of a file (``train.checkpoint.atomic_write_bytes``):
@@ -106,11 +107,24 @@ def evaluation_without_timings(out: Path) -> dict:
     return report
 
 
+def card_without_timings(out: Path) -> str:
+    """The model card without its training-time line (a resumed run's clock differs; the card says it resumed)."""
+    lines = (out / "model" / "README.md").read_text().splitlines()
+    assert sum(line.startswith("**Training**") for line in lines) == 1
+    return "\n".join(line for line in lines if not line.startswith("**Training**"))
+
+
+def steps_trained(out: Path) -> dict:
+    return {stage: info["steps"] for stage, info in read_training(out / "model").items()}
+
+
 def assert_same_results(out: Path, clean: Path) -> None:
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
     assert log_without_timings(out) == log_without_timings(clean)
     assert evaluation_without_timings(out) == evaluation_without_timings(clean)
+    assert card_without_timings(out) == card_without_timings(clean)
+    assert steps_trained(out) == steps_trained(clean) == {1: 12, 2: 12}
 
 
 @pytest.fixture(scope="module")

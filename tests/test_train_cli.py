@@ -17,6 +17,7 @@ import torch
 from causalvq.model import CausalVQ
 from train.checkpoint import load_state
 from train.cli import main
+from train.release import read_training, training_sentence
 
 FAST_EVAL = ["--set", "eval.num_images=8", "--set", "eval.num_pairs=8", "--set", "eval.max_steps=1"]
 
@@ -71,6 +72,31 @@ def test_all_writes_a_loadable_release(tiny_run):
     card = (tiny_run / "model" / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: causalvq" in card and "license: mit" in card
     assert "[stage2]" in card and "| retrieval.action_accuracy |" in card
+
+    # training.json: each release records the stages behind it, from the loop's clock
+    assert set(read_training(tiny_run / "stage1")) == {1}
+    stages = read_training(tiny_run / "model")
+    assert set(stages) == {1, 2} and stages[1] == read_training(tiny_run / "stage1")[1]
+    for stage in (1, 2):
+        assert stages[stage]["steps"] == 6 and stages[stage]["seconds"] > 0 and stages[stage]["runs"] == 1
+        assert stages[stage]["device"] == "cpu" and stages[stage]["processes"] == 1
+    assert training_sentence(stages) in (tiny_run / "model" / "eval" / "eval.md").read_text()
+    assert training_sentence(stages) in card
+
+
+def test_evaluate_checks_the_recipe_targets(tiny_run, tmp_path, capsys):
+    """``[eval.targets]`` become eval.md's first table: met, missed, and a name the report lacks (with a warning)."""
+    out = tmp_path / "report"
+    targets = '{"reconstruction.psnr_db" = ">= 0", "retrieval.action_accuracy" = "> 2", "codes.nope" = "<= 1"}'
+    assert cli("evaluate", "--checkpoint", tiny_run / "model", "--out", out, *FAST_EVAL,
+               "--set", f"eval.targets={targets}") == 0
+    assert "eval.targets names 'codes.nope', which this report does not have" in capsys.readouterr().err
+    text = (out / "eval" / "eval.md").read_text()
+    assert text.index("**Targets**") < text.index("**Training**") < text.index("| metric | value | chance |")
+    psnr = json.loads((out / "eval" / "eval.json").read_text())["reconstruction"]["psnr"]
+    assert f"| reconstruction.psnr_db | {psnr:.4g} | >= 0 | ✓ |" in text
+    assert "| > 2 | ✗ missed |" in text
+    assert "| codes.nope | — | <= 1 | not in this report (check the name) |" in text
 
 
 def test_evaluate_command_and_push_to_hub(tiny_run, tmp_path, monkeypatch):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 
 from causalvq.data import FactorDataset
 from causalvq.metrics.evaluation import evaluate_model
-from causalvq.metrics.report import EvalReport, metric_table, structure_paragraph
+from causalvq.metrics.report import EvalReport, metric_table, summary_lines
+from causalvq.metrics.targets import Target
 from causalvq.model import CausalVQ
 from causalvq.probe import FactorProbe, evaluate_probe
 from train.data import make_sampler
@@ -39,6 +41,7 @@ def evaluate(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, probe: Fac
                                seconds={**report.seconds, "probe": time.perf_counter() - start})
 
 
-def markdown_table(report: EvalReport) -> str:
-    """The report's scalar metrics as a Markdown table (for the model card), after the structure in plain words."""
-    return "\n".join(structure_paragraph(report) + metric_table(report.rows())) + "\n"
+def markdown_table(report: EvalReport, targets: Sequence[Target] = (), notes: Sequence[str] = ()) -> str:
+    """The report's scalar metrics as a Markdown table (for the model card), after the targets, the notes and the
+    structure in plain words (``summary_lines``)."""
+    return "\n".join(summary_lines(report, targets, notes) + metric_table(report.rows())) + "\n"

@@ -48,6 +48,22 @@ class MetricsLog:
                 (r.get("stage") == stage and r.get("step", 0) <= step)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
+    def stage_time(self, stage: int) -> dict[str, Any] | None:
+        """``{"steps", "seconds", "runs"}`` of ``stage``: its last logged step, and the training loop's clock at
+        its last record summed over the runs that wrote it (a resumed run's clock starts again at 0, from a
+        checkpoint the log was rewound to); ``None`` when the stage logged no step."""
+        times = [(r["step"], r["time_s"]) for r in self.records()
+                 if r.get("stage") == stage and "time_s" in r and "step" in r]
+        if not times:
+            return None
+        ends, last = [], None
+        for _, t in times:
+            if last is not None and t < last:  # the clock went back: a resumed run begins
+                ends.append(last)
+            last = t
+        ends.append(last)
+        return {"steps": times[-1][0], "seconds": round(sum(ends), 1), "runs": len(ends)}
+
     def write(self, record: dict[str, Any]) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from typing import Any
 from causalvq.config import ModelConfig, check_type
 from causalvq.data import DATASETS
 from causalvq.metrics.disentanglement import BASELINES, SIZE_PRESETS, DisentanglementSizes
+from causalvq.metrics.targets import parse_targets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -201,8 +202,15 @@ class EvalRecipe:
     # several times slower than on one-hot codes)
     batch_size: int = 64  # images per model call
     seed: int = 0  # seed of the evaluation draws
+    targets: dict[str, str] = field(default_factory=dict)  # figures the recipe aims for, checked in eval.md and
+    # the model card: {"intervention.k1.accuracy" = ">= 0.85", ...} (``causalvq.metrics.targets``); no training
+    # step reads them
 
     def __post_init__(self) -> None:
+        try:
+            parse_targets(self.targets)
+        except ValueError as err:
+            raise ValueError(f"eval.targets: {err}") from None
         for name in ("num_images", "num_pairs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
@@ -277,12 +285,13 @@ class Recipe:
 
 def check_resumable(saved: Recipe, recipe: Recipe, where: str | Path) -> None:
     """Refuse to continue, under ``recipe``, a run that ``saved`` wrote (at ``where``) if they compute different
-    steps; only ``RESUMABLE_KEYS`` may differ.
+    steps; only ``RESUMABLE_KEYS`` and the evaluation's targets may differ.
 
     Raises:
         RecipeError: other keys differ (the message lists them).
     """
-    differences = [k for k in recipe.differences(saved) if k not in RESUMABLE_KEYS]
+    differences = [k for k in recipe.differences(saved)
+                   if k not in RESUMABLE_KEYS and not k.startswith("eval.targets")]
     if differences:
         raise RecipeError(f"cannot resume {where}: it was written with a different recipe "
                           f"({', '.join(differences)} differ); use the same recipe or another --out")
@@ -437,7 +446,11 @@ def dump_toml(table: dict[str, Any]) -> str:
     for key, sub in table.items():
         if isinstance(sub, dict):
             lines += ["", f"[{key}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in sub.items()]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in sub.items() if not isinstance(v, dict)]
+            for name, inner in sub.items():  # a table inside a section, e.g. [eval.targets]: one key a line
+                if isinstance(inner, dict) and inner:
+                    lines += ["", f"[{key}.{_toml_key(name)}]"]
+                    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in inner.items()]
     return "\n".join(lines) + "\n"
 
 

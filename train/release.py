@@ -5,7 +5,9 @@ A release folder holds ``config.json`` and ``model.safetensors`` (what ``CausalV
 card with front matter, the recipe and, once evaluated, the evaluation table), ``probe.safetensors`` +
 ``probe.json`` (the factor probe, ``causalvq.probe``, fitted on the frozen codes of train-split images; the
 evaluation reports its accuracy), ``retrieval.json`` (the reject rule of action retrieval, ``causalvq.metrics.reject``,
-calibrated on validation-split pairs; the app reads it) and, after an evaluation, ``eval/``.
+calibrated on validation-split pairs; the app reads it), ``training.json`` (each stage's steps and training time,
+where and with how many threads and processes it ran: ``write_training``; the evaluation quotes it) and, after an
+evaluation, ``eval/``.
 
 ``fit_probe`` fits that probe with a recipe's split and seed; ``add_probe`` fits and writes one into an existing
 release folder (``python -m train probe --checkpoint DIR``), so a checkpoint gets one without retraining.
@@ -15,8 +17,10 @@ release folder (``python -m train probe --checkpoint DIR``), so a checkpoint get
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, ModelCardData
 from safetensors import SafetensorError
@@ -139,6 +143,45 @@ def write_calibration(calibration: reject.RejectCalibration, folder: str | Path)
         return calibration.save(folder)
     except OSError as err:
         raise write_error(Path(folder) / reject.CALIBRATION_FILE, err) from err
+
+
+TRAINING_FILE = "training.json"
+
+
+def write_training(folder: str | Path, stages: dict[int, dict[str, Any]]) -> Path:
+    """``training.json``: ``{"stages": {"1": {"steps", "seconds", "runs", "device", "threads", "processes"}, ...}}``
+    (``MetricsLog.stage_time`` plus where the stage ran)."""
+    path = Path(folder) / TRAINING_FILE
+    atomic_write_text(path, json.dumps({"stages": {str(k): v for k, v in sorted(stages.items())}}, indent=2) + "\n")
+    return path
+
+
+def read_training(folder: str | Path) -> dict[int, dict[str, Any]]:
+    """The stages of a release's ``training.json`` by number; ``{}`` when the folder has none or it is unreadable
+    (a release written before the file existed, or a hand-made folder: the evaluation then says nothing of it)."""
+    try:
+        data = json.loads((Path(folder) / TRAINING_FILE).read_text())
+        return {int(k): dict(v) for k, v in data["stages"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def training_sentence(stages: dict[int, dict[str, Any]]) -> str | None:
+    """'Training (training.json): stage 1 436 s (3,000 steps; cpu, 2 threads, 1 process), ...', or ``None``."""
+    if not stages:
+        return None
+    parts = []
+    for stage, info in sorted(stages.items()):
+        try:
+            where = (f"{info['device']}, {info['threads']} thread{'s' * (info['threads'] != 1)}, "
+                     f"{info['processes']} process{'es' * (info['processes'] != 1)}")
+            runs = f", {info['runs']} runs (resumed)" if info.get("runs", 1) > 1 else ""
+            parts.append(f"stage {stage} {info['seconds']:,.0f} s ({info['steps']:,} steps; {where}{runs})")
+        except (KeyError, TypeError, ValueError):
+            parts.append(f"stage {stage}: unreadable entry")
+    total = sum(info.get("seconds", 0) for info in stages.values() if isinstance(info.get("seconds"), (int, float)))
+    return (f"**Training** (`{TRAINING_FILE}`, the training loop's clock): {'; '.join(parts)}; "
+            f"{total:,.0f} s = {total / 60:.1f} min in all, without the evaluation.")
 
 
 def set_card_evaluation(folder: str | Path, evaluation: str) -> bool:

@@ -22,9 +22,11 @@ is overwritten otherwise) and whether the folder is writable.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,6 +34,7 @@ from causalvq.config import ModelConfig
 from causalvq.data import FactorDataset
 from causalvq.data.pairs import TransitionSampler
 from causalvq.metrics.report import write_report
+from causalvq.metrics.targets import parse_targets, unmeasured
 from causalvq.model import CausalVQ
 from causalvq.probe import FactorProbe, load_probe
 from train import distributed
@@ -46,10 +49,13 @@ from train.release import (
     add_probe,
     fit_calibration,
     push_to_hub,
+    read_training,
     set_card_evaluation,
+    training_sentence,
     write_calibration,
     write_probe,
     write_release,
+    write_training,
 )
 from train.stages import check_image_model, load_image_model, stage1_spec, stage2_spec
 
@@ -200,7 +206,8 @@ def command_all(opts: Options) -> Path:
             source = _stage1(ctx, run, opts, dataset, sampler, config)
         model = _stage2(ctx, run, opts, dataset, sampler, config, source, calibrate=False)  # the evaluation does
         if ctx.is_main:
-            _evaluate_into(model, dataset, opts.recipe, run.model, card=run.model, probe=_read_probe(run.model, model))
+            _evaluate_into(model, dataset, opts.recipe, run.model, card=run.model, probe=_read_probe(run.model, model),
+                           release=run.model)
             if opts.push_to_hub:
                 _push(run.model, opts.push_to_hub)
         return run.model
@@ -219,7 +226,7 @@ def command_evaluate(opts: Options) -> Path:
             print(f"evaluate: {opts.checkpoint} has no factor probe (probe.json); no probe rows. "
                   f"`python -m train probe --checkpoint {opts.checkpoint}` fits one.", flush=True)
         card = opts.checkpoint if opts.out.resolve() == opts.checkpoint.resolve() else None
-        _evaluate_into(model, dataset, opts.recipe, opts.out, card=card, probe=probe)
+        _evaluate_into(model, dataset, opts.recipe, opts.out, card=card, probe=probe, release=opts.checkpoint)
         if opts.push_to_hub:
             _push(opts.checkpoint, opts.push_to_hub)
         return opts.out / "eval"
@@ -271,6 +278,7 @@ def _stage1(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     run_stage(ctx, spec, model, opts.recipe, run.state(1), run.log, opts.resume, opts.progress)
     if ctx.is_main:
         write_release(model, run.stage1, opts.recipe, stage=1, dataset=dataset)
+        write_training(run.stage1, _stage_times(ctx, run, {1}))
         plot_stage(run.log, 1, run.plot(1))
     return model
 
@@ -298,12 +306,20 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     if ctx.is_main:
         probe = _stage1_probe(opts.checkpoint or run.stage1, model)  # stage 2 leaves the codes as they were
         write_release(model, run.model, recipe, stage=2, dataset=None if probe is not None else dataset)
+        stage1 = read_training(opts.checkpoint or run.stage1).get(1)  # the image model's own training, if recorded
+        write_training(run.model, {**({1: stage1} if stage1 else {}), **_stage_times(ctx, run, {2})})
         if probe is not None:
             write_probe(probe, run.model)
         if calibrate:
             _write_calibration(model, dataset, recipe, run.model)
         plot_stage(run.log, 2, run.plot(2))
     return model
+
+
+def _stage_times(ctx: Context, run: RunDir, stages: set[int]) -> dict[int, dict[str, Any]]:
+    """``training.json`` entries of ``stages``: steps and time from the run's log, and where they ran."""
+    where = {"device": ctx.device.type, "threads": torch.get_num_threads(), "processes": ctx.world_size}
+    return {s: {**t, **where} for s in sorted(stages) if (t := run.log.stage_time(s)) is not None}
 
 
 def _release_and_dataset(ctx: Context, opts: Options, command: str) -> tuple[CausalVQ, FactorDataset]:
@@ -340,12 +356,19 @@ def _stage1_probe(folder: Path, model: CausalVQ) -> FactorProbe | None:
 
 
 def _evaluate_into(model: CausalVQ, dataset: FactorDataset, recipe: Recipe, out: Path, card: Path | None,
-                   probe: FactorProbe | None = None) -> None:
-    """Evaluate into ``out/eval``; into a release folder (``card``) also its model card and ``retrieval.json``."""
+                   probe: FactorProbe | None = None, release: Path | None = None) -> None:
+    """Evaluate into ``out/eval``; into a release folder (``card``) also its model card and ``retrieval.json``.
+    The report checks the recipe's ``[eval.targets]`` and quotes the ``training.json`` of ``release``."""
     report = evaluation.evaluate(model, dataset, recipe, probe)
-    write_report(report, out / "eval")
+    targets = parse_targets(recipe.eval.targets)
+    for name in unmeasured(targets, report.metrics()):
+        print(f"evaluate: warning: eval.targets names {name!r}, which this report does not have (eval.md says so)",
+              file=sys.stderr, flush=True)
+    sentence = training_sentence(read_training(release)) if release is not None else None
+    notes = [sentence] if sentence else []
+    write_report(report, out / "eval", targets, notes)
     if card is not None:
-        set_card_evaluation(card, evaluation.markdown_table(report))
+        set_card_evaluation(card, evaluation.markdown_table(report, targets, notes))
         if report.reject is not None:
             write_calibration(report.reject.calibration, card)
 

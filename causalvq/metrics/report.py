@@ -21,6 +21,7 @@ import numpy as np
 from causalvq.metrics.disentanglement import DisentanglementSizes
 from causalvq.metrics.reject import K_STEPS, RejectResult, to_jsonable
 from causalvq.metrics.structure import StructureResult
+from causalvq.metrics.targets import Target, target_table
 
 
 # --- results -------------------------------------------------------------------------------------------------
@@ -223,11 +224,22 @@ def metric_table(rows: Sequence[MetricRow]) -> list[str]:
             *(f"| {r.name} | {format_value(r.value)} | {chance(r)} | {r.samples} |" for r in rows)]
 
 
-def format_markdown(report: EvalReport) -> str:
-    """The report as Markdown: a table with one row per metric (``EvalReport.rows``: value, chance level where
-    one applies, sample count), then the protocol notes."""
+def summary_lines(report: EvalReport, targets: Sequence[Target] = (), notes: Sequence[str] = ()) -> list[str]:
+    """What a reader wants first: the targets checked against the report (``causalvq.metrics.targets``), the
+    caller's ``notes`` (e.g. the training time), then the structure in plain words; blank-line separated."""
+    lines: list[str] = []
+    if targets:
+        lines += ["**Targets** (the recipe's `[eval.targets]`):", "", *target_table(targets, report.metrics()), ""]
+    for note in notes:
+        lines += [note, ""]
+    return lines + structure_paragraph(report)
+
+
+def format_markdown(report: EvalReport, targets: Sequence[Target] = (), notes: Sequence[str] = ()) -> str:
+    """The report as Markdown: the targets and notes (``summary_lines``), a table with one row per metric
+    (``EvalReport.rows``: value, chance level where one applies, sample count), then the protocol notes."""
     p = report.protocol
-    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "", *structure_paragraph(report)]
+    lines = [f"# Evaluation: {report.dataset}, split `{report.split}`", "", *summary_lines(report, targets, notes)]
     lines += metric_table(report.rows())
     lines += ["", "## Protocol", "",
               f"- split `{report.split}` of the factor grid (split seed {p['split_seed']}, fractions "
@@ -360,14 +372,15 @@ def plot_confusion(confusion: Any, action_names: tuple[str, ...], path: str | os
     return out
 
 
-def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``eval.json``, ``eval.md`` and ``confusion.png`` into ``out_dir``; returns their paths by kind
-    (``"json"``, ``"markdown"``, ``"confusion"``)."""
+def write_report(report: EvalReport, out_dir: str | os.PathLike, targets: Sequence[Target] = (),
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``eval.json``, ``eval.md`` (with ``targets`` and ``notes``: ``format_markdown``) and ``confusion.png``
+    into ``out_dir``; returns their paths by kind (``"json"``, ``"markdown"``, ``"confusion"``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "eval.json", "markdown": out / "eval.md", "confusion": out / "confusion.png"}
     paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    paths["markdown"].write_text(format_markdown(report))
+    paths["markdown"].write_text(format_markdown(report, targets, notes))
     plot_confusion(report.retrieval.confusion, report.action_names, paths["confusion"])
     return paths
 
