@@ -2,6 +2,7 @@
 
     python scripts/screenshots.py                    # docs/figures/app_<panel>_<width>.png, assets/screenshot.png
     python scripts/screenshots.py --out /tmp/shots   # the panels somewhere else (the README picture is left alone)
+    CAUSALVQ_CHECKPOINT=assets/causalvq-dsprites python scripts/screenshots.py --out docs/figures/dsprites
 
 Launches ``app.demo`` in-process on 127.0.0.1 (the shipped checkpoint, or ``$CAUSALVQ_CHECKPOINT``), then ``tour``
 drives every panel in Debian chromium through playwright: a gallery example, a bad upload, sliders with one step
@@ -35,6 +36,21 @@ PANELS = {
     "traversals": ("6. Traversals", "#panel-traversals"),
     "maps": ("7. Factor maps", "#panel-maps"),
 }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the tour asks of a checkpoint's factors: the slider pushed past its factor's end, the graph's action and
+    the factor maps' two actions (the last is the panel's picture: a factor with a region)."""
+
+    shape_slider: int
+    shape_steps: int  # its slider's reach: the factor's number of values − 1
+    graph_action: str
+    map_actions: tuple[str, str]
+
+
+PLANS = {"shapes3d": Plan(4, 3, "object_hue +", ("wall_hue -", "object_hue +")),
+         "dsprites": Plan(0, 2, "pos_x +", ("scale +", "pos_x +"))}
 
 
 @dataclass
@@ -180,11 +196,11 @@ def _shoot(page: Any, seen: Seen, out: Path, panel: str, width: int) -> None:
 
 
 def tour(url: str, out: Path, example: Path, bad_file: Path, widths: tuple[int, ...] = WIDTHS,
-         full_page: Path | None = None, timeout_s: float = 60) -> Seen:
+         full_page: Path | None = None, timeout_s: float = 60, plan: Plan = PLANS["shapes3d"]) -> Seen:
     """Drive every panel of the app at ``url`` once (at ``widths[0]``), photograph each panel at every width into
     ``out`` (``app_<panel>_<width>.png``); ``full_page``: also the whole page at ``widths[0]`` after the sliders
     moved. ``example`` is one of the gallery's images (its factors are in its name), ``bad_file`` is not an image;
-    ``timeout_s`` bounds each wait for an answer of the app."""
+    ``timeout_s`` bounds each wait for an answer of the app; ``plan`` names the sliders and actions (``PLANS``)."""
     from playwright.sync_api import sync_playwright
 
     from causalvq.explore.checkpoints import example_factors
@@ -222,14 +238,14 @@ def tour(url: str, out: Path, example: Path, bad_file: Path, widths: tuple[int, 
             _set_slider(page, "#slider-0", 1 if factors[0] == 0 else -1)
             _wait_src(page, "#result-image", differs=before)
             seen.slider_changed = True
-            shape = 4
-            _set_slider(page, f"#slider-{shape}", 3 if factors[shape] else -3)  # from 1..3 +3 (or 0 −3) leaves 0..3
+            shape, reach = plan.shape_slider, plan.shape_steps  # from a value ≥ 1, +reach (from 0, −reach) leaves
+            _set_slider(page, f"#slider-{shape}", reach if factors[shape] else -reach)  # the factor's range
             seen.extrapolation = _wait_text(page, "#result-text", "Extrapolation")
             # 4. graph under an action
             _open(page, PANELS["graph"][0])
             _wait_text(page, "#graph-text")
-            _choose(page, "#graph-action", "object_hue +")
-            seen.graph_text = _wait_text(page, "#graph-text", "object_hue")
+            _choose(page, "#graph-action", plan.graph_action)
+            seen.graph_text = _wait_text(page, "#graph-text", plan.graph_action.split()[0])
             _idle(page)  # the do() menu is filled when the tab opens
             page.locator("#do-button").click()
             seen.do_text = _wait_text(page, "#do-text", "do(")
@@ -242,12 +258,13 @@ def tour(url: str, out: Path, example: Path, bad_file: Path, widths: tuple[int, 
             # 7. factor maps of two actions
             _open(page, PANELS["maps"][0])
             first_map = _wait_src(page, "#maps-plot")
-            _choose(page, "#map-action", "wall_hue -")
-            _wait_text(page, "#maps-text", "wall_hue")
+            first_action, picture_action = plan.map_actions
+            _choose(page, "#map-action", first_action)
+            _wait_text(page, "#maps-text", first_action.split()[0])
             seen.maps_changed = _wait_src(page, "#maps-plot", differs=first_map) != first_map
             seen.maps_text = _text(page, "#maps-text")
-            _choose(page, "#map-action", "object_hue +")  # the panel's picture: a factor with a region
-            _wait_text(page, "#maps-text", "object_hue")
+            _choose(page, "#map-action", picture_action)  # the panel's picture: a factor with a region
+            _wait_text(page, "#maps-text", picture_action.split()[0])
             _wait_src(page, "#maps-plot")
             # 5. retrieval of the slider move, last: without the checkpoint's retrieval.json its first answer waits
             # for the reject rule's calibration
@@ -303,8 +320,14 @@ def main() -> None:
     import threading
 
     import app
+    from causalvq.explore.checkpoints import example_images
 
-    examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
+    handlers = app.demo.handlers
+    dataset = handlers.explorers[handlers.default].dataset  # the checkpoint's: its gallery and the tour's plan
+    if dataset is None or dataset.name not in PLANS:
+        sys.exit(f"the tour knows the shipped datasets ({', '.join(PLANS)}); this checkpoint's is "
+                 f"{getattr(dataset, 'name', None)!r}")
+    examples = example_images(dataset)
     readme = args.readme if args.out == ROOT / "docs" / "figures" else None
     for ex in app.demo.handlers.explorers.values():  # the reject rule (retrieval.json, else measured) meanwhile
         threading.Thread(target=ex.retrieval_calibration, daemon=True).start()
@@ -314,7 +337,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             bad = Path(tmp) / "not-an-image.png"
             bad.write_text("this is text, not an image\n")
-            seen = tour(url, args.out, examples[args.example], bad, full_page=readme, timeout_s=args.timeout)
+            seen = tour(url, args.out, examples[args.example], bad, full_page=readme, timeout_s=args.timeout,
+                        plan=PLANS[dataset.name])
     finally:
         app.demo.close()
     for path in [*seen.shots.values(), *([readme] if readme else [])]:
