@@ -76,6 +76,11 @@ def test_recipe_targets_round_trip_and_refusals(tmp_path):
         load_recipe("tiny", ['eval.targets={"psnr" = ">= 30"}'])
 
 
+def test_a_dotted_override_is_refused_with_how_to_quote_it():
+    with pytest.raises(RecipeError, match=r"target 'intervention' is a table: a row name holds dots, so quote it"):
+        load_recipe("tiny", ["eval.targets.intervention.k1.accuracy=>= 0.9"])
+
+
 def test_changed_targets_do_not_block_a_resume():
     saved = load_recipe("tiny")
     check_resumable(saved, load_recipe("tiny", ['eval.targets={"reconstruction.psnr_db" = ">= 30"}']), "run")

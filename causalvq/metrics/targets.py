@@ -76,7 +76,17 @@ def parse_target(metric: str, text: str) -> Target:
 
 
 def parse_targets(table: Mapping[str, str]) -> tuple[Target, ...]:
-    """Every ``metric = "op bound"`` entry of ``table``, in its order (see ``parse_target``)."""
+    """Every ``metric = "op bound"`` entry of ``table``, in its order (see ``parse_target``).
+
+    Raises:
+        ValueError: as ``parse_target``; an entry that is itself a table (an unquoted dotted name split into parts,
+            as ``--set eval.targets.a.b=...`` does) says how to write it.
+    """
+    for metric, text in table.items():
+        if isinstance(text, Mapping):
+            raise ValueError(f"target {metric!r} is a table: a row name holds dots, so quote it, as in "
+                             f'"{metric}.<rest>" = ">= 0.9" under [eval.targets], or --set '
+                             f"'eval.targets={{\"{metric}.<rest>\" = \">= 0.9\"}}'")
     return tuple(parse_target(metric, text) for metric, text in table.items())
 
 
