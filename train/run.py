@@ -278,7 +278,7 @@ def _stage1(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     run_stage(ctx, spec, model, opts.recipe, run.state(1), run.log, opts.resume, opts.progress)
     if ctx.is_main:
         write_release(model, run.stage1, opts.recipe, stage=1, dataset=dataset)
-        write_training(run.stage1, _stage_times(ctx, run, {1}))
+        write_training(run.stage1, _stage_entry(ctx, run, 1))
         plot_stage(run.log, 1, run.plot(1))
     return model
 
@@ -304,10 +304,11 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     spec = stage2_spec(model, pool, settings)
     run_stage(ctx, spec, model, recipe, run.state(2), run.log, opts.resume, opts.progress)
     if ctx.is_main:
-        probe = _stage1_probe(opts.checkpoint or run.stage1, model)  # stage 2 leaves the codes as they were
+        image_release = opts.checkpoint or run.stage1
+        probe = _stage1_probe(image_release, model)  # stage 2 leaves the codes as they were
         write_release(model, run.model, recipe, stage=2, dataset=None if probe is not None else dataset)
-        stage1 = read_training(opts.checkpoint or run.stage1).get(1)  # the image model's own training, if recorded
-        write_training(run.model, {**({1: stage1} if stage1 else {}), **_stage_times(ctx, run, {2})})
+        stage1 = {k: v for k, v in read_training(image_release).items() if k == 1}  # the image model's, if recorded
+        write_training(run.model, {**stage1, **_stage_entry(ctx, run, 2)})
         if probe is not None:
             write_probe(probe, run.model)
         if calibrate:
@@ -316,10 +317,14 @@ def _stage2(ctx: Context, run: RunDir, opts: Options, dataset: FactorDataset, sa
     return model
 
 
-def _stage_times(ctx: Context, run: RunDir, stages: set[int]) -> dict[int, dict[str, Any]]:
-    """``training.json`` entries of ``stages``: steps and time from the run's log, and where they ran."""
-    where = {"device": ctx.device.type, "threads": torch.get_num_threads(), "processes": ctx.world_size}
-    return {s: {**t, **where} for s in sorted(stages) if (t := run.log.stage_time(s)) is not None}
+def _stage_entry(ctx: Context, run: RunDir, stage: int) -> dict[int, dict[str, Any]]:
+    """``{stage: training.json entry}``: steps and time from the run's log, and where it ran; ``{}`` when the log
+    has no step of it."""
+    logged = run.log.stage_time(stage)
+    if logged is None:
+        return {}
+    return {stage: {**logged, "device": ctx.device.type, "threads": torch.get_num_threads(),
+                    "processes": ctx.world_size}}
 
 
 def _release_and_dataset(ctx: Context, opts: Options, command: str) -> tuple[CausalVQ, FactorDataset]:
