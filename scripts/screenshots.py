@@ -84,6 +84,13 @@ def missing() -> str:
     return ""
 
 
+# Every wait below ends at once, raising with the message, when the app answers with an error (gradio's error
+# toast) instead of waiting out ``--timeout`` for an output that will not come.
+FAIL_ON_ERROR = ("const bad = document.querySelector('.toast-body.error');"
+                 " if (bad) throw new Error('the app answered with an error: '"
+                 " + (bad.querySelector('.toast-text') || bad).innerText.replace(/\\s+/g, ' ').trim());")
+
+
 def _text(page: Any, selector: str) -> str:
     return page.locator(selector).first.inner_text()
 
@@ -97,7 +104,7 @@ def _wait_text(page: Any, selector: str, contains: str = "", differs: str | None
     """Wait until the element's text is non-empty (and holds ``contains``, and differs from ``differs``) and its event
     is done (the progress text of a pending output is text too)."""
     page.wait_for_function(
-        "([s, c, d]) => { const e = document.querySelector(s), t = e?.innerText.trim() || '';"
+        "([s, c, d]) => { " + FAIL_ON_ERROR + " const e = document.querySelector(s), t = e?.innerText.trim() || '';"
         " return t && t.includes(c) && (d === null || t !== d)"
         " && !e.querySelector('[data-testid=status-tracker]:not(.hide)'); }", arg=[selector, contains, differs])
     return _text(page, selector)
@@ -105,15 +112,16 @@ def _wait_text(page: Any, selector: str, contains: str = "", differs: str | None
 
 def _wait_src(page: Any, selector: str, differs: str = "") -> str:
     page.wait_for_function(
-        "([s, d]) => { const i = document.querySelector(s + ' img'); return i && i.src && i.src !== d"
+        "([s, d]) => { " + FAIL_ON_ERROR + " const i = document.querySelector(s + ' img');"
+        " return i && i.src && i.src !== d"
         " && i.complete && i.naturalWidth > 0; }", arg=[selector, differs])
     return _src(page, selector)
 
 
 def _idle(page: Any) -> None:
     """Wait until no visible output shows gradio's progress (its status tracker loses the class ``hide``)."""
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=status-tracker]:not(.hide)')]"
-                           ".every(e => e.offsetParent === null)")
+    page.wait_for_function("() => { " + FAIL_ON_ERROR + " return [...document.querySelectorAll("
+                           "'[data-testid=status-tracker]:not(.hide)')].every(e => e.offsetParent === null); }")
     page.wait_for_timeout(300)
 
 

@@ -12,6 +12,7 @@ readable at both widths. Skipped, with the reason, where ``/usr/bin/chromium`` o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -89,6 +90,19 @@ def test_browser_tour_of_every_panel(app_url: str, tmp_path: Path) -> None:
         for p in seen.shots.values():
             Path(os.environ["CAUSALVQ_KEEP_SHOTS"]).mkdir(parents=True, exist_ok=True)
             p.replace(Path(os.environ["CAUSALVQ_KEEP_SHOTS"]) / p.name)
+
+
+@pytest.mark.browser
+def test_browser_tour_stops_at_the_apps_error(app_url: str, tmp_path: Path) -> None:
+    """A tour whose plan the checkpoint refuses (the shape slider pushed 9 steps, past its reach of 3) ends on the
+    app's own error message, not after waiting out its timeout for an answer that will not come."""
+    examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
+    bad = tmp_path / "holiday.png"
+    bad.write_text("not an image\n")
+    plan = dataclasses.replace(screenshots.PLANS["shapes3d"], shape_steps=9)
+    with pytest.raises(Exception, match="the app answered with an error: .*slider for shape goes from -3 to 3"):
+        screenshots.tour(app_url, tmp_path / "shots", examples[1], bad, widths=(1024,), timeout_s=600, plan=plan)
+    assert (tmp_path / "shots" / "failure.png").is_file()  # what the page showed
 
 
 @pytest.fixture()
