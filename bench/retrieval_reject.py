@@ -19,9 +19,10 @@ calibrated on the validation pairs at ``--quantile`` and judged on the test pair
 
 Prints the four target rates (one-step right, k = 2..3 right, two-factor rejected, unrelated rejected), the rates
 per k, where the true pairs' misses come from (wrong action, wrong k, too far, two factors, no move) and, for the
-shipped rule, per factor. ``--select`` draws a second validation set and prints the shipped rule's rates for
-several quantiles, calibrated on one validation draw and judged on the other (how ``reject.QUANTILE`` was chosen:
-the smallest quantile whose one-step rate reaches 0.95 both ways).
+shipped rule, per factor, and its refusals of the two-factor pairs by the pair of factors moved. ``--select`` draws
+a second validation set and prints the shipped rule's rates for several quantiles, calibrated on one validation
+draw and judged on the other (how ``reject.QUANTILE`` was chosen: the smallest quantile whose one-step rate reaches
+0.95 both ways).
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def smallest_k_first(scores: reject.PairScores, cal: RejectCalibration) -> list[
         verdict = reject.Verdict.SAME if sm else reject.Verdict.MOVE if ok else reject.Verdict.FAR
         out.append(reject.Decision(int(best[k]), k + 1, float(d[best[k], k]), verdict))
     return out
+
+
+def two_factor_groups(pairs: RejectPairs) -> dict[tuple[int, int], list[int]]:
+    """The two-factor pairs' rows by the two factors whose values differ between x and y, in factor order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in np.flatnonzero(pairs.kind == reject.TWO_FACTOR):
+        f1, f2 = np.flatnonzero(pairs.x[pairs.source[i]] != pairs.y[i])
+        groups.setdefault((int(f1), int(f2)), []).append(int(i))
+    return dict(sorted(groups.items()))
 
 
 def line(name: str, r: RejectRates) -> str:
@@ -134,6 +144,15 @@ def main() -> None:
     for n in names:
         print(f"  {n:12s} {rates.per_factor_one_step_right[n]} / {rates.per_factor_k_steps_right[n]} "
               f"({rates.per_factor_one_step_pairs[n]} / {rates.per_factor_k_steps_pairs[n]} pairs)")
+    print("\nshipped rule on the two-factor pairs, by the factors moved (refused / pairs; what the accepted ones were "
+          "answered with):")
+    decisions = reject.judge(test, shipped)
+    for (f1, f2), rows in two_factor_groups(test_pairs).items():
+        accepted = [decisions[i] for i in rows if decisions[i].verdict == reject.Verdict.MOVE]
+        answers = ", ".join(f"{model.action_names[d.action]} k={d.steps}" for d in accepted[:4])
+        moved = f"{names[f1]} + {names[f2]}"
+        print(f"  {moved:26s} {len(rows) - len(accepted):3d} / {len(rows):3d}"
+              + (f"  ({answers}{', …' if len(accepted) > 4 else ''})" if accepted else ""))
     if args.select:
         other_pairs, other = score(model, dataset, TransitionSampler(dataset, split="val"), args.images, args.steps,
                                    args.seed + 2, args.batch_size)
