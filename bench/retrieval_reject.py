@@ -137,8 +137,9 @@ def main() -> None:
         test_pairs, names, args.steps)))
     print(line("smallest k first", reject.rates_of(smallest_k_first(test, rules["distance"]), test_pairs, names,
                                                    args.steps)))
-    for name, cal in rules.items():
-        rates = reject.rates_of(reject.judge(test, cal), test_pairs, names, args.steps)
+    for name, cal in rules.items():  # "shipped" last: its decisions and rates are read below
+        decisions = reject.judge(test, cal)
+        rates = reject.rates_of(decisions, test_pairs, names, args.steps)
         print(line(name, rates))
     print("\nshipped rule per factor (one-step right / k=2..3 right):")
     for n in names:
@@ -146,7 +147,6 @@ def main() -> None:
               f"({rates.per_factor_one_step_pairs[n]} / {rates.per_factor_k_steps_pairs[n]} pairs)")
     print("\nshipped rule on the two-factor pairs, by the factors moved (refused / pairs; what the accepted ones were "
           "answered with):")
-    decisions = reject.judge(test, shipped)
     for (f1, f2), rows in two_factor_groups(test_pairs).items():
         accepted = [decisions[i] for i in rows if decisions[i].verdict == reject.Verdict.MOVE]
         answers = ", ".join(f"{model.action_names[d.action]} k={d.steps}" for d in accepted[:4])
