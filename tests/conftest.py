@@ -7,12 +7,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("CAUSALVQ_FUSED_KERNEL", "0")  # the torch path, unless a test builds the kernel
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes sharing the cores: one thread each
+PARALLEL = bool(os.environ.get("PYTEST_XDIST_WORKER"))  # one of several test processes sharing the cores
+if PARALLEL:  # one thread each, in this process and the ones it starts
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if PARALLEL else min(2, torch.get_num_threads()))
 
 
 import pytest  # noqa: E402
