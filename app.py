@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import base64  # noqa: E402
 import hashlib  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
@@ -26,8 +27,10 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
 from gradio import processing_utils, route_utils  # noqa: E402
 from gradio import utils as gradio_utils  # noqa: E402
+from gradio.data_classes import ImageData  # noqa: E402
 
 from causalvq.explore import drawing, edges  # noqa: E402
 from causalvq.explore.checkpoints import (  # noqa: E402
@@ -65,10 +68,15 @@ CSS = """
 #examples-gallery .gallery-item, #examples-gallery .thumbnail-item { width: 100%; height: auto; aspect-ratio: 1; }
 """
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "show_error": True, "css": CSS}
-# Slider moves answered at once (env CAUSALVQ_SLIDE_CONCURRENCY): their transitions run as one batched call
+# Slider moves answered at once on the queue (env CAUSALVQ_SLIDE_CONCURRENCY; off it, by gradio's worker threads):
+# their transitions run as one batched call
 # (Explorer's batcher), drawing and PNG encoding overlap; events that draw with matplotlib, which is not thread-safe,
 # run one at a time. docs/speed.md has the measurements behind the default.
 SLIDE_CONCURRENCY = max(1, int(os.environ.get("CAUSALVQ_SLIDE_CONCURRENCY", "8")))
+# Slider moves skip gradio's queue (env CAUSALVQ_SLIDE_QUEUE=1 puts them back on it): one HTTP request an answer
+# instead of a queued event, its stream and its status messages; SLIDE_CONCURRENCY then applies only on the queue.
+SLIDE_QUEUE = os.environ.get("CAUSALVQ_SLIDE_QUEUE", "0") == "1"
+REFUSED = "Not moved:"  # how a refused slider move's caption starts (Handlers.move)
 FIGURES: dict[str, Any] = {"concurrency_id": "figures", "concurrency_limit": 1}  # matplotlib: one at a time
 MAX_BATCH = max(1, int(os.environ.get("CAUSALVQ_MAX_BATCH", "16")))  # transitions in one batched call (1: none)
 ENCODED_KEPT = 4096  # output images whose PNG file is remembered by their pixels (_save_pil_to_cache)
@@ -122,6 +130,37 @@ def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: st
 
 if hasattr(processing_utils, "save_pil_to_cache"):  # gradio 6.31; an upgrade that drops it keeps its own
     processing_utils.save_pil_to_cache = _save_pil_to_cache
+
+INLINE_IMAGES = os.environ.get("CAUSALVQ_INLINE_IMAGES", "1") != "0"  # the slider event's images in its answer
+_INLINED: LRU[tuple, str] = LRU(ENCODED_KEPT)  # (pixels digest, mode, size, format) → data URL
+
+
+class InlineImage(gr.Image):
+    """An output ``gr.Image`` whose picture travels inside the event's answer, as a PNG data URL, instead of as a file
+    in gradio's cache that the page then fetches.
+
+    For the slider event's small images (the model's 64 px, a code grid) that saves, per image, the cache file's
+    write, gradio's path checks and a second HTTP request with its middleware, which docs/speed.md found to hold the
+    interpreter lock for most of an answer under load. The page shows the same pixels and the download button
+    saves the same PNG; an API client gets ``url`` as ``data:image/png;base64,...`` and ``path`` ``None``.
+    Pixels seen before reuse their encoding. ``CAUSALVQ_INLINE_IMAGES=0`` sends files, as ``gr.Image`` does.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"  # the page draws it with gradio's own image component
+
+    def postprocess(self, value: Any) -> Any:
+        if value is None or not INLINE_IMAGES or isinstance(value, (str, Path)):
+            return super().postprocess(value)
+        img = value if isinstance(value, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(value))
+        key = (hashlib.blake2b(img.tobytes(), digest_size=20).digest(), img.mode, img.size, self.format)
+        url = _INLINED.get(key)
+        if url is None:
+            data = processing_utils.encode_pil_to_bytes(img, self.format)
+            url = f"data:image/{self.format};base64,{base64.b64encode(data).decode('ascii')}"
+            _INLINED.put(key, url)
+        return ImageData(url=url, orig_name=f"image.{self.format}", mime_type=f"image/{self.format}")
+
 
 _gradio_delete_files = getattr(route_utils, "delete_files_created_by_app", None)
 
@@ -332,8 +371,16 @@ class Handlers:
 
     def move(self, session: Session, *sliders: float) -> tuple:
         """The page's slider event (``/slide``): ``slide``'s three outputs, then ``ground_truth``'s two, in one
-        event, so a move costs one queue slot and one answer instead of two."""
-        return (*self.slide(session, *sliders), *self.ground_truth(session, *sliders))
+        event, so a move costs one answer instead of two.
+
+        The event skips gradio's queue (``SLIDE_QUEUE``), and gradio's page shows no message for an error of such
+        an event, so a refused move (a slider value typed past its reach) answers with its sentence in the result's
+        caption, starting ``Not moved:``, keeps the pictures as they were, and logs one line."""
+        try:
+            return (*self.slide(session, *sliders), *self.ground_truth(session, *sliders))
+        except gr.Error as err:
+            LOG.warning("slider move refused: %s", err.message)
+            return gr.skip(), gr.skip(), f"**{REFUSED}** {err.message}", gr.skip(), gr.skip()
 
     def _truth(self, ex: Explorer, inp: LoadedInput, steps: Sequence[float | None]) -> tuple[Any, str]:
         """The ground-truth image and its caption: true values for dataset samples, the probe's estimate for
@@ -804,11 +851,11 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
                         reset_btn = gr.Button("Reset")
                     with gr.Column(scale=2):
                         with gr.Row():
-                            result_img = gr.Image(label="After the interventions", elem_id="result-image", **pix)
-                            truth_img = gr.Image(label="Ground truth (uploads: from the estimated factors)", **pix)
+                            result_img = InlineImage(label="After the interventions", elem_id="result-image", **pix)
+                            truth_img = InlineImage(label="Ground truth (uploads: from the estimated factors)", **pix)
                         result_md = gr.Markdown("", elem_id="result-text")
                         truth_md = gr.Markdown("", elem_id="truth-text")
-                        result_grid = gr.Image(label="Codes after the interventions", **img)
+                        result_grid = InlineImage(label="Codes after the interventions", **img)
 
             # --- 4: causal graph and hard interventions ---
             with gr.Tab("4. Causal graph", elem_id="panel-graph") as graph_tab:
@@ -914,7 +961,7 @@ def build_demo(explorer: Explorer | None, notice: str = "", choices: Sequence[st
         gr.on([s.input for s in sliders], h.move, [session, *sliders],
               [result_img, result_grid, result_md, truth_img, truth_md], api_name="slide",
               trigger_mode="always_last", show_progress="hidden", preprocess=False,
-              concurrency_limit=SLIDE_CONCURRENCY, concurrency_id="slide")
+              concurrency_limit=SLIDE_CONCURRENCY, concurrency_id="slide", queue=SLIDE_QUEUE)
         gr.Button(visible=False).click(h.ground_truth, [session, *sliders], [truth_img, truth_md],
                                        api_name="ground_truth")  # the ground truth alone, for API callers
         reset_btn.click(h.reset, [session], [*sliders, result_img, result_grid, truth_img, truth_md, result_md],

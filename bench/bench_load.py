@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_load.py [--clients 20] [--seconds 60] [--moves walk|random] [--checkpoint DIR_OR_REPO]
-                               [--url URL | --app DIR] [--check 300] [--client http|gradio_client]
+                               [--url URL | --app DIR] [--check 300] [--client run|http|gradio_client]
 
 Without ``--url`` it starts ``python app.py`` in a fresh process (as deployed; the clients' threads would share
 the GIL with an in-process server and slow it down) on ``--checkpoint``, else ``$CAUSALVQ_CHECKPOINT``, else the
@@ -12,8 +12,10 @@ compute); ``--app DIR`` starts ``DIR/app.py`` instead of this repository's (an o
 by the same clients). With ``--url`` it drives that app instead (then ``--checkpoint`` names the checkpoint it
 serves, for the model-side check).
 
-Each client (its own session) talks to the app through gradio's HTTP API (``--client http``, the default: one
-``POST /gradio_api/call/<api>`` and one event stream per call, images fetched by URL, as a browser or ``curl``) or
+Each client (its own session) talks to the app as the page does (``--client run``, the default: ``/slide`` skips
+gradio's queue, so one ``POST /gradio_api/run/slide`` an answer, images inline as data URLs or fetched by URL),
+through gradio's queued HTTP API (``--client http``: one ``POST /gradio_api/call/<api>`` and one event stream per
+call, as ``curl``; the page's path before ``/slide`` left the queue, and again with ``CAUSALVQ_SLIDE_QUEUE=1``) or
 through a ``gradio_client.Client`` (``--client gradio_client``, which polls for results every 50 ms and costs the
 shared machine several times the app's CPU per answer). It uploads one of the gallery examples, then, until
 ``--seconds`` have passed, calls ``/slide``, one call after another: ``--moves walk`` (default) moves one slider one
@@ -35,6 +37,7 @@ files, bytes, folders) at the end of the run and after the app stopped.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import os
 import random
@@ -204,6 +207,14 @@ def next_values(rng: random.Random, current: list[int], max_steps: list[int], mo
     return out
 
 
+def data_url_bytes(url: str) -> bytes:
+    """The bytes of a ``data:<mime>;base64,<payload>`` URL (the app's inline images)."""
+    head, _, payload = url.partition(",")
+    if not head.endswith(";base64"):
+        raise ValueError(f"not a base64 data URL: {url[:40]}")
+    return base64.b64decode(payload)
+
+
 class GradioClientTransport:
     """Calls through ``gradio_client.Client`` (one per client thread): its own session, files downloaded into
     ``downloads``. It waits for results by polling its message queue every 50 ms."""
@@ -212,10 +223,22 @@ class GradioClientTransport:
         from gradio_client import Client, handle_file
 
         self.client = Client(url, verbose=False, download_files=str(downloads))
+        self.downloads = downloads
+        downloads.mkdir(parents=True, exist_ok=True)
         self.client.predict(handle_file(str(path)), api_name="/load_image")
 
     def slide(self, values: list[int]) -> tuple:
-        return tuple(self.client.predict(*values, api_name="/slide"))  # image, grid, text (, truth image, text)
+        out = self.client.predict(*values, api_name="/slide")  # image, grid, text (, truth image, text)
+        return tuple(self._inline(v) for v in out)
+
+    def _inline(self, value: Any) -> Any:
+        """An image that came inline (gradio_client hands over its dict with a data URL) written to a file."""
+        if not isinstance(value, dict) or not str(value.get("url", "")).startswith("data:"):
+            return value
+        fd, name = tempfile.mkstemp(suffix=".png", dir=self.downloads)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data_url_bytes(value["url"]))
+        return name
 
     def close(self) -> None:
         self.client.close()
@@ -259,14 +282,18 @@ class HttpTransport:
         raise RuntimeError(f"/{api}: the event stream ended without a result")
 
     def _fetch(self, value: Any) -> Any:
-        """An image output (a file's dict with its URL) fetched into a file; anything else as it came."""
+        """An image output (a file's dict with its URL) fetched into a file, or decoded when it came inline as a
+        data URL (as the page decodes it); anything else as it came."""
         if not isinstance(value, dict) or not value.get("url"):
             return value
         self.count += 1
         target = self.downloads / f"{self.count}.png"
-        r = self.http.get(value["url"])
-        r.raise_for_status()
-        target.write_bytes(r.content)
+        if value["url"].startswith("data:"):
+            target.write_bytes(data_url_bytes(value["url"]))
+        else:
+            r = self.http.get(value["url"])
+            r.raise_for_status()
+            target.write_bytes(r.content)
         return str(target)
 
     def slide(self, values: list[int]) -> tuple:
@@ -276,7 +303,21 @@ class HttpTransport:
         self.http.close()
 
 
-TRANSPORTS = {"http": HttpTransport, "gradio_client": GradioClientTransport}
+class RunTransport(HttpTransport):
+    """``POST /gradio_api/run/<api>``: one request and its JSON answer, as the page calls an event that skips the
+    queue (``queue=False``)."""
+
+    def slide(self, values: list[int]) -> tuple:
+        return tuple(self._fetch(v) for v in self._run("slide", [None, *values]))  # None: the session's state
+
+    def _run(self, api: str, data: list) -> list:
+        r = self.http.post(f"gradio_api/run/{api}", json={"data": data, "session_hash": self.session})
+        if r.status_code != 200:
+            raise RuntimeError(f"/{api}: HTTP {r.status_code}: {r.text[:200]}")
+        return r.json()["data"]
+
+
+TRANSPORTS = {"http": HttpTransport, "run": RunTransport, "gradio_client": GradioClientTransport}
 
 
 def client_loop(url: str, example: int, path: Path, max_steps: list[int], slots: int, moves: str,
@@ -373,9 +414,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients move sliders (default 60)")
     parser.add_argument("--moves", choices=("walk", "random"), default="walk",
                         help="walk: one slider one step (default); random: every slider drawn anew each call")
-    parser.add_argument("--client", choices=tuple(TRANSPORTS), default="http",
-                        help="http: gradio's HTTP API, one event stream per call, as a browser (default); "
-                             "gradio_client: gradio_client.Client, which polls for results every 50 ms")
+    parser.add_argument("--client", choices=tuple(TRANSPORTS), default="run",
+                        help="run: one POST /gradio_api/run/slide an answer, as the page (default); http: the queued "
+                             "HTTP API, one event stream per call; gradio_client: gradio_client.Client, which polls "
+                             "for results every 50 ms")
     parser.add_argument("--url", default=None, help="an app already running (default: start python app.py)")
     parser.add_argument("--app", default=str(ROOT), help="folder whose app.py to start (default: this repository)")
     parser.add_argument("--checkpoint", default=None, help="folder or Hub repo id (default: env / shipped / untrained)")

@@ -85,10 +85,13 @@ def missing() -> str:
 
 
 # Every wait below ends at once, raising with the message, when the app answers with an error (gradio's error
-# toast) instead of waiting out ``--timeout`` for an output that will not come.
+# toast, or a refused slider move's caption, which starts "Not moved:") instead of waiting out ``--timeout`` for an
+# output that will not come.
 FAIL_ON_ERROR = ("const bad = document.querySelector('.toast-body.error');"
                  " if (bad) throw new Error('the app answered with an error: '"
-                 " + (bad.querySelector('.toast-text') || bad).innerText.replace(/\\s+/g, ' ').trim());")
+                 " + (bad.querySelector('.toast-text') || bad).innerText.replace(/\\s+/g, ' ').trim());"
+                 " const moved = document.querySelector('#result-text')?.innerText.trim() || '';"
+                 " if (moved.startsWith('Not moved:')) throw new Error('the app answered with an error: ' + moved);")
 
 
 def _text(page: Any, selector: str) -> str:

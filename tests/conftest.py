@@ -16,7 +16,24 @@ import torch  # noqa: E402
 torch.set_num_threads(1 if PARALLEL else min(2, torch.get_num_threads()))
 
 
+import base64  # noqa: E402
+import io  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def api_pixels(value: str | dict) -> np.ndarray:
+    """The pixels of an image output as an API client receives it: a downloaded file's path, or the app's inline
+    images (``app.InlineImage``: a dict whose ``url`` is a base64 PNG data URL)."""
+    if isinstance(value, dict):
+        head, _, payload = value["url"].partition(",")
+        assert head.startswith("data:image/") and head.endswith(";base64"), head[:40]
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as img:
+            return np.asarray(img)
+    with Image.open(value) as img:
+        return np.asarray(img)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import api_pixels
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -18,6 +19,7 @@ from PIL import Image
 import app
 from causalvq.config import SHAPES3D_FACTORS, SHAPES3D_SIZES, ModelConfig
 from causalvq.explore.explorer import Explorer
+from causalvq.explore.images import display_image
 from causalvq.model import CausalVQ
 
 ENDPOINTS = {"/load_image", "/sample_random", "/sample_factors", "/slide", "/ground_truth", "/reset", "/graph",
@@ -50,8 +52,8 @@ def client(server) -> Client:
     return Client(server[0], verbose=False, download_files=str(Path(server[2]).parent / "downloads"))
 
 
-def _pixels(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path))
+def _pixels(value: str | dict) -> np.ndarray:
+    return api_pixels(value)
 
 
 def test_the_api_lists_every_endpoint(client: Client) -> None:
@@ -90,6 +92,47 @@ def test_input_and_slider_endpoints(client: Client, server) -> None:
     assert truth is not None and "past the end of its factor" in truth_text
     _, _, text, *_ = client.predict(0, 0, 0, 0, 1, 0, 0, 0, api_name="/slide")
     assert "Extrapolation" not in text and "inside" in text
+
+
+def _cache_files() -> set[str]:
+    root = Path(app.gradio_utils.get_upload_folder())
+    return {str(p) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def test_slider_images_come_inline_and_write_no_cache_file(client: Client, server) -> None:
+    """The /slide answer carries its images as PNG data URLs (``app.InlineImage``): the same pixels as the handler,
+    no file in gradio's cache, no second request for the page."""
+    _, slots, _, example, explorer = server
+    client.predict(handle_file(str(example)), api_name="/load_image")
+    codes = explorer.load_image(example).codes
+    before = _cache_files()
+    outs = [client.predict(*([k] + [0] * (slots - 1)), api_name="/slide") for k in (1, 2, -1)]
+    assert _cache_files() - before == set()  # nothing written for three moves
+    for k, (image, grid, _, truth, _) in zip((1, 2, -1), outs):
+        for value in (image, grid):
+            assert value["path"] is None and value["url"].startswith("data:image/png;base64,")
+        want = display_image(explorer.apply_sliders(codes, [k] + [0] * (F - 1)).image)
+        assert np.array_equal(_pixels(image), want), f"floor_hue {k:+d}: not the model's image"
+        assert truth is None  # an upload, and the tiny model has no probe
+
+
+def test_an_inline_image_is_encoded_once_and_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded = []
+    encode = app.processing_utils.encode_pil_to_bytes
+    monkeypatch.setattr(app.processing_utils, "encode_pil_to_bytes", lambda *a: encoded.append(1) or encode(*a))
+    monkeypatch.setattr(app, "_INLINED", app.LRU(8))
+    image = app.InlineImage(format="png")
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    first, again = image.postprocess(pixels), image.postprocess(pixels.copy())
+    assert first.path is None and first.url == again.url and len(encoded) == 1  # the same pixels: one encoding
+    assert np.array_equal(_pixels(first.model_dump()), pixels)
+    other = pixels.copy()
+    other[0, 0, 0] ^= 1
+    assert image.postprocess(other).url != first.url and len(encoded) == 2  # one pixel apart: encoded anew
+    assert image.get_block_name() == "image"  # the page draws it with gradio's image component
+    monkeypatch.setattr(app, "INLINE_IMAGES", False)  # CAUSALVQ_INLINE_IMAGES=0: a file in the cache, as gr.Image
+    as_file = image.postprocess(pixels)
+    assert as_file.path is not None and np.array_equal(_pixels(as_file.path), pixels)
 
 
 def test_graph_do_retrieval_traversal_endpoints(client: Client, server) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import api_pixels
 from gradio_client import Client, handle_file
 from PIL import Image, ImageDraw
 
@@ -216,7 +217,7 @@ def test_the_served_app_answers_8_clients_at_once_as_the_serial_path(model: Caus
     want = _serial(model, [np.asarray(Image.open(f)) for f in files], walks)
     for t in range(THREADS):
         for m, (g, w) in enumerate(zip(got[t], want[t])):
-            pixels = tuple(np.asarray(Image.open(v)) if i in (0, 1, 3) and v else v for i, v in enumerate(g))
+            pixels = tuple(api_pixels(v) if i in (0, 1, 3) and v else v for i, v in enumerate(g))
             assert _same(pixels, w), f"client {t}, move {m} ({walks[t][m]}): differs from the serial answer"
 
 

@@ -810,6 +810,10 @@ def test_handlers_refuse_bad_input(handlers: app.Handlers, explorer: Explorer, t
         handlers.slide(loaded, 0, None, *([0] * (handlers.slots - 2)))
     with pytest.raises(gr.Error, match="The slider for floor_hue goes from -9 to 9, got 10"):
         handlers.ground_truth(loaded, 10, *([0] * (handlers.slots - 1)))
+    # the page's move skips the queue, whose errors gradio's page does not show: the sentence goes in the caption
+    refused = handlers.move(loaded, 10, *([0] * (handlers.slots - 1)))
+    assert refused[:2] == refused[3:] == (gr.skip(),) * 2
+    assert refused[2] == f"**{app.REFUSED}** The slider for floor_hue goes from -9 to 9, got 10."
 
 
 def test_handlers_intervention_events(handlers: app.Handlers, explorer: Explorer, loaded) -> None:
