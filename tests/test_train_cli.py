@@ -138,6 +138,29 @@ def test_stage2_refuses_a_stage1_checkpoint_of_another_configuration(tiny_run, t
     assert "no stage-1 checkpoint" in capsys.readouterr().err
 
 
+def test_stage2_releases_the_moving_average_of_its_weights(tiny_run, tmp_path):
+    """B32: with ``stage2.average_decay`` d the release holds d·w₁ + (1 − d)·w₂ after two steps (w₁, w₂ the
+    weights after each step: the first from a one-step run, the second from the resume state, which keeps the
+    last step's weights), the image model untouched; a resume of the finished stage releases the same."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--recipe", "tiny", "--checkpoint", tiny_run / "stage1", "--set", "stage2.checkpoint_every=1"]
+    assert cli("stage2", *args, "--out", one, "--set", "stage2.steps=1") == 0
+    assert cli("stage2", *args, "--out", two, "--set", "stage2.steps=2", "--set", "stage2.average_decay=0.25") == 0
+    w1 = CausalVQ.from_pretrained(one / "model").state_dict()
+    w2 = load_state(two / "resume" / "stage2.safetensors").model
+    released = CausalVQ.from_pretrained(two / "model").state_dict()
+    stage1 = CausalVQ.from_pretrained(tiny_run / "stage1").state_dict()
+    moved = [k for k in released if k.startswith("transition.") and not torch.equal(w1[k], w2[k])]
+    assert moved  # the second step changed the transition
+    for k in moved:
+        assert torch.allclose(released[k], 0.25 * w1[k] + 0.75 * w2[k], atol=1e-6), k
+    assert all(torch.equal(released[k], stage1[k]) for k in stage1 if not k.startswith("transition."))
+    assert cli("stage2", *args, "--out", two, "--set", "stage2.steps=2", "--set", "stage2.average_decay=0.25",
+               "--resume") == 0  # the stage is done: the release is written again from the state
+    again = CausalVQ.from_pretrained(two / "model").state_dict()
+    assert all(torch.equal(again[k], released[k]) for k in released)
+
+
 def test_clear_errors_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -20,6 +20,7 @@ ARGS = ["all", "--recipe", "tiny", "--no-progress", "--threads", "1",
         "--set", "stage1.steps=30", "--set", "stage1.checkpoint_every=3", "--set", "stage1.log_every=1",
         "--set", "stage1.output_bias=true", "--set", "stage1.restart_every=1", "--set", "stage1.restart_until=5",
         "--set", "stage2.steps=15", "--set", "stage2.checkpoint_every=3", "--set", "stage2.log_every=3",
+        "--set", "stage2.average_decay=0.5",  # B32: the moving average is resumed too
         "--set", "eval.num_images=4", "--set", "eval.num_pairs=4", "--set", "eval.max_steps=0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
 

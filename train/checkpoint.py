@@ -50,6 +50,7 @@ class TrainState:
     scheduler: dict[str, Any]  # torch.optim.lr_scheduler.StepLR.state_dict()
     torch_rng: torch.Tensor | None = None  # torch.get_rng_state()
     numpy_rng: dict[str, Any] | None = None  # np.random.get_state(legacy=False)
+    average: dict[str, torch.Tensor] | None = None  # B32: the weights' moving average (AveragedModel.state_dict())
 
 
 # --- atomic files ---
@@ -137,6 +138,8 @@ def save_state(path: str | os.PathLike, state: TrainState) -> Path:
                 optim_scalars.setdefault(str(index), {})[name] = value
     if state.torch_rng is not None:
         tensors["rng/torch"] = state.torch_rng
+    if state.average is not None:
+        tensors.update({f"average/{k}": v for k, v in state.average.items()})
     meta: dict[str, Any] = {
         "format": FORMAT, "stage": state.stage, "step": state.step, "recipe": state.recipe,
         "param_groups": state.optimizer["param_groups"], "optim_scalars": optim_scalars,
@@ -170,6 +173,8 @@ def load_state(path: str | os.PathLike) -> TrainState:
         rng = dict(meta["numpy_rng"])
         pos = rng.pop("pos")
         numpy_rng = {**rng, "state": {"key": tensors["rng/numpy"].numpy().astype(np.uint32), "pos": pos}}
+    average = {k.removeprefix("average/"): v for k, v in tensors.items() if k.startswith("average/")} or None
     return TrainState(stage=meta["stage"], step=meta["step"], recipe=meta["recipe"], model=model,
                       optimizer={"state": optim_state, "param_groups": meta["param_groups"]},
-                      scheduler=meta["scheduler"], torch_rng=tensors.get("rng/torch"), numpy_rng=numpy_rng)
+                      scheduler=meta["scheduler"], torch_rng=tensors.get("rng/torch"), numpy_rng=numpy_rng,
+                      average=average)

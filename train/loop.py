@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from causalvq.model import CausalVQ
@@ -130,6 +131,8 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
     settings, stage = spec.settings, spec.stage
     optimizer = torch.optim.Adam(spec.parameters, lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_decay_every, gamma=settings.lr_decay)
+    average = None if settings.average_decay == 0 else AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(settings.average_decay))  # B32: the weights' moving average
     start = 0
     if resume and state_path.is_file():
         state = load_state(state_path)
@@ -143,12 +146,18 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
             torch.set_rng_state(state.torch_rng)
         if state.numpy_rng is not None:
             np.random.set_state(state.numpy_rng)
+        if (average is None) != (state.average is None):
+            raise TrainingError(f"{state_path} was written {'with' if state.average else 'without'} a moving "
+                                f"average of the weights, and this recipe runs {'with' if average else 'without'}")
+        if average is not None:
+            average.load_state_dict(state.average, strict=True)
         start = state.step
     if ctx.is_main:
         log.rewind(stage, start)
         for stale in state_path.parent.glob(f".{state_path.name}.*.tmp"):  # left by a kill mid-write
             stale.unlink(missing_ok=True)
     if start >= settings.steps:
+        _release_average(model, average)
         return start
 
     objective: nn.Module = Objective(model)
@@ -178,6 +187,8 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
                 nn.utils.clip_grad_norm_(spec.parameters, settings.grad_clip)
             optimizer.step()
             scheduler.step()
+            if average is not None:
+                average.update_parameters(model)
             done, items = step + 1, items + result.items
             window.add({"loss": loss, **{k: float(v.detach()) for k, v in result.parts.items()}})
             bar.update(1)
@@ -196,20 +207,34 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
                 t_window, items = now, 0
             if done % settings.checkpoint_every == 0 or done == settings.steps:
                 if ctx.is_main:
-                    save_state(state_path, _state(stage, done, recipe, model, optimizer, scheduler))
+                    save_state(state_path, _state(stage, done, recipe, model, optimizer, scheduler, average))
     finally:
         data.close()
         bar.close()
+    _release_average(model, average)
     if ctx.distributed:
         _check_in_sync(ctx, model, stage, settings.steps, log)
     return settings.steps
 
 
+def _release_average(model: CausalVQ, average: AveragedModel | None) -> None:
+    """B32: the stage ends with the moving average of the trained weights in ``model`` (its buffers and its frozen
+    weights stay as they are); the resume state keeps the last step's weights beside the average."""
+    if average is None:
+        return
+    trained = dict(average.module.named_parameters())
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.requires_grad:
+                weight.copy_(trained[name])
+
+
 def _state(stage: int, step: int, recipe: Recipe, model: CausalVQ, optimizer: torch.optim.Optimizer,
-           scheduler: torch.optim.lr_scheduler.LRScheduler) -> TrainState:
+           scheduler: torch.optim.lr_scheduler.LRScheduler, average: AveragedModel | None = None) -> TrainState:
     return TrainState(stage=stage, step=step, recipe=recipe.to_dict(), model=model.state_dict(),
                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(legacy=False))
+                      torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(legacy=False),
+                      average=None if average is None else average.state_dict())
 
 
 def _check_in_sync(ctx: Context, model: CausalVQ, stage: int, step: int, log: MetricsLog) -> None:

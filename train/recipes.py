@@ -101,6 +101,9 @@ class StageRecipe:
     lr_decay: float = 1.0  # multiply the learning rate by this ...
     lr_decay_every: int = 1000  # ... every this many steps (one "epoch")
     grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = off (the paper does not clip)
+    # B32: an exponential moving average of the trained weights, updated after every step with this decay, is what
+    # the stage releases instead of the last step's weights; 0 (the default, the paper's): the last weights.
+    average_decay: float = 0.0
     log_every: int = 50  # steps between metrics.jsonl records
     checkpoint_every: int = 500  # steps between resume checkpoints (the last step is always saved)
 
@@ -114,6 +117,8 @@ class StageRecipe:
             raise ValueError(f"{self._section}.lr_decay must be in (0, 1], got {self.lr_decay}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise ValueError(f"{self._section}.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if not 0 <= self.average_decay < 1:
+            raise ValueError(f"{self._section}.average_decay must be in [0, 1) (0 = off), got {self.average_decay}")
 
     _section = "stage1"
 
