@@ -83,6 +83,7 @@ def _recipe_error(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) ->
     ("[stage1]\nlr = inf\n", ["stage1.lr"]),
     ("[stage1]\nlr_decay = nan\n", ["stage1.lr_decay"]),
     ("[stage1]\ngrad_clip = nan\n", ["stage1.grad_clip"]),
+    ("[stage2]\naverage_decay = 1.0\n", ["stage2.average_decay"]),
     ("[data]\nfractions = [nan, 0.5, 0.5]\n", ["data.fractions"]),
     ("[data]\nfractions = [inf, 0.0, 0.0]\n", ["data.fractions"]),
     ("[stage2]\nmode_ratio = [nan, 1, 1]\n", ["stage2.mode_ratio"]),
