@@ -145,11 +145,16 @@ def main() -> None:
     session = Session(checkpoint=explorer.source, input=explorer.load_image(example))
     moves = walk(list(explorer.max_steps), args.calls + 5, handlers.slots)
 
+    def forget() -> None:
+        """Drop the explorer's kept transitions and decoded results: a move then runs its whole chain anew."""
+        explorer.transitions.clear()
+        explorer._decoded.clear()
+
     def model_side(clear_cache: bool) -> list[float]:
         times = []
         for i, values in enumerate(moves):
-            if clear_cache:  # no prefix cache: every move recomposes all sliders from the input
-                explorer._cache.clear()
+            if clear_cache:
+                forget()
             t = time.perf_counter()
             handlers.slide(session, *values)
             if i >= 5:
@@ -160,7 +165,7 @@ def main() -> None:
     plain = None
     if kernels.loaded() is not None:  # the same on the torch path (before the kernel is there, or without one)
         kernels.disable()
-        explorer._cache.clear()
+        forget()
         plain = model_side(False)
 
     cfg = explorer.config
