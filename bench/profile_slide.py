@@ -15,8 +15,8 @@ warm-up (in-domain check, render tables), as a warm app has them.
 
 ``--clients`` ``gradio_client`` clients run in a child process (as ``bench/bench_load.py``'s do: a client's
 threads would otherwise share this process's GIL). Each uploads an example, makes 5 warm-up moves, then
-``--moves`` moves of one slider by one step (a person dragging); each move is a ``/slide`` call, its output files
-downloaded, then a ``/ground_truth`` call when ``/slide`` does not answer the ground truth itself (before issue 18
+``--moves`` moves of one slider by one step (a person dragging); each move is a ``/slide`` call, its output files (none
+since its images come inline) downloaded, then a ``/ground_truth`` call when ``/slide`` does not answer the ground truth itself (before issue 18
 the page fired that event beside ``/slide``).
 
 Prints one table, milliseconds: for the client's view the p50 per call, for the server's pieces the p50 per call
@@ -110,8 +110,8 @@ def client_main(url: str, clients: int, moves: int, max_steps: list[int], slots:
                 t0 = time.perf_counter()
                 result = client.predict(*values, api_name="/slide")
                 t1 = time.perf_counter()
-                for f in result:
-                    if isinstance(f, dict) and f.get("url"):
+                for f in result:  # images to fetch (inline ones, data URLs, came in the answer)
+                    if isinstance(f, dict) and f.get("url") and not f["url"].startswith("data:"):
                         http.get(f["url"]).raise_for_status()
                 t2 = time.perf_counter()
                 if truth:
