@@ -15,9 +15,9 @@ warm-up (in-domain check, render tables), as a warm app has them.
 
 ``--clients`` ``gradio_client`` clients run in a child process (as ``bench/bench_load.py``'s do: a client's
 threads would otherwise share this process's GIL). Each uploads an example, makes 5 warm-up moves, then
-``--moves`` moves of one slider by one step (a person dragging); each move is a ``/slide`` call, its output files (none
-since its images come inline) downloaded, then a ``/ground_truth`` call when ``/slide`` does not answer the ground truth itself (before issue 18
-the page fired that event beside ``/slide``).
+``--moves`` moves of one slider by one step (a person dragging); each move is a ``/slide`` call, its output files
+downloaded (none since its images come inline), then a ``/ground_truth`` call when ``/slide`` does not answer the
+ground truth itself (before issue 18 the page fired that event beside ``/slide``).
 
 Prints one table, milliseconds: for the client's view the p50 per call, for the server's pieces the p50 per call
 and the mean per move (calls per move × mean per call), and "HTTP, events, client" = client round trip − server
