@@ -132,7 +132,9 @@ if hasattr(processing_utils, "save_pil_to_cache"):  # gradio 6.31; an upgrade th
     processing_utils.save_pil_to_cache = _save_pil_to_cache
 
 INLINE_IMAGES = os.environ.get("CAUSALVQ_INLINE_IMAGES", "1") != "0"  # the slider event's images in its answer
-_INLINED: LRU[tuple, str] = LRU(ENCODED_KEPT)  # (pixels digest, mode, size, format) → data URL
+# (pixels digest, mode, size, format) → data URL; the slider's PNGs average 8 KB (bench_load.py's cache: 23.8 MB in
+# 2,966 files), so the 4,096 kept hold about 45 MB of base64 text at most
+_INLINED: LRU[tuple, str] = LRU(ENCODED_KEPT)
 
 
 class InlineImage(gr.Image):
@@ -140,8 +142,8 @@ class InlineImage(gr.Image):
     in gradio's cache that the page then fetches.
 
     For the slider event's small images (the model's 64 px, a code grid) that saves, per image, the cache file's
-    write, gradio's path checks and a second HTTP request with its middleware, which docs/speed.md found to hold the
-    interpreter lock for most of an answer under load. The page shows the same pixels and the download button
+    write, gradio's path checks and a second HTTP request with its middleware: about a third of the app's running
+    time under load in docs/speed.md's profile. The page shows the same pixels and the download button
     saves the same PNG; an API client gets ``url`` as ``data:image/png;base64,...`` and ``path`` ``None``.
     Pixels seen before reuse their encoding. ``CAUSALVQ_INLINE_IMAGES=0`` sends files, as ``gr.Image`` does.
     """
