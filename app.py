@@ -88,6 +88,14 @@ LEGEND = ("Cells: code index, coloured by code. **Thick outline**: the code chan
 _ENCODED: LRU[tuple, str] = LRU(ENCODED_KEPT)  # (pixels digest, mode, size, format, name, folder) → file
 
 
+def _pixels_key(img: Any, *extra: Any) -> tuple | None:
+    """A key for an image's encoding: a digest of its raw pixels, its mode and size, and ``extra``; ``None`` for an
+    image with metadata or a palette, which the raw pixels do not describe (always encoded)."""
+    if img.mode not in ("RGB", "RGBA", "L") or img.info:
+        return None
+    return (hashlib.blake2b(img.tobytes(), digest_size=20).digest(), img.mode, img.size, *extra)
+
+
 def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:
     """gradio's ``processing_utils.save_pil_to_cache`` with an atomic write (same path, same bytes), that
     encodes an image only once while its file is there.
@@ -103,10 +111,8 @@ def _save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: st
     answered again while it exists, so the ground truth of a slider position, a code grid or a result seen before
     costs a hash instead of a PNG encoding (images with metadata or a palette are always encoded).
     """
-    key = None
-    if img.mode in ("RGB", "RGBA", "L") and not img.info:
-        key = (hashlib.blake2b(img.tobytes(), digest_size=20).digest(), img.mode, img.size, format, name,
-               str(cache_dir))
+    key = _pixels_key(img, format, name, str(cache_dir))
+    if key is not None:
         known = _ENCODED.get(key)
         if known is not None and os.path.exists(known):
             return known
@@ -155,12 +161,13 @@ class InlineImage(gr.Image):
         if value is None or not INLINE_IMAGES or isinstance(value, (str, Path)):
             return super().postprocess(value)
         img = value if isinstance(value, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(value))
-        key = (hashlib.blake2b(img.tobytes(), digest_size=20).digest(), img.mode, img.size, self.format)
-        url = _INLINED.get(key)
+        key = _pixels_key(img, self.format)
+        url = None if key is None else _INLINED.get(key)
         if url is None:
             data = processing_utils.encode_pil_to_bytes(img, self.format)
             url = f"data:image/{self.format};base64,{base64.b64encode(data).decode('ascii')}"
-            _INLINED.put(key, url)
+            if key is not None:
+                _INLINED.put(key, url)
         return ImageData(url=url, orig_name=f"image.{self.format}", mime_type=f"image/{self.format}")
 
 

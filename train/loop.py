@@ -146,10 +146,7 @@ def run_stage(ctx: Context, spec: StageSpec, model: CausalVQ, recipe: Recipe, st
             torch.set_rng_state(state.torch_rng)
         if state.numpy_rng is not None:
             np.random.set_state(state.numpy_rng)
-        if (average is None) != (state.average is None):
-            raise TrainingError(f"{state_path} was written {'with' if state.average else 'without'} a moving "
-                                f"average of the weights, and this recipe runs {'with' if average else 'without'}")
-        if average is not None:
+        if average is not None:  # check_resumable above: the state was written with the same average_decay
             average.load_state_dict(state.average, strict=True)
         start = state.step
     if ctx.is_main:
